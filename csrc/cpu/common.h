@@ -1,0 +1,169 @@
+// Helpers shared by the CPU layer ops: dtype dispatch, torch GEMMs through the
+// stable dispatcher, and a deterministic column reduction.
+#pragma once
+
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+#include <torch/headeronly/core/ScalarType.h>
+#include <torch/headeronly/util/BFloat16.h>
+#include <torch/headeronly/util/Half.h>
+
+#include <array>
+#include <optional>
+#include <type_traits>
+#include <vector>
+
+namespace fusedrnn {
+
+using torch::stable::Tensor;
+using ScalarType = torch::headeronly::ScalarType;
+
+// opmath: float for float, bfloat16 and float16; double for double.
+template <typename scalar_t>
+using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+inline ScalarType opmath_type(ScalarType t) {
+  return t == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
+}
+
+// Calls f(scalar_t{}) for the storage types torch.nn accepts on the CPU.
+template <typename F>
+void dispatch_floating(ScalarType t, const char* name, F&& f) {
+  switch (t) {
+    case ScalarType::Float: f(float{}); break;
+    case ScalarType::Double: f(double{}); break;
+    case ScalarType::BFloat16: f(c10::BFloat16{}); break;
+    case ScalarType::Half: f(c10::Half{}); break;
+    default: STD_TORCH_CHECK(false, name, ": unsupported dtype");
+  }
+}
+
+// out = a @ b, through torch's GEMM (MKL / oneDNN) on the calling thread pool.
+inline void mm_out(const Tensor& a, const Tensor& b, Tensor& out) {
+  std::array<StableIValue, 3> stack{
+      torch::stable::detail::from(a), torch::stable::detail::from(b),
+      torch::stable::detail::from(out)};
+  STD_TORCH_CHECK(
+      torch_call_dispatcher("aten::mm", "out", stack.data(), TORCH_ABI_VERSION) ==
+          AOTI_TORCH_SUCCESS,
+      "fusedrnn: aten::mm.out failed");
+  // The op returns `out` again: take ownership of that handle so it is released.
+  (void)torch::stable::detail::to<Tensor>(stack[0]);
+}
+
+inline Tensor mm(const Tensor& a, const Tensor& b) {
+  Tensor out = torch::stable::new_empty(a, {a.size(0), b.size(1)});
+  mm_out(a, b, out);
+  return out;
+}
+
+inline Tensor t(const Tensor& a) { return torch::stable::transpose(a, 0, 1); }
+
+inline Tensor empty_as(const Tensor& like, std::vector<int64_t> sizes,
+                       std::optional<ScalarType> dtype = std::nullopt) {
+  return torch::stable::new_empty(like, sizes, dtype);
+}
+
+// Pointwise loops run over (batch, unit) pairs; below this many pairs a step runs
+// on the calling thread (a thread-pool wake-up costs more than the work).
+constexpr int64_t kPointwiseGrain = 2048;
+
+template <typename F>
+void parallel_rows(int64_t n, int64_t grain, const F& f) {
+  if (n <= grain) {
+    f(int64_t{0}, n);
+  } else {
+    torch::stable::parallel_for(0, n, grain, f);
+  }
+}
+
+// out[j] = sum_r m[r, j] over rows in order, in opmath: the order is fixed, so the
+// result is bit-identical whatever the thread count (threads split the columns).
+template <typename scalar_t>
+void column_sum(const scalar_t* m, int64_t rows, int64_t cols, scalar_t* out) {
+  using acc_t = opmath_t<scalar_t>;
+  constexpr int64_t kCols = 64;
+  const int64_t blocks = (cols + kCols - 1) / kCols;
+  parallel_rows(blocks, rows * kCols >= (1 << 16) ? 1 : blocks, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t j0 = b * kCols, j1 = std::min(cols, j0 + kCols);
+      acc_t acc[kCols] = {};
+      for (int64_t r = 0; r < rows; ++r) {
+        const scalar_t* row = m + r * cols;
+        for (int64_t j = j0; j < j1; ++j) acc[j - j0] += static_cast<acc_t>(row[j]);
+      }
+      for (int64_t j = j0; j < j1; ++j) out[j] = static_cast<scalar_t>(acc[j - j0]);
+    }
+  });
+}
+
+inline void check_cpu_input(const Tensor& x, const char* what, ScalarType dtype, int64_t dim) {
+  STD_TORCH_CHECK(x.is_cpu(), "fusedrnn: ", what, " must be a CPU tensor");
+  STD_TORCH_CHECK(x.scalar_type() == dtype, "fusedrnn: ", what, " has the wrong dtype");
+  STD_TORCH_CHECK(x.dim() == dim, "fusedrnn: ", what, " must have ", dim, " dimensions, got ",
+                  x.dim());
+}
+
+inline void check_shape(const Tensor& x, const char* what, std::initializer_list<int64_t> shape) {
+  int64_t d = 0;
+  for (int64_t s : shape) {
+    STD_TORCH_CHECK(x.size(d) == s, "fusedrnn: ", what, " has size ", x.size(d), " at dim ", d,
+                    ", expected ", s);
+    ++d;
+  }
+}
+
+// An optional bias vector [G] in opmath, zeros when absent.
+template <typename scalar_t>
+std::vector<opmath_t<scalar_t>> bias_vector(const std::optional<Tensor>& b, int64_t G) {
+  std::vector<opmath_t<scalar_t>> v(G, 0);
+  if (b.has_value()) {
+    Tensor c = torch::stable::contiguous(*b);
+    const scalar_t* p = c.const_data_ptr<scalar_t>();
+    for (int64_t k = 0; k < G; ++k) v[k] = static_cast<opmath_t<scalar_t>>(p[k]);
+  }
+  return v;
+}
+
+// Checks shared by both cells' forward ops: x [T,N,I], w_ih [G,I], w_hh [G,Hh],
+// optional biases [G], h0 [N,Hh]. Returns T, N, I.
+inline void check_layer_args(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
+                             const std::optional<Tensor>& b_ih,
+                             const std::optional<Tensor>& b_hh, const Tensor& h0,
+                             int64_t gates) {
+  const ScalarType dt = x.scalar_type();
+  check_cpu_input(x, "x", dt, 3);
+  check_cpu_input(w_ih, "w_ih", dt, 2);
+  check_cpu_input(w_hh, "w_hh", dt, 2);
+  check_cpu_input(h0, "h0", dt, 2);
+  const int64_t H = w_hh.size(1);
+  STD_TORCH_CHECK(w_hh.size(0) == gates * H, "fusedrnn: w_hh must be [", gates, "*H, H]");
+  check_shape(w_ih, "w_ih", {gates * H, x.size(2)});
+  check_shape(h0, "h0", {x.size(1), H});
+  STD_TORCH_CHECK(b_ih.has_value() == b_hh.has_value(),
+                  "fusedrnn: b_ih and b_hh must both be given or both be None");
+  for (const auto& b : {b_ih, b_hh}) {
+    if (!b.has_value()) continue;
+    check_cpu_input(*b, "bias", dt, 1);
+    check_shape(*b, "bias", {gates * H});
+  }
+}
+
+// h_prev of every step, in step order of time index: [T,N,H] with h0 where the
+// recurrence starts (t=0 forward, t=T-1 reverse).
+inline Tensor previous_states(const Tensor& y, const Tensor& h0, bool reverse) {
+  const int64_t T = y.size(0);
+  Tensor hp = torch::stable::empty_like(y);
+  if (T == 0) return hp;
+  if (T > 1) {
+    Tensor dst = torch::stable::narrow(hp, 0, reverse ? 0 : 1, T - 1);
+    Tensor src = y;  // narrow takes a non-const handle; this shares y's storage
+    torch::stable::copy_(dst, torch::stable::narrow(src, 0, reverse ? 1 : 0, T - 1));
+  }
+  Tensor first = torch::stable::select(hp, 0, reverse ? T - 1 : 0);
+  torch::stable::copy_(first, h0);
+  return hp;
+}
+
+}  // namespace fusedrnn

@@ -1,0 +1,40 @@
+// Every fusedrnn op schema, in one place. Implementations register per device key
+// (csrc/cpu/*.cpp for CPU, csrc/cuda/ for CUDA); fake kernels live in _ops.py.
+//
+// A layer op covers one layer and one direction over the whole sequence:
+//   x [T,N,I], w_ih [G,I], w_hh [G,H], b_ih/b_hh [G] or None, h0/c0 [N,H],
+//   G = 4H (LSTM, gates i,f,g,o) or 3H (GRU, gates r,z,n); reverse runs t = T-1 .. 0.
+// Forward returns y [T,N,H], the final state(s) [N,H] and a workspace in opmath
+// (float for 16-bit storage) that only the backward op reads.
+#include <Python.h>
+
+#include <torch/csrc/stable/library.h>
+
+extern "C" {
+// An empty Python module: importing fusedrnn._C loads this library, which runs the
+// static registrations below. Limited API only, so the wheel is abi3.
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+STABLE_TORCH_LIBRARY(fusedrnn, m) {
+  m.def(
+      "lstm_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+      "Tensor h0, Tensor c0, bool reverse) -> (Tensor y, Tensor h_n, Tensor c_n, "
+      "Tensor workspace)");
+  m.def(
+      "lstm_backward(Tensor grad_y, Tensor grad_h_n, Tensor grad_c_n, Tensor x, "
+      "Tensor w_ih, Tensor w_hh, Tensor h0, Tensor c0, Tensor y, Tensor workspace, "
+      "bool reverse) -> (Tensor grad_x, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, "
+      "Tensor grad_w_hh, Tensor grad_b)");
+  m.def(
+      "gru_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+      "Tensor h0, bool reverse) -> (Tensor y, Tensor h_n, Tensor workspace)");
+  m.def(
+      "gru_backward(Tensor grad_y, Tensor grad_h_n, Tensor x, Tensor w_ih, Tensor w_hh, "
+      "Tensor h0, Tensor y, Tensor workspace, bool reverse) -> (Tensor grad_x, "
+      "Tensor grad_h0, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, "
+      "Tensor grad_b_hh)");
+}

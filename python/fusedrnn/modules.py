@@ -1,0 +1,113 @@
+"""fusedrnn.LSTM and fusedrnn.GRU: drop-in torch.nn.LSTM / torch.nn.GRU on fused kernels.
+
+They subclass nn.RNNBase, not nn.LSTM / nn.GRU: torch.compile refuses any nn.LSTM or
+nn.GRU instance (subclasses included), and RNNBase already gives the same constructor
+checks, parameter names, shapes, initial values and state_dict as torch.nn. The
+forward-argument checks are torch.nn's own functions, so errors read the same.
+"""
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+
+from . import functional
+
+
+class _FusedRNNBase(nn.RNNBase):
+    def flatten_parameters(self):
+        """A no-op: the kernels read torch.nn's per-layer parameters as they are."""
+
+    def _weights(self):
+        # Read by name at every call, so parametrizations and swapped tensors are seen.
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    def _prepare(self, input, hx, name, n_states):
+        """torch.nn's input handling: returns time-major input, the states, is_batched."""
+        if isinstance(input, PackedSequence):
+            raise NotImplementedError(f"fusedrnn.{name}: PackedSequence input is not supported yet")
+        if input.dim() not in (2, 3):
+            raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+        is_batched = input.dim() == 3
+        if not is_batched:
+            input = input.unsqueeze(0 if self.batch_first else 1)
+        batch = input.size(0) if self.batch_first else input.size(1)
+        D = 2 if self.bidirectional else 1
+        if hx is None:
+            sizes = [self.proj_size or self.hidden_size, self.hidden_size][:n_states]
+            hx = tuple(
+                torch.zeros(self.num_layers * D, batch, s, dtype=input.dtype, device=input.device)
+                for s in sizes
+            )
+        else:
+            states = hx if n_states == 2 else (hx,)
+            want = 3 if is_batched else 2
+            if any(s.dim() != want for s in states):
+                kind = "batched 3-D" if is_batched else "unbatched 2-D"
+                if n_states == 2:
+                    dims = f"({states[0].dim()}-D, {states[1].dim()}-D) tensors"
+                    raise RuntimeError(
+                        f"For {kind} input, hx and cx should also be {want}-D but got {dims}"
+                    )
+                raise RuntimeError(
+                    f"For {kind} input, hx should also be {want}-D but got {states[0].dim()}-D tensor"
+                )
+            hx = tuple(s if is_batched else s.unsqueeze(1) for s in states)
+        self.check_forward_args(input, hx if n_states == 2 else hx[0], None)
+        if self.batch_first:
+            input = input.transpose(0, 1)
+        return input, hx, is_batched
+
+    def _finish(self, y, states, is_batched):
+        if self.batch_first:
+            y = y.transpose(0, 1)
+        if not is_batched:
+            y = y.squeeze(1 if not self.batch_first else 0)
+            states = tuple(s.squeeze(1) for s in states)
+        return y, states
+
+
+class LSTM(_FusedRNNBase):
+    """Drop-in torch.nn.LSTM. Same arguments; proj_size is not supported yet.
+
+    input [T,N,I] (or [N,T,I] with batch_first, or unbatched [T,I]);
+    returns output [T,N,D*H], (h_n [L*D,N,H], c_n [L*D,N,H]).
+    """
+
+    get_expected_cell_size = nn.LSTM.get_expected_cell_size
+    check_forward_args = nn.LSTM.check_forward_args
+    permute_hidden = nn.LSTM.permute_hidden
+
+    def __init__(self, *args, **kwargs):
+        super().__init__("LSTM", *args, **kwargs)
+        if self.proj_size > 0:
+            raise NotImplementedError("fusedrnn.LSTM: proj_size > 0 is not supported yet")
+
+    def forward(self, input, hx=None):
+        x, (h0, c0), is_batched = self._prepare(input, hx, "LSTM", 2)
+        y, h_n, c_n = functional.lstm(
+            x, h0, c0, self._weights(), self.bias, self.num_layers, self.bidirectional,
+            self.dropout, self.training,
+        )
+        y, (h_n, c_n) = self._finish(y, (h_n, c_n), is_batched)
+        return y, (h_n, c_n)
+
+
+class GRU(_FusedRNNBase):
+    """Drop-in torch.nn.GRU. Same arguments.
+
+    input [T,N,I] (or [N,T,I] with batch_first, or unbatched [T,I]);
+    returns output [T,N,D*H], h_n [L*D,N,H].
+    """
+
+    def __init__(self, *args, **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        super().__init__("GRU", *args, **kwargs)
+
+    def forward(self, input, hx=None):
+        x, (h0,), is_batched = self._prepare(input, hx, "GRU", 1)
+        y, h_n = functional.gru(
+            x, h0, self._weights(), self.bias, self.num_layers, self.bidirectional,
+            self.dropout, self.training,
+        )
+        y, (h_n,) = self._finish(y, (h_n,), is_batched)
+        return y, h_n
