@@ -9,6 +9,7 @@
 #include <torch/headeronly/util/BFloat16.h>
 #include <torch/headeronly/util/Half.h>
 
+#include <algorithm>
 #include <array>
 #include <optional>
 #include <type_traits>
@@ -68,6 +69,17 @@ inline Tensor empty_as(const Tensor& like, std::vector<int64_t> sizes,
 // Pointwise loops run over (batch, unit) pairs; below this many pairs a step runs
 // on the calling thread (a thread-pool wake-up costs more than the work).
 constexpr int64_t kPointwiseGrain = 2048;
+// A task is one row's units [j0, j1) of at most this many: long enough to vectorize.
+constexpr int64_t kUnitChunk = 256;
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+// Per-unit loops are compiled for AVX-512, AVX2+FMA and baseline x86-64 and picked
+// at load time (ifunc): one wheel, fast everywhere, no -march=native.
+#define FUSEDRNN_CPU_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FUSEDRNN_CPU_CLONES
+#endif
 
 template <typename F>
 void parallel_rows(int64_t n, int64_t grain, const F& f) {
@@ -76,6 +88,19 @@ void parallel_rows(int64_t n, int64_t grain, const F& f) {
   } else {
     torch::stable::parallel_for(0, n, grain, f);
   }
+}
+
+// Calls f(n, j0, j1) for every row n < N and unit chunk [j0, j1) of [0, H).
+template <typename F>
+void for_each_unit_chunk(int64_t N, int64_t H, const F& f) {
+  const int64_t chunks = (H + kUnitChunk - 1) / kUnitChunk;
+  const int64_t grain = std::max<int64_t>(1, kPointwiseGrain / std::min(H, kUnitChunk));
+  parallel_rows(N * chunks, grain, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t n = k / chunks, j0 = (k % chunks) * kUnitChunk;
+      f(n, j0, std::min(H, j0 + kUnitChunk));
+    }
+  });
 }
 
 // out[j] = sum_r m[r, j] over rows in order, in opmath: the order is fixed, so the

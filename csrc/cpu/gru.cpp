@@ -10,6 +10,49 @@ namespace {
 // Workspace per step and row: r, z, n, and hn = W_hn h + b_hn. In opmath.
 constexpr int64_t kGRUSaved = 4;
 
+// Per-unit kernels over one row, pointers as __restrict parameters (see lstm.cpp).
+
+// xg, hg: the row's x_t @ W_ih^T and h_prev @ W_hh^T [3H]; bi, bh: biases [3H];
+// h: running state [H], updated in place; y: h_t [H]; w: saved r, z, n, hn [4H].
+template <typename scalar_t, typename acc_t>
+FUSEDRNN_CPU_CLONES void gru_forward_units(
+    const scalar_t* __restrict xg, const scalar_t* __restrict hg, const acc_t* __restrict bi,
+    const acc_t* __restrict bh, acc_t* __restrict h, scalar_t* __restrict y,
+    acc_t* __restrict w, int64_t H, int64_t j0, int64_t j1) {
+  for (int64_t j = j0; j < j1; ++j) {
+    const acc_t hn = acc_t(hg[2 * H + j]) + bh[2 * H + j];
+    const auto f = GRUCell<acc_t>::forward(
+        acc_t(xg[j]) + acc_t(hg[j]) + bi[j] + bh[j],
+        acc_t(xg[H + j]) + acc_t(hg[H + j]) + bi[H + j] + bh[H + j],
+        acc_t(xg[2 * H + j]) + bi[2 * H + j], hn, h[j]);
+    w[j] = f.r;
+    w[H + j] = f.z;
+    w[2 * H + j] = f.n;
+    w[3 * H + j] = hn;
+    h[j] = f.h;
+    y[j] = static_cast<scalar_t>(f.h);
+  }
+}
+
+// gy: grad of y_t [H]; rec: dgh_{t+1} @ W_hh [H]; hp: h_{t-1} [H]; w: saved [4H];
+// dd: dh_{t+1} * z_{t+1} in, dh_t * z_t out [H]; dgi, dgh: gate grads [3H].
+template <typename scalar_t, typename acc_t>
+FUSEDRNN_CPU_CLONES void gru_backward_units(
+    const scalar_t* __restrict gy, const scalar_t* __restrict rec,
+    const scalar_t* __restrict hp, const acc_t* __restrict w, acc_t* __restrict dd,
+    scalar_t* __restrict dgi, scalar_t* __restrict dgh, int64_t H, int64_t j0, int64_t j1) {
+  for (int64_t j = j0; j < j1; ++j) {
+    const acc_t dh = acc_t(gy[j]) + dd[j] + acc_t(rec[j]);
+    const auto b = GRUCell<acc_t>::backward(w[j], w[H + j], w[2 * H + j], w[3 * H + j],
+                                            acc_t(hp[j]), dh);
+    dgi[j] = dgh[j] = static_cast<scalar_t>(b.dr);
+    dgi[H + j] = dgh[H + j] = static_cast<scalar_t>(b.dz);
+    dgi[2 * H + j] = static_cast<scalar_t>(b.dn);
+    dgh[2 * H + j] = static_cast<scalar_t>(b.dhn);
+    dd[j] = b.dh_prev_direct;
+  }
+}
+
 template <typename scalar_t>
 void gru_forward_impl(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
                       const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh,
@@ -32,36 +75,19 @@ void gru_forward_impl(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
   Tensor hg = empty_as(x, {N, G});
   const Tensor w_hh_t = t(w_hh);
 
-  const scalar_t* xg_p = xg.const_data_ptr<scalar_t>();
   const scalar_t* hg_p = hg.const_data_ptr<scalar_t>();
+  const scalar_t* xg_p = xg.const_data_ptr<scalar_t>();
   scalar_t* y_p = y.mutable_data_ptr<scalar_t>();
   acc_t* ws_p = ws.mutable_data_ptr<acc_t>();
-  const acc_t* bi = b_i.data();
-  const acc_t* bh = b_h.data();
-  acc_t* h_p = h.data();
-
   for (int64_t s = 0; s < T; ++s) {
     const int64_t tt = reverse ? T - 1 - s : s;
     mm_out(h_prev, w_hh_t, hg);
     const scalar_t* xg_t = xg_p + tt * N * G;
     scalar_t* y_t = y_p + tt * N * H;
     acc_t* ws_t = ws_p + tt * N * kGRUSaved * H;
-    parallel_rows(N * H, kPointwiseGrain, [&](int64_t e0, int64_t e1) {
-      for (int64_t e = e0; e < e1; ++e) {
-        const int64_t n = e / H, j = e % H;
-        const scalar_t* xr = xg_t + n * G;
-        const scalar_t* hr = hg_p + n * G;
-        const int64_t qr = j, qz = H + j, qn = 2 * H + j;
-        const acc_t pr = static_cast<acc_t>(xr[qr]) + static_cast<acc_t>(hr[qr]) + bi[qr] + bh[qr];
-        const acc_t pz = static_cast<acc_t>(xr[qz]) + static_cast<acc_t>(hr[qz]) + bi[qz] + bh[qz];
-        const acc_t xn = static_cast<acc_t>(xr[qn]) + bi[qn];
-        const acc_t hn = static_cast<acc_t>(hr[qn]) + bh[qn];
-        const auto f = GRUCell<acc_t>::forward(pr, pz, xn, hn, h_p[e]);
-        acc_t* w = ws_t + n * kGRUSaved * H + j;
-        w[0] = f.r; w[H] = f.z; w[2 * H] = f.n; w[3 * H] = hn;
-        h_p[e] = f.h;
-        y_t[e] = static_cast<scalar_t>(f.h);
-      }
+    for_each_unit_chunk(N, H, [&](int64_t n, int64_t j0, int64_t j1) {
+      gru_forward_units(xg_t + n * G, hg_p + n * G, b_i.data(), b_h.data(), h.data() + n * H,
+                        y_t + n * H, ws_t + n * kGRUSaved * H, H, j0, j1);
     });
     h_prev = torch::stable::select(y, 0, tt);
   }
@@ -104,41 +130,27 @@ void gru_backward_impl(const Tensor& gy, const Tensor& ghn, const Tensor& hp,
   const acc_t* ws_p = ws.const_data_ptr<acc_t>();
   scalar_t* dgi_p = dgi.mutable_data_ptr<scalar_t>();
   scalar_t* dgh_p = dgh.mutable_data_ptr<scalar_t>();
-  const scalar_t* rec = nullptr;
-  acc_t* dd = dh_direct.data();
-
+  // Before the last step's GEMM has run, the recurrent term is zero.
+  Tensor zero_rec = torch::stable::new_zeros(gy, {N, H});
+  const scalar_t* rec_p = zero_rec.const_data_ptr<scalar_t>();
   for (int64_t s = 0; s < T; ++s) {
     const int64_t tt = reverse ? s : T - 1 - s;
-    const acc_t* ws_t = ws_p + tt * N * kGRUSaved * H;
     const scalar_t* gy_t = gy_p + tt * N * H;
     const scalar_t* hp_t = hp_p + tt * N * H;
+    const acc_t* ws_t = ws_p + tt * N * kGRUSaved * H;
     scalar_t* dgi_t = dgi_p + tt * N * G;
     scalar_t* dgh_t = dgh_p + tt * N * G;
-    parallel_rows(N * H, kPointwiseGrain, [&](int64_t e0, int64_t e1) {
-      for (int64_t e = e0; e < e1; ++e) {
-        const int64_t n = e / H, j = e % H;
-        const acc_t* w = ws_t + n * kGRUSaved * H + j;
-        acc_t dh = static_cast<acc_t>(gy_t[e]) + dd[e];
-        if (rec) dh += static_cast<acc_t>(rec[e]);
-        const auto b = GRUCell<acc_t>::backward(w[0], w[H], w[2 * H], w[3 * H],
-                                                static_cast<acc_t>(hp_t[e]), dh);
-        scalar_t* di = dgi_t + n * G + j;
-        scalar_t* dhh = dgh_t + n * G + j;
-        di[0] = dhh[0] = static_cast<scalar_t>(b.dr);
-        di[H] = dhh[H] = static_cast<scalar_t>(b.dz);
-        di[2 * H] = static_cast<scalar_t>(b.dn);
-        dhh[2 * H] = static_cast<scalar_t>(b.dhn);
-        dd[e] = b.dh_prev_direct;
-      }
+    for_each_unit_chunk(N, H, [&](int64_t n, int64_t j0, int64_t j1) {
+      gru_backward_units(gy_t + n * H, rec_p + n * H, hp_t + n * H, ws_t + n * kGRUSaved * H,
+                         dh_direct.data() + n * H, dgi_t + n * G, dgh_t + n * G, H, j0, j1);
     });
     mm_out(torch::stable::select(dgh, 0, tt), w_hh, dh_rec);
-    rec = dh_rec.const_data_ptr<scalar_t>();
+    rec_p = dh_rec.const_data_ptr<scalar_t>();
   }
+  const acc_t* dd = dh_direct.data();
   scalar_t* dh0_p = dh0.mutable_data_ptr<scalar_t>();
   for (int64_t k = 0; k < N * H; ++k) {
-    acc_t v = dd[k];
-    if (rec) v += static_cast<acc_t>(rec[k]);
-    dh0_p[k] = static_cast<scalar_t>(v);
+    dh0_p[k] = static_cast<scalar_t>(dd[k] + static_cast<acc_t>(rec_p[k]));
   }
 }
 

@@ -12,6 +12,51 @@ namespace {
 // Workspace per step and row: i, f, g, o (activated), then c. In opmath.
 constexpr int64_t kLSTMSaved = 5;
 
+// The per-unit kernels take one row's pointers as __restrict parameters: gcc honours
+// restrict on parameters (not on locals loaded from a struct), and needs it to
+// vectorize these loops.
+
+// xg, hg: the row's x_t @ W_ih^T and h_prev @ W_hh^T [4H]; b = b_ih + b_hh [4H];
+// c: cell state [H], updated in place; y: h_t [H]; w: saved i, f, g, o, c [5H].
+template <typename scalar_t, typename acc_t>
+FUSEDRNN_CPU_CLONES void lstm_forward_units(
+    const scalar_t* __restrict xg, const scalar_t* __restrict hg, const acc_t* __restrict b,
+    acc_t* __restrict c, scalar_t* __restrict y, acc_t* __restrict w, int64_t H, int64_t j0,
+    int64_t j1) {
+  for (int64_t j = j0; j < j1; ++j) {
+    const auto f = LSTMCell<acc_t>::forward(
+        acc_t(xg[j]) + acc_t(hg[j]) + b[j], acc_t(xg[H + j]) + acc_t(hg[H + j]) + b[H + j],
+        acc_t(xg[2 * H + j]) + acc_t(hg[2 * H + j]) + b[2 * H + j],
+        acc_t(xg[3 * H + j]) + acc_t(hg[3 * H + j]) + b[3 * H + j], c[j]);
+    w[j] = f.i;
+    w[H + j] = f.f;
+    w[2 * H + j] = f.g;
+    w[3 * H + j] = f.o;
+    w[4 * H + j] = f.c;
+    c[j] = f.c;
+    y[j] = static_cast<scalar_t>(f.h);
+  }
+}
+
+// gy: grad of y_t [H]; dh: grad of h_t from later steps [H]; w: saved [5H];
+// cp: c_{t-1} [H]; dc: grad of c_t in, of c_{t-1} out [H]; dg: gate grads [4H].
+template <typename scalar_t, typename acc_t>
+FUSEDRNN_CPU_CLONES void lstm_backward_units(
+    const scalar_t* __restrict gy, const scalar_t* __restrict dh, const acc_t* __restrict w,
+    const acc_t* __restrict cp, acc_t* __restrict dc, scalar_t* __restrict dg, int64_t H,
+    int64_t j0, int64_t j1) {
+  for (int64_t j = j0; j < j1; ++j) {
+    const auto b = LSTMCell<acc_t>::backward(w[j], w[H + j], w[2 * H + j], w[3 * H + j],
+                                             w[4 * H + j], cp[j], acc_t(gy[j]) + acc_t(dh[j]),
+                                             dc[j]);
+    dg[j] = static_cast<scalar_t>(b.di);
+    dg[H + j] = static_cast<scalar_t>(b.df);
+    dg[2 * H + j] = static_cast<scalar_t>(b.dg);
+    dg[3 * H + j] = static_cast<scalar_t>(b.do_);
+    dc[j] = b.dc_prev;
+  }
+}
+
 template <typename scalar_t>
 void lstm_forward_impl(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
                        const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh,
@@ -37,41 +82,25 @@ void lstm_forward_impl(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
   const Tensor w_hh_t = t(w_hh);
   Tensor h_prev = torch::stable::contiguous(h0);
 
-  const scalar_t* xg_p = xg.const_data_ptr<scalar_t>();
   const scalar_t* hg_p = hg.const_data_ptr<scalar_t>();
+  const scalar_t* xg_p = xg.const_data_ptr<scalar_t>();
   scalar_t* y_p = y.mutable_data_ptr<scalar_t>();
   acc_t* ws_p = ws.mutable_data_ptr<acc_t>();
-  const acc_t* b_p = bias.data();
-  acc_t* c_p = c.data();
-
   for (int64_t s = 0; s < T; ++s) {
     const int64_t tt = reverse ? T - 1 - s : s;
     mm_out(h_prev, w_hh_t, hg);
     const scalar_t* xg_t = xg_p + tt * N * G;
     scalar_t* y_t = y_p + tt * N * H;
     acc_t* ws_t = ws_p + tt * N * kLSTMSaved * H;
-    parallel_rows(N * H, kPointwiseGrain, [&](int64_t e0, int64_t e1) {
-      for (int64_t e = e0; e < e1; ++e) {
-        const int64_t n = e / H, j = e % H;
-        const scalar_t* xr = xg_t + n * G;
-        const scalar_t* hr = hg_p + n * G;
-        acc_t pre[4];
-        for (int k = 0; k < 4; ++k) {
-          const int64_t q = k * H + j;
-          pre[k] = static_cast<acc_t>(xr[q]) + static_cast<acc_t>(hr[q]) + b_p[q];
-        }
-        const auto f = LSTMCell<acc_t>::forward(pre[0], pre[1], pre[2], pre[3], c_p[e]);
-        acc_t* w = ws_t + n * kLSTMSaved * H + j;
-        w[0] = f.i; w[H] = f.f; w[2 * H] = f.g; w[3 * H] = f.o; w[4 * H] = f.c;
-        c_p[e] = f.c;
-        y_t[n * H + j] = static_cast<scalar_t>(f.h);
-      }
+    for_each_unit_chunk(N, H, [&](int64_t n, int64_t j0, int64_t j1) {
+      lstm_forward_units(xg_t + n * G, hg_p + n * G, bias.data(), c.data() + n * H,
+                         y_t + n * H, ws_t + n * kLSTMSaved * H, H, j0, j1);
     });
     h_prev = torch::stable::select(y, 0, tt);
   }
   torch::stable::copy_(h_n, h_prev);
   scalar_t* cn_p = c_n.mutable_data_ptr<scalar_t>();
-  for (int64_t k = 0; k < N * H; ++k) cn_p[k] = static_cast<scalar_t>(c_p[k]);
+  for (int64_t k = 0; k < N * H; ++k) cn_p[k] = static_cast<scalar_t>(c[k]);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
@@ -115,38 +144,27 @@ void lstm_backward_impl(const Tensor& gy, const Tensor& ghn, const Tensor& gcn,
   const scalar_t* gy_p = gy.const_data_ptr<scalar_t>();
   const acc_t* ws_p = ws.const_data_ptr<acc_t>();
   scalar_t* dg_p = dgates.mutable_data_ptr<scalar_t>();
-  const scalar_t* dh_in = ghn.const_data_ptr<scalar_t>();
-  acc_t* dc_p = dc.data();
-
+  const scalar_t* dh_p = ghn.const_data_ptr<scalar_t>();
   for (int64_t s = 0; s < T; ++s) {
     const int64_t tt = reverse ? s : T - 1 - s;
     const bool first_step = reverse ? tt == T - 1 : tt == 0;
-    const acc_t* ws_t = ws_p + tt * N * kLSTMSaved * H;
-    const acc_t* ws_prev = first_step ? nullptr : ws_p + (reverse ? tt + 1 : tt - 1) * N * kLSTMSaved * H;
     const scalar_t* gy_t = gy_p + tt * N * H;
+    const acc_t* ws_t = ws_p + tt * N * kLSTMSaved * H;
+    // c_{t-1}: c0, or the c saved by the previous step (rows of stride 5H).
+    const acc_t* cp_t = first_step ? c_first.data()
+                                   : ws_p + (reverse ? tt + 1 : tt - 1) * N * kLSTMSaved * H + 4 * H;
+    const int64_t cp_stride = first_step ? H : kLSTMSaved * H;
     scalar_t* dg_t = dg_p + tt * N * G;
-    parallel_rows(N * H, kPointwiseGrain, [&](int64_t e0, int64_t e1) {
-      for (int64_t e = e0; e < e1; ++e) {
-        const int64_t n = e / H, j = e % H;
-        const acc_t* w = ws_t + n * kLSTMSaved * H + j;
-        const acc_t c_prev = ws_prev ? ws_prev[n * kLSTMSaved * H + 4 * H + j] : c_first[e];
-        const acc_t dh = static_cast<acc_t>(gy_t[e]) + static_cast<acc_t>(dh_in[e]);
-        const auto b =
-            LSTMCell<acc_t>::backward(w[0], w[H], w[2 * H], w[3 * H], w[4 * H], c_prev, dh, dc_p[e]);
-        scalar_t* d = dg_t + n * G + j;
-        d[0] = static_cast<scalar_t>(b.di);
-        d[H] = static_cast<scalar_t>(b.df);
-        d[2 * H] = static_cast<scalar_t>(b.dg);
-        d[3 * H] = static_cast<scalar_t>(b.do_);
-        dc_p[e] = b.dc_prev;
-      }
+    for_each_unit_chunk(N, H, [&](int64_t n, int64_t j0, int64_t j1) {
+      lstm_backward_units(gy_t + n * H, dh_p + n * H, ws_t + n * kLSTMSaved * H,
+                          cp_t + n * cp_stride, dc.data() + n * H, dg_t + n * G, H, j0, j1);
     });
     mm_out(torch::stable::select(dgates, 0, tt), w_hh, dh_rec);
-    dh_in = dh_rec.const_data_ptr<scalar_t>();
+    dh_p = dh_rec.const_data_ptr<scalar_t>();
   }
   torch::stable::copy_(dh0, T > 0 ? dh_rec : ghn);
   scalar_t* dc0_p = dc0.mutable_data_ptr<scalar_t>();
-  for (int64_t k = 0; k < N * H; ++k) dc0_p[k] = static_cast<scalar_t>(dc_p[k]);
+  for (int64_t k = 0; k < N * H; ++k) dc0_p[k] = static_cast<scalar_t>(dc[k]);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(

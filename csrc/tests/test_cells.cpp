@@ -1,0 +1,158 @@
+// Unit test of cells.h, torch-free. Forward is checked against the formulas written out;
+// backward against central finite differences of forward, in double; the float
+// instantiation (what the kernels run) against double. Exit code 1 on any failure.
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdio>
+#include <random>
+
+#include "cells.h"
+
+namespace {
+
+using fusedrnn::GRUCell;
+using fusedrnn::LSTMCell;
+
+constexpr double kEps = 1e-6;      // finite-difference step: O(eps^2) + O(1e-16/eps) error
+constexpr double kTolExact = 1e-12;  // double forward vs the same formulas
+constexpr double kTolFd = 1e-7;    // analytic vs finite-difference gradient
+constexpr double kTolFloat = 2e-5;   // float vs double, relative to max(1, |want|)
+
+int failures = 0;
+int checks = 0;
+
+void check(const char* what, int trial, double got, double want, double tol) {
+  ++checks;
+  const double err = std::abs(got - want);
+  // Written as !(err <= ...) so that NaN fails.
+  if (!(err <= tol * std::max(1.0, std::abs(want)))) {
+    if (++failures <= 20) {
+      std::printf("FAIL %s (trial %d): got %.12g, want %.12g, err %.2e > tol %.0e\n", what,
+                  trial, got, want, err, tol);
+    }
+  }
+}
+
+double sig(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+
+// d loss / d x[k] by central differences.
+template <size_t N, typename F>
+double numgrad(F loss, std::array<double, N> x, size_t k) {
+  auto xp = x, xm = x;
+  xp[k] += kEps;
+  xm[k] -= kEps;
+  return (loss(xp) - loss(xm)) / (2 * kEps);
+}
+
+void test_lstm(std::mt19937_64& rng, int trials, double scale) {
+  std::uniform_real_distribution<double> u(-scale, scale);
+  using C = LSTMCell<double>;
+  using Cf = LSTMCell<float>;
+  for (int t = 0; t < trials; ++t) {
+    // x = pre-activations i, f, g, o and c_prev; dh, dc are the gradients into h', c'.
+    const std::array<double, 5> x{u(rng), u(rng), u(rng), u(rng), u(rng)};
+    const double dh = u(rng), dc = u(rng);
+
+    const auto y = C::forward(x[0], x[1], x[2], x[3], x[4]);
+    const double i = sig(x[0]), f = sig(x[1]), g = std::tanh(x[2]), o = sig(x[3]);
+    const double c = f * x[4] + i * g;
+    const double h = o * std::tanh(c);
+    check("lstm fwd i", t, y.i, i, kTolExact);
+    check("lstm fwd f", t, y.f, f, kTolExact);
+    check("lstm fwd g", t, y.g, g, kTolExact);
+    check("lstm fwd o", t, y.o, o, kTolExact);
+    check("lstm fwd c", t, y.c, c, kTolExact);
+    check("lstm fwd h", t, y.h, h, kTolExact);
+
+    // loss = dh*h' + dc*c', so d loss/d input is exactly what backward returns.
+    auto loss = [&](const std::array<double, 5>& v) {
+      const auto r = C::forward(v[0], v[1], v[2], v[3], v[4]);
+      return dh * r.h + dc * r.c;
+    };
+    const auto b = C::backward(y.i, y.f, y.g, y.o, y.c, x[4], dh, dc);
+    const std::array<double, 5> grad{b.di, b.df, b.dg, b.do_, b.dc_prev};
+    const char* names[5] = {"lstm bwd di", "lstm bwd df", "lstm bwd dg", "lstm bwd do",
+                            "lstm bwd dc_prev"};
+    for (size_t k = 0; k < 5; ++k) check(names[k], t, grad[k], numgrad(loss, x, k), kTolFd);
+
+    // The float path matches double up to float rounding.
+    const auto yf = Cf::forward(float(x[0]), float(x[1]), float(x[2]), float(x[3]), float(x[4]));
+    check("lstm float fwd c", t, yf.c, y.c, kTolFloat);
+    check("lstm float fwd h", t, yf.h, y.h, kTolFloat);
+    const auto bf = Cf::backward(yf.i, yf.f, yf.g, yf.o, yf.c, float(x[4]), float(dh), float(dc));
+    const std::array<double, 5> gradf{bf.di, bf.df, bf.dg, bf.do_, bf.dc_prev};
+    for (size_t k = 0; k < 5; ++k) check("lstm float bwd", t, gradf[k], grad[k], kTolFloat);
+  }
+}
+
+void test_gru(std::mt19937_64& rng, int trials, double scale) {
+  std::uniform_real_distribution<double> u(-scale, scale);
+  using C = GRUCell<double>;
+  using Cf = GRUCell<float>;
+  for (int t = 0; t < trials; ++t) {
+    // x = pre-activations r, z; xn = W_in x + b_in; hn = W_hn h + b_hn; h_prev.
+    const std::array<double, 5> x{u(rng), u(rng), u(rng), u(rng), u(rng)};
+    const double dh = u(rng);
+
+    const auto y = C::forward(x[0], x[1], x[2], x[3], x[4]);
+    const double r = sig(x[0]), z = sig(x[1]);
+    const double n = std::tanh(x[2] + r * x[3]);
+    const double h = (1 - z) * n + z * x[4];
+    check("gru fwd r", t, y.r, r, kTolExact);
+    check("gru fwd z", t, y.z, z, kTolExact);
+    check("gru fwd n", t, y.n, n, kTolExact);
+    check("gru fwd h", t, y.h, h, kTolExact);
+
+    // hn is held fixed, so the h_prev gradient is only the direct z*h_prev path.
+    auto loss = [&](const std::array<double, 5>& v) {
+      return dh * C::forward(v[0], v[1], v[2], v[3], v[4]).h;
+    };
+    const auto b = C::backward(y.r, y.z, y.n, x[3], x[4], dh);
+    const std::array<double, 5> grad{b.dr, b.dz, b.dn, b.dhn, b.dh_prev_direct};
+    const char* names[5] = {"gru bwd dr", "gru bwd dz", "gru bwd dn", "gru bwd dhn",
+                            "gru bwd dh_prev_direct"};
+    for (size_t k = 0; k < 5; ++k) check(names[k], t, grad[k], numgrad(loss, x, k), kTolFd);
+
+    const auto yf = Cf::forward(float(x[0]), float(x[1]), float(x[2]), float(x[3]), float(x[4]));
+    check("gru float fwd h", t, yf.h, y.h, kTolFloat);
+    const auto bf = Cf::backward(yf.r, yf.z, yf.n, float(x[3]), float(x[4]), float(dh));
+    const std::array<double, 5> gradf{bf.dr, bf.dz, bf.dn, bf.dhn, bf.dh_prev_direct};
+    for (size_t k = 0; k < 5; ++k) check("gru float bwd", t, gradf[k], grad[k], kTolFloat);
+  }
+}
+
+// Saturated gates (|pre-activation| up to 100) must stay finite in float: exp overflows to
+// inf there, and 1/(1+inf) = 0 is still the right limit.
+void test_saturation() {
+  const float big[] = {-100.f, -30.f, 30.f, 100.f};
+  for (float a : big) {
+    for (float s : {-1.f, 1.f}) {
+      const auto l = LSTMCell<float>::forward(a, -a, a, s * a, 1.f);
+      const auto lb = LSTMCell<float>::backward(l.i, l.f, l.g, l.o, l.c, 1.f, 1.f, 1.f);
+      const auto g = GRUCell<float>::forward(a, s * a, a, -a, 1.f);
+      const auto gb = GRUCell<float>::backward(g.r, g.z, g.n, -a, 1.f, 1.f);
+      const float all[] = {l.h, l.c, lb.di, lb.df, lb.dg, lb.do_, lb.dc_prev,
+                           g.h, gb.dr, gb.dz, gb.dn, gb.dhn, gb.dh_prev_direct};
+      for (float v : all) {
+        ++checks;
+        if (!std::isfinite(v) && ++failures <= 20) {
+          std::printf("FAIL saturation a=%g: non-finite value %g\n", a, v);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+int main() {
+  std::mt19937_64 rng(20260101);
+  test_lstm(rng, 2000, 3.0);  // the range where every gate's slope matters
+  test_lstm(rng, 200, 8.0);   // into saturation
+  test_gru(rng, 2000, 3.0);
+  test_gru(rng, 200, 8.0);
+  test_saturation();
+  std::printf("%s: %d checks, %d failures\n", failures ? "FAILED" : "OK", checks, failures);
+  return failures ? 1 : 0;
+}
