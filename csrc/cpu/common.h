@@ -103,11 +103,13 @@ void for_each_unit_chunk(int64_t N, int64_t H, const F& f) {
   });
 }
 
-// out[j] = sum_r m[r, j] over rows in order, in opmath: the order is fixed, so the
-// result is bit-identical whatever the thread count (threads split the columns).
+// out[j] = sum_r m[r, j] over rows in order, accumulated in double: a bias gradient
+// sums T*N terms, and float accumulation would lose ~sqrt(T*N) ulps. The order is
+// fixed, so the result is bit-identical whatever the thread count (threads split
+// the columns).
 template <typename scalar_t>
 void column_sum(const scalar_t* m, int64_t rows, int64_t cols, scalar_t* out) {
-  using acc_t = opmath_t<scalar_t>;
+  using acc_t = double;
   constexpr int64_t kCols = 64;
   const int64_t blocks = (cols + kCols - 1) / kCols;
   parallel_rows(blocks, rows * kCols >= (1 << 16) ? 1 : blocks, [&](int64_t b0, int64_t b1) {

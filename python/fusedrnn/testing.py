@@ -1,0 +1,119 @@
+"""The equivalence check shared by the demo and the tests: one tolerance rule.
+
+    err(fusedrnn vs float64 reference) <= 2 * err(torch.nn vs float64 reference) + FLOOR[dtype]
+
+with relative error ||a - b|| / ||b||, checked for every output and every gradient
+(input, h0, c0, each weight and bias by name).
+"""
+import torch
+
+from .reference import gru_ref, lstm_ref
+
+# The floor covers cases where torch.nn happens to be exact or nearly so (T=1, H=1);
+# it sits a few units of roundoff above each dtype's epsilon.
+FLOOR = {
+    torch.float64: 1e-12,
+    torch.float32: 1e-6,
+    torch.float16: 5e-3,
+    torch.bfloat16: 2e-2,
+}
+
+
+def rel_err(a, b):
+    a, b = a.detach().double(), b.detach().double()
+    den = b.norm()
+    return ((a - b).norm() / den).item() if den > 0 else (a - b).norm().item()
+
+
+def bound(err_torch, dtype):
+    return 2 * err_torch + FLOOR[dtype]
+
+
+def _flat_outputs(cell, out):
+    y, states = out
+    return [y, *states] if cell == "LSTM" else [y, states]
+
+
+def compare(torch_module, ours, x, hx=None, generator=None):
+    """Runs torch.nn, fusedrnn and the float64 reference on the same weights and inputs.
+
+    torch_module and ours must hold equal parameters. x is the module input ([T,N,I],
+    batch_first or unbatched as the modules are configured); hx is None or the modules'
+    hx. Random upstream gradients are backpropagated through every output. Returns a
+    list of rows (name, err_ours, err_torch, err_ours_vs_torch, bound).
+    """
+    cell = "LSTM" if isinstance(torch_module, torch.nn.LSTM) else "GRU"
+    dtype = x.dtype
+    states = [] if hx is None else (list(hx) if cell == "LSTM" else [hx])
+
+    def leaves(t, dt=None):
+        return t.detach().to(dt or t.dtype).requires_grad_()
+
+    runs = {}
+    for name, fn, dt in (
+        ("torch", torch_module, None),
+        ("ours", ours, None),
+        ("ref", None, torch.float64),
+    ):
+        xi = leaves(x, dt)
+        si = [leaves(s, dt) for s in states]
+        if fn is None:
+            params = {n: leaves(p, dt) for n, p in torch_module.named_parameters()}
+            out = _run_reference(torch_module, xi, si, params)
+        else:
+            params = dict(fn.named_parameters())
+            for p in params.values():
+                p.grad = None
+            arg = None if not si else (tuple(si) if cell == "LSTM" else si[0])
+            out = fn(xi, arg)
+            out = _flat_outputs(cell, out)
+        runs[name] = (out, xi, si, params)
+
+    g = torch.Generator().manual_seed(1234) if generator is None else generator
+    grads_out = [torch.randn(o.shape, generator=g, dtype=torch.float64) for o in runs["ref"][0]]
+    for out, *_ in runs.values():
+        torch.autograd.backward(out, [go.to(o.dtype).to(o.device) for o, go in zip(out, grads_out)])
+
+    names = ["output", "h_n", "c_n"] if cell == "LSTM" else ["output", "h_n"]
+    rows = []
+
+    def add(name, get):
+        a, t, r = (get(runs[k]) for k in ("ours", "torch", "ref"))
+        e_ours, e_torch = rel_err(a, r), rel_err(t, r)
+        rows.append((name, e_ours, e_torch, rel_err(a, t), bound(e_torch, dtype)))
+
+    for i, n in enumerate(names):
+        add(n, lambda run, i=i: run[0][i])
+    add("grad input", lambda run: run[1].grad)
+    for i, n in enumerate(["grad h0", "grad c0"][: len(states)]):
+        add(n, lambda run, i=i: run[2][i].grad)
+    for n in dict(torch_module.named_parameters()):
+        add(f"grad {n}", lambda run, n=n: run[3][n].grad)
+    return rows
+
+
+def _run_reference(module, x, states, params):
+    """The float64 oracle, configured like `module` (batch_first, unbatched, hx=None)."""
+    is_batched = x.dim() == 3
+    if not is_batched:
+        x = x.unsqueeze(1)
+        states = [s.unsqueeze(1) for s in states]
+    elif module.batch_first:
+        x = x.transpose(0, 1)
+    D = 2 if module.bidirectional else 1
+    if not states:
+        n_states = 2 if isinstance(module, torch.nn.LSTM) else 1
+        states = [x.new_zeros(module.num_layers * D, x.size(1), module.hidden_size)] * n_states
+    weights = [params[n] for n in module._flat_weights_names]
+    args = (module.bias, module.num_layers, module.bidirectional)
+    if isinstance(module, torch.nn.LSTM):
+        y, h, c = lstm_ref(x, states[0], states[1], weights, *args)
+        outs = [y, h, c]
+    else:
+        y, h = gru_ref(x, states[0], weights, *args)
+        outs = [y, h]
+    if not is_batched:
+        return [outs[0].squeeze(1)] + [s.squeeze(1) for s in outs[1:]]
+    if module.batch_first:
+        outs[0] = outs[0].transpose(0, 1)
+    return outs
