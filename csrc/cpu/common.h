@@ -90,6 +90,35 @@ void parallel_rows(int64_t n, int64_t grain, const F& f) {
   }
 }
 
+// Rows per GEMM when a weight gradient sums over all T*N rows (see mm_tn).
+constexpr int64_t kReduceChunk = 256;
+
+// a^T @ b for a [K,M], b [K,P]: the weight gradients, which reduce over K = T*N rows.
+// In float, one GEMM accumulates all K terms in float; here the rows are cut into
+// chunks of kReduceChunk whose products are summed in double, so the error grows with
+// the chunk, not with T*N. The extra adds cost M*P per chunk against 2*M*P*kReduceChunk
+// flops. Other dtypes: float64 needs none of it, and 16-bit GEMMs already accumulate
+// in float inside one call (chunk outputs would each be rounded to 16 bits).
+inline Tensor mm_tn(const Tensor& a_in, const Tensor& b_in) {
+  Tensor a = a_in, b = b_in;  // narrow takes non-const handles
+  const int64_t K = a.size(0), M = a.size(1), P = b.size(1);
+  if (a.scalar_type() != ScalarType::Float || K <= kReduceChunk) return mm(t(a), b);
+  Tensor part = empty_as(a, {M, P});
+  std::vector<double> acc(M * P, 0.0);
+  for (int64_t k0 = 0; k0 < K; k0 += kReduceChunk) {
+    const int64_t kc = std::min(kReduceChunk, K - k0);
+    mm_out(t(torch::stable::narrow(a, 0, k0, kc)), torch::stable::narrow(b, 0, k0, kc), part);
+    const float* p = part.const_data_ptr<float>();
+    parallel_rows(M * P, 1 << 14, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) acc[i] += p[i];
+    });
+  }
+  Tensor out = empty_as(a, {M, P});
+  float* o = out.mutable_data_ptr<float>();
+  for (int64_t i = 0; i < M * P; ++i) o[i] = static_cast<float>(acc[i]);
+  return out;
+}
+
 // Calls f(n, j0, j1) for every row n < N and unit chunk [j0, j1) of [0, H).
 template <typename F>
 void for_each_unit_chunk(int64_t N, int64_t H, const F& f) {

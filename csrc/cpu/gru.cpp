@@ -185,8 +185,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   const Tensor dgi2 = torch::stable::reshape(dgi, {T * N, G});
   const Tensor dgh2 = torch::stable::reshape(dgh, {T * N, G});
   Tensor dx = torch::stable::reshape(mm(dgi2, w_ih), {T, N, I});
-  Tensor dw_ih = mm(t(dgi2), torch::stable::reshape(x, {T * N, I}));
-  Tensor dw_hh = mm(t(dgh2), torch::stable::reshape(hp, {T * N, H}));
+  Tensor dw_ih = mm_tn(dgi2, torch::stable::reshape(x, {T * N, I}));
+  Tensor dw_hh = mm_tn(dgh2, torch::stable::reshape(hp, {T * N, H}));
   return {dx, dh0, dw_ih, dw_hh, db_ih, db_hh};
 }
 

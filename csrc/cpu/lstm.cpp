@@ -196,9 +196,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
   });
   const Tensor dg2 = torch::stable::reshape(dgates, {T * N, G});
   Tensor dx = torch::stable::reshape(mm(dg2, w_ih), {T, N, I});
-  Tensor dw_ih = mm(t(dg2), torch::stable::reshape(x, {T * N, I}));
+  Tensor dw_ih = mm_tn(dg2, torch::stable::reshape(x, {T * N, I}));
   const Tensor hp = previous_states(y, h0, reverse);
-  Tensor dw_hh = mm(t(dg2), torch::stable::reshape(hp, {T * N, H}));
+  Tensor dw_hh = mm_tn(dg2, torch::stable::reshape(hp, {T * N, H}));
   return {dx, dh0, dc0, dw_ih, dw_hh, db};
 }
 

@@ -54,6 +54,8 @@ class _FusedRNNBase(nn.RNNBase):
         self.check_forward_args(input, hx if n_states == 2 else hx[0], None)
         if self.batch_first:
             input = input.transpose(0, 1)
+        if input.size(0) == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         return input, hx, is_batched
 
     def _finish(self, y, states, is_batched):

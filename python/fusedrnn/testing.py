@@ -9,13 +9,20 @@ import torch
 
 from .reference import gru_ref, lstm_ref
 
-# The floor covers cases where torch.nn happens to be exact or nearly so (T=1, H=1);
-# it sits a few units of roundoff above each dtype's epsilon.
+# The floor covers rounding noise where a comparison of two single draws means little:
+# tiny gradients (H=1: 3-4 elements, sums of T*N terms with cancellation) and cases
+# where torch.nn happens to be exact. Calibrated on 16 default + 150 sampled shapes x
+# both cells x 6 seeds: the largest err(ours) - 2*err(torch.nn) was 1.9e-13 (float64),
+# 1.4e-6 (float32, all at H=1; 1.2e-7 at H>=7), 1.3e-5 (float16), 3.0e-3 (bfloat16, one
+# element rounded the other way); each floor is about 2x that. At H=1 over 30 seeds the
+# median float32 error is 1.0e-7 for fusedrnn and 1.3e-7 for torch.nn, and torch.nn's own
+# worst is 1.5e-6. Systematic error that hides under a floor is caught by
+# tests/test_accuracy.py, which compares medians over seeds with no floor.
 FLOOR = {
     torch.float64: 1e-12,
-    torch.float32: 1e-6,
-    torch.float16: 5e-3,
-    torch.bfloat16: 2e-2,
+    torch.float32: 3e-6,
+    torch.float16: 3e-5,
+    torch.bfloat16: 1e-2,
 }
 
 

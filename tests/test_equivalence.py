@@ -1,0 +1,198 @@
+"""fusedrnn.LSTM / GRU against torch.nn and the float64 reference (fusedrnn.testing's rule).
+
+The shape cases are a covering set, not a Cartesian product: every value of every axis
+(T, N, H, layers, directions, batch_first, bias, hx, non-contiguous input, unbatched input)
+appears in several cases, and each case runs for both cells (and, for the default set,
+float32 and float64). The larger sweep is marked slow.
+"""
+import itertools
+import random
+
+import pytest
+import torch
+
+from conftest import check_close, compare_with_torch, make_modules
+
+CELLS = ["LSTM", "GRU"]
+
+
+def case(T, N, I, H, L=1, bidir=False, bf=False, bias=True, hx=True, nc=None, unb=False,
+         scale=1.0):
+    """One shape case; the id lists what is not the default."""
+    kw = dict(T=T, N=N, I=I, H=H, num_layers=L, bidirectional=bidir, batch_first=bf,
+              bias=bias, hx=hx, noncontig=nc, unbatched=unb, scale=scale)
+    parts = [f"T{T}", "unb" if unb else f"N{N}", f"I{I}", f"H{H}", f"L{L}"]
+    parts += ["bi"] * bidir + ["bf"] * bf + ["nobias"] * (not bias) + ["nohx"] * (not hx)
+    parts += [nc] if nc else []
+    parts += [f"x{scale:g}"] if scale != 1.0 else []
+    return pytest.param(kw, id="-".join(parts))
+
+
+# T {1,2,17,100} x N {1,3,64} x H {1,7,128,129}, I != H throughout.
+DEFAULT_CASES = [
+    case(1, 1, 3, 1, hx=False),
+    case(1, 3, 5, 7, L=2, bidir=True, bias=False),
+    case(1, 64, 64, 128, bf=True, nc="step"),
+    case(2, 1, 4, 129, bidir=True, bf=True, nc="step"),
+    case(2, 64, 9, 7, L=3, hx=False, nc="narrow"),
+    case(2, 3, 5, 1, L=2, bf=True, bias=False, unb=True),
+    case(17, 3, 10, 128, bf=True),
+    case(17, 64, 3, 1, L=2, bidir=True, bf=True, bias=False, nc="transpose"),
+    case(17, 1, 6, 7, L=3, bidir=True),
+    case(17, 3, 5, 7, L=2, bidir=True, unb=True),
+    case(100, 3, 5, 7, bidir=True, nc="step"),
+    case(100, 1, 2, 129, L=2, hx=False, bias=False),
+    case(100, 64, 16, 129, L=2),
+    case(100, 3, 7, 128, bf=True, hx=False, nc="narrow", unb=True),
+    # Inputs and states of size ~30 saturate the gates: the float exp/tanh at the ends.
+    case(17, 64, 8, 16, bidir=True, scale=30.0),
+    case(2, 3, 5, 7, L=2, hx=True, scale=0.01),
+]
+
+
+def _slow_cases(n=120, seed=0):
+    """A seeded sample of the full product, with each T, N and H value guaranteed."""
+    axes = dict(
+        T=[1, 2, 17, 100], N=[1, 3, 64], H=[1, 7, 128, 129], L=[1, 2, 3], bidir=[False, True],
+        bf=[False, True], bias=[False, True], hx=[False, True],
+        nc=[None, "step", "narrow", "transpose"], unb=[False, False, False, True],
+    )
+    rng = random.Random(seed)
+    combos = [dict(zip(axes, v, strict=True)) for v in itertools.product(*axes.values())]
+    picked = rng.sample(combos, n)
+    for axis in ("T", "N", "H"):
+        for v in axes[axis]:
+            if not any(c[axis] == v for c in picked):
+                picked.append(rng.choice([c for c in combos if c[axis] == v]))
+    cases = {}
+    for c in map(dict, picked):
+        I = {1: 2, 7: 5, 128: 33, 129: 64}[c["H"]]
+        p = case(c.pop("T"), c.pop("N"), I, c.pop("H"), **c)
+        cases[p.id] = p
+    return list(cases.values())
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("kw", DEFAULT_CASES)
+def test_matches_torch(cell, kw, dtype, device):
+    compare_with_torch(cell, **kw, dtype=dtype, device=device)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("kw", _slow_cases())
+def test_matches_torch_sweep(cell, kw, dtype, device):
+    compare_with_torch(cell, **kw, dtype=dtype, device=device)
+
+
+# 16-bit storage: torch.nn's CPU float16 GEMMs are slow, so these stay small.
+HALF_CASES = [
+    case(17, 3, 5, 7, L=2, bidir=True),
+    case(2, 64, 9, 129, bf=True, nc="step"),
+    case(17, 3, 6, 128, hx=False, unb=True),
+    case(1, 1, 3, 1, bias=False),
+]
+
+
+@pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("kw", HALF_CASES)
+def test_matches_torch_16bit(cell, kw, dt, device):
+    compare_with_torch(cell, **kw, dtype=dt, device=device)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize(
+    "kw",
+    [
+        case(100, 3, 5, 7, L=2, bidir=True, bf=True),
+        case(17, 64, 33, 128, nc="transpose", bf=True, bias=False),
+        case(2, 1, 4, 129, L=3, hx=False),
+    ],
+)
+def test_matches_torch_16bit_sweep(cell, kw, dt, device):
+    compare_with_torch(cell, **kw, dtype=dt, device=device)
+
+
+def _run(module, x, hx, grad_seed=1):
+    """Forward, then backward of a fixed random projection; returns output and grads."""
+    y, _ = module(x, hx)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(grad_seed)).to(y)
+    params = [getattr(module, n) for n in module._flat_weights_names]
+    grads = torch.autograd.grad(y, [x, *params], g)
+    return y, grads
+
+
+def _state(cell, shape):
+    return (torch.randn(shape), torch.randn(shape)) if cell == "LSTM" else torch.randn(shape)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_dropout_eval_is_no_dropout(cell):
+    _, with_p = make_modules(cell, 5, 7, 3, dropout=0.5, bidirectional=True)
+    _, without = make_modules(cell, 5, 7, 3, dropout=0.0, bidirectional=True)
+    with_p.eval()
+    without.eval()
+    x = torch.randn(6, 3, 5, requires_grad=True)
+    hx = _state(cell, (6, 3, 7))
+    y1, g1 = _run(with_p, x, hx)
+    y2, g2 = _run(without, x, hx)
+    assert torch.equal(y1, y2)
+    for a, b in zip(g1, g2, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_dropout_train(cell):
+    """Train mode: dropout changes the output, and the same seed gives the same output."""
+    _, m = make_modules(cell, 5, 7, 2, dropout=0.5)
+    x = torch.randn(6, 3, 5, requires_grad=True)
+    hx = _state(cell, (2, 3, 7))
+    m.eval()
+    y_eval, _ = _run(m, x, hx)
+    m.train()
+    torch.manual_seed(123)
+    y1, g1 = _run(m, x, hx)
+    torch.manual_seed(123)
+    y2, g2 = _run(m, x, hx)
+    torch.manual_seed(124)
+    y3, _ = _run(m, x, hx)
+    assert not torch.equal(y1, y_eval)
+    assert not torch.equal(y1, y3)
+    assert torch.equal(y1, y2)
+    for a, b in zip(g1, g2, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_dropout_single_layer_train_is_eval(cell):
+    """torch.nn drops out between layers only: with one layer, train mode equals eval."""
+    with pytest.warns(UserWarning, match="dropout"):
+        _, m = make_modules(cell, 5, 7, 1, dropout=0.5)
+    x = torch.randn(6, 3, 5, requires_grad=True)
+    hx = _state(cell, (1, 3, 7))
+    y_train, g_train = _run(m.train(), x, hx)
+    y_eval, g_eval = _run(m.eval(), x, hx)
+    assert torch.equal(y_train, y_eval)
+    for a, b in zip(g_train, g_eval, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_dropout_train_matches_torch(cell):
+    """F.dropout draws the same mask as torch.nn's inter-layer dropout for one seed, so the
+    tolerance rule holds in train mode too, with torch.nn in float64 as the reference."""
+    theirs, ours = make_modules(cell, 5, 7, 3, dropout=0.3, bidirectional=True)
+    ref = make_modules(cell, 5, 7, 3, dropout=0.3, bidirectional=True)[0].double()
+    x = torch.randn(9, 4, 5, requires_grad=True)
+    x64 = x.detach().double().requires_grad_()
+    results = []
+    for m, inp in [(ours, x), (theirs, x), (ref, x64)]:
+        torch.manual_seed(7)
+        results.append(_run(m.train(), inp, None))
+    names = ["output", "grad input", *theirs._flat_weights_names]
+    (y_o, g_o), (y_t, g_t), (y_r, g_r) = results
+    for name, a, b, r in zip(names, [y_o, *g_o], [y_t, *g_t], [y_r, *g_r], strict=True):
+        check_close(name, a, b, r, torch.float32)

@@ -1,0 +1,222 @@
+"""The op layer and the autograd Functions: opcheck, gradcheck, determinism, and the
+module contract that is not numerics (state_dict, flatten_parameters, NotImplementedError).
+"""
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import fusedrnn
+from fusedrnn import reference
+from conftest import CELLS, check_close, make_modules
+
+ops = torch.ops.fusedrnn
+GATES = {"LSTM": 4, "GRU": 3}
+
+
+def layer_inputs(cell, T, N, I, H, bias, dtype, requires_grad=False, noncontig=False):
+    """One layer's op arguments in torch.nn's layout: x, w_ih, w_hh, b_ih, b_hh, h0 (, c0)."""
+    G = GATES[cell] * H
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, dtype=torch.float64) * scale).to(dtype)
+
+    x = rand(T, N, 2 * I)[..., ::2] if noncontig else rand(T, N, I)
+    # Weights of torch.nn's scale (1/sqrt(H)) keep the gates away from saturation.
+    w_ih, w_hh = rand(G, I, scale=H**-0.5), rand(G, H, scale=H**-0.5)
+    b_ih, b_hh = (rand(G), rand(G)) if bias else (None, None)
+    states = [rand(N, H) for _ in range(2 if cell == "LSTM" else 1)]
+    args = [x, w_ih, w_hh, b_ih, b_hh, *states]
+    return [a if a is None else a.requires_grad_(requires_grad) for a in args]
+
+
+def op_samples(op, T, N, I, H, bias, reverse, noncontig, dtype):
+    """Sample arguments for one of the four ops; backward ops get a real forward's outputs."""
+    cell = "LSTM" if op.startswith("lstm") else "GRU"
+    args = layer_inputs(cell, T, N, I, H, bias, dtype, noncontig=noncontig)
+    fwd = getattr(ops, f"{cell.lower()}_forward")
+    if op.endswith("forward"):
+        return fwd, (*args, reverse)
+    outs = fwd(*args, reverse)
+    grads = [torch.randn_like(o) for o in outs[:-1]]  # y, h_n (, c_n); not the workspace
+    x, w_ih, w_hh, _, _, *states = args
+    y, ws = outs[0], outs[-1]
+    bwd = getattr(ops, f"{cell.lower()}_backward")
+    return bwd, (*grads, x, w_ih, w_hh, *states, y, ws, reverse)
+
+
+OP_NAMES = ["lstm_forward", "lstm_backward", "gru_forward", "gru_backward"]
+# (T, N, I, H, bias, reverse, noncontig): T=1, N=1 and H=7 each appear, bias and reverse
+# in all four pairings.
+OP_CONFIGS = [
+    pytest.param((1, 1, 3, 7, True, False, False), id="T1-N1-bias"),
+    pytest.param((1, 1, 3, 7, False, True, False), id="T1-N1-nobias-rev"),
+    pytest.param((5, 3, 4, 7, True, True, True), id="T5-N3-bias-rev-noncontig"),
+    pytest.param((5, 3, 4, 7, False, False, False), id="T5-N3-nobias"),
+]
+
+
+# float32 and float64 on every config; bfloat16 (whose workspace is float) on one.
+OP_CASES = [
+    pytest.param(*c.values, dt, id=f"{c.id}-{name}")
+    for c in OP_CONFIGS
+    for dt, name in [(torch.float32, "fp32"), (torch.float64, "fp64"), (torch.bfloat16, "bf16")]
+    if dt != torch.bfloat16 or c.id == "T5-N3-bias-rev-noncontig"
+]
+
+
+@pytest.mark.parametrize("config, dt", OP_CASES)
+@pytest.mark.parametrize("op", OP_NAMES)
+def test_opcheck(op, config, dt):
+    """Schema, fake (meta) kernel and AOT dispatch, on no-grad inputs: the ops carry no
+    autograd kernel by design (autograd lives in LSTMFunction / GRUFunction)."""
+    fn, args = op_samples(op, *config, dt)
+    torch.library.opcheck(fn, args)
+
+
+FUNCTIONS = {"LSTM": fusedrnn.LSTMFunction, "GRU": fusedrnn.GRUFunction}
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_gradcheck_function(cell, bias, reverse):
+    args = layer_inputs(cell, 3, 2, 3, 4, bias, torch.float64, requires_grad=True)
+    fn = FUNCTIONS[cell]
+    assert torch.autograd.gradcheck(lambda *a: fn.apply(*a, reverse), args)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_gradcheck_module(cell):
+    """The whole stack (2 layers, both directions, batch_first) by finite differences,
+    through every parameter, the input and the initial states."""
+    _, m = make_modules(
+        cell, 3, 4, 2, bidirectional=True, batch_first=True, dtype=torch.float64
+    )
+    names = list(m._flat_weights_names)
+    x = torch.randn(2, 3, 3, dtype=torch.float64, requires_grad=True)
+    states = [
+        torch.randn(4, 2, 4, dtype=torch.float64, requires_grad=True)
+        for _ in range(2 if cell == "LSTM" else 1)
+    ]
+    params = [getattr(m, n).detach().clone().requires_grad_() for n in names]
+    n_states = len(states)
+
+    def f(x, *rest):
+        hx, ws = rest[:n_states], rest[n_states:]
+        hx = tuple(hx) if n_states == 2 else hx[0]
+        y, fin = functional_call(m, dict(zip(names, ws, strict=True)), (x, hx))
+        return (y, *fin) if n_states == 2 else (y, fin)
+
+    assert torch.autograd.gradcheck(f, (x, *states, *params))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_deterministic(cell):
+    """Same inputs twice: bit-identical outputs and gradients. 64 rows of 128 units are
+    above the pointwise grain (2048 units a task), so the steps run on the thread pool."""
+    _, m = make_modules(cell, 32, 128, 2, bidirectional=True)
+    x = torch.randn(20, 64, 32, requires_grad=True)
+    n_states = 2 if cell == "LSTM" else 1
+    states = [torch.randn(4, 64, 128, requires_grad=True) for _ in range(n_states)]
+    leaves = [x, *states, *m.parameters()]
+    upstream = None
+    runs = []
+    for _ in range(2):
+        y, fin = m(x, tuple(states) if cell == "LSTM" else states[0])
+        outs = [y, *fin] if cell == "LSTM" else [y, fin]
+        if upstream is None:
+            upstream = [torch.randn_like(o) for o in outs]
+        runs.append((outs, torch.autograd.grad(outs, leaves, upstream)))
+    (o1, g1), (o2, g2) = runs
+    for a, b in zip([*o1, *g1], [*o2, *g2], strict=True):
+        assert torch.equal(a, b)
+
+
+def test_proj_size_not_implemented():
+    with pytest.raises(NotImplementedError, match="proj_size"):
+        fusedrnn.LSTM(5, 7, proj_size=3)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_packed_sequence_not_implemented(cell):
+    _, m = make_modules(cell, 5, 7)
+    packed = pack_padded_sequence(torch.randn(4, 3, 5), torch.tensor([4, 3, 1]))
+    with pytest.raises(NotImplementedError, match="PackedSequence"):
+        m(packed)
+
+
+STATE_CONFIGS = [
+    pytest.param(dict(num_layers=1), id="L1"),
+    pytest.param(dict(num_layers=3, bidirectional=True), id="L3-bi"),
+    pytest.param(dict(num_layers=2, bias=False, batch_first=True, dropout=0.2), id="L2-nobias"),
+]
+
+
+@pytest.mark.parametrize("kw", STATE_CONFIGS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_state_dict_matches_torch(cell, kw):
+    """Names, shapes and seeded initial values equal torch.nn's; state_dicts load both ways
+    under strict=True."""
+    torch_cls, ours_cls = (getattr(nn, cell), getattr(fusedrnn, cell))
+    torch.manual_seed(3)
+    theirs = torch_cls(5, 7, **kw)
+    torch.manual_seed(3)
+    ours = ours_cls(5, 7, **kw)
+    sd_t, sd_o = theirs.state_dict(), ours.state_dict()
+    assert list(sd_o) == list(sd_t)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    assert list(ours._flat_weights_names) == list(theirs._flat_weights_names)
+    for name in sd_t:
+        assert sd_o[name].shape == sd_t[name].shape, name
+        assert torch.equal(sd_o[name], sd_t[name]), name
+    other_t, other_o = torch_cls(5, 7, **kw), ours_cls(5, 7, **kw)
+    other_t.load_state_dict(sd_o, strict=True)
+    other_o.load_state_dict(sd_t, strict=True)
+    for name in sd_t:
+        assert torch.equal(other_t.state_dict()[name], sd_t[name]), name
+        assert torch.equal(other_o.state_dict()[name], sd_t[name]), name
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_subclasses_rnnbase_not_torch_cell(cell):
+    """torch.compile refuses nn.LSTM / nn.GRU instances, subclasses included."""
+    _, m = make_modules(cell, 5, 7)
+    assert isinstance(m, nn.RNNBase)
+    assert not isinstance(m, (nn.LSTM, nn.GRU))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_flatten_parameters_keeps_parameters(cell):
+    _, m = make_modules(cell, 5, 7, 2, bidirectional=True)
+    before = [(n, p, p.data_ptr()) for n, p in m.named_parameters()]
+    m.flatten_parameters()
+    after = list(m.named_parameters())
+    assert [n for n, _ in after] == [n for n, _, _ in before]
+    for (_, p0, ptr), (_, p1) in zip(before, after, strict=True):
+        assert p1 is p0
+        assert p1.data_ptr() == ptr
+    x = torch.randn(4, 3, 5)
+    m2 = make_modules(cell, 5, 7, 2, bidirectional=True)[1]
+    assert torch.equal(m(x)[0], m2(x)[0])
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_module_to_dtype_uses_new_parameters(cell):
+    """.double() replaces the parameters; forward must read the new ones."""
+    theirs, m = make_modules(cell, 5, 7, 2)
+    theirs.double()
+    m.double()
+    x = torch.randn(4, 3, 5, dtype=torch.float64)
+    y_t, y_o = theirs(x)[0], m(x)[0]
+    assert y_o.dtype == torch.float64
+    for n in m._flat_weights_names:
+        assert getattr(m, n).dtype == torch.float64, n
+    h0 = torch.zeros(2, 3, 7, dtype=torch.float64)
+    weights = [getattr(m, n) for n in m._flat_weights_names]
+    if cell == "LSTM":
+        y_r = reference.lstm_ref(x, h0, h0, weights, True, 2, False)[0]
+    else:
+        y_r = reference.gru_ref(x, h0, weights, True, 2, False)[0]
+    check_close("output", y_o, y_t, y_r, torch.float64)
