@@ -2,10 +2,13 @@
 // (csrc/cpu/*.cpp for CPU, csrc/cuda/ for CUDA); fake kernels live in _ops.py.
 //
 // A layer op covers one layer and one direction over the whole sequence:
-//   x [T,N,I], w_ih [G,I], w_hh [G,H], b_ih/b_hh [G] or None, h0/c0 [N,H],
-//   G = 4H (LSTM, gates i,f,g,o) or 3H (GRU, gates r,z,n); reverse runs t = T-1 .. 0.
-// Forward returns y [T,N,H], the final state(s) [N,H] and a workspace in opmath
-// (float for 16-bit storage) that only the backward op reads.
+//   x [T,N,I] padded, or a PackedSequence's data [R,I] with its batch_sizes [T] (int64,
+//   CPU); w_ih [G,I], w_hh [G,P], b_ih/b_hh [G] or None, h0 [N,P], c0 [N,H];
+//   G = 4H (LSTM, gates i,f,g,o) or 3H (GRU, gates r,z,n); LSTM projections w_hr [P,H]
+//   (P = H without); reverse runs t = T-1 .. 0.
+// Forward returns y ([T,N,P] or [R,P]), the final state(s) and a workspace in opmath
+// (float for 16-bit storage) that only the backward op reads. Backward returns the
+// gradients; grad_w_hr is empty ([0]) without projections.
 #include <Python.h>
 
 #include <torch/csrc/stable/library.h>
@@ -22,19 +25,21 @@ PyMODINIT_FUNC PyInit__C(void) {
 STABLE_TORCH_LIBRARY(fusedrnn, m) {
   m.def(
       "lstm_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
-      "Tensor h0, Tensor c0, bool reverse) -> (Tensor y, Tensor h_n, Tensor c_n, "
-      "Tensor workspace)");
+      "Tensor? w_hr, Tensor h0, Tensor c0, Tensor? batch_sizes, bool reverse) -> "
+      "(Tensor y, Tensor h_n, Tensor c_n, Tensor workspace)");
   m.def(
       "lstm_backward(Tensor grad_y, Tensor grad_h_n, Tensor grad_c_n, Tensor x, "
-      "Tensor w_ih, Tensor w_hh, Tensor h0, Tensor c0, Tensor y, Tensor workspace, "
-      "bool reverse) -> (Tensor grad_x, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, "
-      "Tensor grad_w_hh, Tensor grad_b)");
+      "Tensor w_ih, Tensor w_hh, Tensor? w_hr, Tensor h0, Tensor c0, Tensor y, "
+      "Tensor workspace, Tensor? batch_sizes, bool reverse) -> (Tensor grad_x, "
+      "Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b, "
+      "Tensor grad_w_hr)");
   m.def(
       "gru_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
-      "Tensor h0, bool reverse) -> (Tensor y, Tensor h_n, Tensor workspace)");
+      "Tensor h0, Tensor? batch_sizes, bool reverse) -> (Tensor y, Tensor h_n, "
+      "Tensor workspace)");
   m.def(
       "gru_backward(Tensor grad_y, Tensor grad_h_n, Tensor x, Tensor w_ih, Tensor w_hh, "
-      "Tensor h0, Tensor y, Tensor workspace, bool reverse) -> (Tensor grad_x, "
-      "Tensor grad_h0, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, "
-      "Tensor grad_b_hh)");
+      "Tensor h0, Tensor y, Tensor workspace, Tensor? batch_sizes, bool reverse) -> "
+      "(Tensor grad_x, Tensor grad_h0, Tensor grad_w_ih, Tensor grad_w_hh, "
+      "Tensor grad_b_ih, Tensor grad_b_hh)");
 }

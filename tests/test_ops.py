@@ -1,5 +1,5 @@
 """The op layer and the autograd Functions: opcheck, gradcheck, determinism, and the
-module contract that is not numerics (state_dict, flatten_parameters, NotImplementedError).
+module contract that is not numerics (state_dict, flatten_parameters).
 """
 import pytest
 import torch
@@ -15,35 +15,58 @@ ops = torch.ops.fusedrnn
 GATES = {"LSTM": 4, "GRU": 3}
 
 
-def layer_inputs(cell, T, N, I, H, bias, dtype, requires_grad=False, noncontig=False):
-    """One layer's op arguments in torch.nn's layout: x, w_ih, w_hh, b_ih, b_hh, h0 (, c0)."""
-    G = GATES[cell] * H
+def layer_inputs(cell, T, N, I, H, bias, dtype, requires_grad=False, noncontig=False, proj=0,
+                 lengths=None):
+    """One layer's inputs in torch.nn's layout, as a dict: x ([T,N,I], or packed [R,I] with
+    batch_sizes when lengths are given), w_ih, w_hh, b_ih, b_hh, w_hr (LSTM), h0 (, c0)."""
+    G, P = GATES[cell] * H, proj or H
 
     def rand(*shape, scale=1.0):
-        return (torch.randn(*shape, dtype=torch.float64) * scale).to(dtype)
+        t = (torch.randn(*shape, dtype=torch.float64) * scale).to(dtype)
+        return t.requires_grad_(requires_grad)
 
-    x = rand(T, N, 2 * I)[..., ::2] if noncontig else rand(T, N, I)
+    a = {"batch_sizes": None}
+    if lengths is not None:
+        a["batch_sizes"] = torch.tensor([sum(n > t for n in lengths) for t in range(max(lengths))])
+        a["x"] = rand(sum(lengths), I)
+    else:
+        a["x"] = rand(T, N, 2 * I)[..., ::2] if noncontig else rand(T, N, I)
     # Weights of torch.nn's scale (1/sqrt(H)) keep the gates away from saturation.
-    w_ih, w_hh = rand(G, I, scale=H**-0.5), rand(G, H, scale=H**-0.5)
-    b_ih, b_hh = (rand(G), rand(G)) if bias else (None, None)
-    states = [rand(N, H) for _ in range(2 if cell == "LSTM" else 1)]
-    args = [x, w_ih, w_hh, b_ih, b_hh, *states]
-    return [a if a is None else a.requires_grad_(requires_grad) for a in args]
+    a["w_ih"], a["w_hh"] = rand(G, I, scale=H**-0.5), rand(G, P, scale=H**-0.5)
+    a["b_ih"], a["b_hh"] = (rand(G), rand(G)) if bias else (None, None)
+    batch = N if lengths is None else len(lengths)
+    a["h0"] = rand(batch, P)
+    if cell == "LSTM":
+        a["w_hr"] = rand(P, H, scale=H**-0.5) if proj else None
+        a["c0"] = rand(batch, H)
+    return a
 
 
-def op_samples(op, T, N, I, H, bias, reverse, noncontig, dtype):
+def forward_args(cell, a, reverse):
+    if cell == "LSTM":
+        keys = ["x", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr", "h0", "c0", "batch_sizes"]
+    else:
+        keys = ["x", "w_ih", "w_hh", "b_ih", "b_hh", "h0", "batch_sizes"]
+    return (*[a[k] for k in keys], reverse)
+
+
+def op_samples(op, T, N, I, H, bias, reverse, noncontig, dtype, proj=0, lengths=None):
     """Sample arguments for one of the four ops; backward ops get a real forward's outputs."""
     cell = "LSTM" if op.startswith("lstm") else "GRU"
-    args = layer_inputs(cell, T, N, I, H, bias, dtype, noncontig=noncontig)
+    a = layer_inputs(cell, T, N, I, H, bias, dtype, noncontig=noncontig, proj=proj,
+                     lengths=lengths)
     fwd = getattr(ops, f"{cell.lower()}_forward")
     if op.endswith("forward"):
-        return fwd, (*args, reverse)
-    outs = fwd(*args, reverse)
+        return fwd, forward_args(cell, a, reverse)
+    outs = fwd(*forward_args(cell, a, reverse))
     grads = [torch.randn_like(o) for o in outs[:-1]]  # y, h_n (, c_n); not the workspace
-    x, w_ih, w_hh, _, _, *states = args
     y, ws = outs[0], outs[-1]
     bwd = getattr(ops, f"{cell.lower()}_backward")
-    return bwd, (*grads, x, w_ih, w_hh, *states, y, ws, reverse)
+    if cell == "LSTM":
+        rest = [a[k] for k in ("x", "w_ih", "w_hh", "w_hr", "h0", "c0")]
+    else:
+        rest = [a[k] for k in ("x", "w_ih", "w_hh", "h0")]
+    return bwd, (*grads, *rest, y, ws, a["batch_sizes"], reverse)
 
 
 OP_NAMES = ["lstm_forward", "lstm_backward", "gru_forward", "gru_backward"]
@@ -64,6 +87,12 @@ OP_CASES = [
     for dt, name in [(torch.float32, "fp32"), (torch.float64, "fp64"), (torch.bfloat16, "bf16")]
     if dt != torch.bfloat16 or c.id == "T5-N3-bias-rev-noncontig"
 ]
+# Packed input (lengths 5,3,3,1 -> batch_sizes 4,3,3,1,1) and LSTM projections.
+EXTRA_CASES = [
+    pytest.param(dict(lengths=[5, 3, 3, 1]), id="packed"),
+    pytest.param(dict(lengths=[5, 3, 3, 1], proj=3), id="packed-proj"),
+    pytest.param(dict(proj=3), id="proj"),
+]
 
 
 @pytest.mark.parametrize("config, dt", OP_CASES)
@@ -75,6 +104,16 @@ def test_opcheck(op, config, dt):
     torch.library.opcheck(fn, args)
 
 
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("extra", EXTRA_CASES)
+@pytest.mark.parametrize("op", OP_NAMES)
+def test_opcheck_packed_proj(op, extra, reverse):
+    if "proj" in extra and op.startswith("gru"):
+        pytest.skip("projections are LSTM only")
+    fn, args = op_samples(op, 5, 3, 4, 7, True, reverse, False, torch.float32, **extra)
+    torch.library.opcheck(fn, args)
+
+
 FUNCTIONS = {"LSTM": fusedrnn.LSTMFunction, "GRU": fusedrnn.GRUFunction}
 
 
@@ -82,9 +121,32 @@ FUNCTIONS = {"LSTM": fusedrnn.LSTMFunction, "GRU": fusedrnn.GRUFunction}
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_gradcheck_function(cell, bias, reverse):
-    args = layer_inputs(cell, 3, 2, 3, 4, bias, torch.float64, requires_grad=True)
+    a = layer_inputs(cell, 3, 2, 3, 4, bias, torch.float64, requires_grad=True)
+    args = [v for k, v in a.items() if k not in ("batch_sizes", "w_hr")]
     fn = FUNCTIONS[cell]
-    assert torch.autograd.gradcheck(lambda *a: fn.apply(*a, reverse), args)
+    assert torch.autograd.gradcheck(lambda *t: fn.apply(*t, reverse), args)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("extra", EXTRA_CASES)
+@pytest.mark.parametrize("cell", CELLS)
+def test_gradcheck_function_packed_proj(cell, extra, reverse):
+    """Packed input starts the reverse direction at each sequence's own last step."""
+    if "proj" in extra and cell == "GRU":
+        pytest.skip("projections are LSTM only")
+    a = layer_inputs(cell, 3, 2, 3, 4, True, torch.float64, requires_grad=True, **extra)
+    keys = [k for k, v in a.items() if v is not None and k != "batch_sizes"]
+
+    def f(*tensors):
+        b = dict(a, **dict(zip(keys, tensors)))
+        if cell == "LSTM":
+            return fusedrnn.LSTMFunction.apply(
+                b["x"], b["w_ih"], b["w_hh"], b["b_ih"], b["b_hh"], b["h0"], b["c0"], reverse,
+                b["w_hr"], b["batch_sizes"])
+        return fusedrnn.GRUFunction.apply(
+            b["x"], b["w_ih"], b["w_hh"], b["b_ih"], b["b_hh"], b["h0"], reverse, b["batch_sizes"])
+
+    assert torch.autograd.gradcheck(f, [a[k] for k in keys])
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -133,18 +195,6 @@ def test_deterministic(cell):
     for a, b in zip([*o1, *g1], [*o2, *g2], strict=True):
         assert torch.equal(a, b)
 
-
-def test_proj_size_not_implemented():
-    with pytest.raises(NotImplementedError, match="proj_size"):
-        fusedrnn.LSTM(5, 7, proj_size=3)
-
-
-@pytest.mark.parametrize("cell", CELLS)
-def test_packed_sequence_not_implemented(cell):
-    _, m = make_modules(cell, 5, 7)
-    packed = pack_padded_sequence(torch.randn(4, 3, 5), torch.tensor([4, 3, 1]))
-    with pytest.raises(NotImplementedError, match="PackedSequence"):
-        m(packed)
 
 
 STATE_CONFIGS = [

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstring>
 #include <optional>
 #include <type_traits>
 #include <vector>
@@ -182,21 +183,76 @@ std::vector<opmath_t<scalar_t>> bias_vector(const std::optional<Tensor>& b, int6
   return v;
 }
 
-// Checks shared by both cells' forward ops: x [T,N,I], w_ih [G,I], w_hh [G,Hh],
-// optional biases [G], h0 [N,Hh]. Returns T, N, I.
+// The time steps of a layer. Padded input x [T,N,I] runs N rows at every step; packed
+// input (a PackedSequence's data [R,I] with its batch_sizes [T]) runs the first
+// batch[t] rows at step t, rows offset[t] .. offset[t] + batch[t] of the data.
+// batch is non-increasing, so the rows a step runs are a prefix of the batch.
+struct Steps {
+  int64_t T = 0, N = 0, R = 0;  // steps, batch (rows of the states), rows of x
+  bool packed = false;
+  std::vector<int64_t> batch, offset;
+
+  // The step that ran just before t (t-1 forward, t+1 reverse), or -1 for the first.
+  int64_t prev(int64_t t, bool reverse) const {
+    const int64_t p = reverse ? t + 1 : t - 1;
+    return p >= 0 && p < T ? p : -1;
+  }
+  // How many of step t's rows continue a state from step prev(t); the rest start
+  // from h0 / c0 (only in the reverse direction of packed input).
+  int64_t carried(int64_t t, bool reverse) const {
+    const int64_t p = prev(t, reverse);
+    return p < 0 ? 0 : std::min(batch[t], batch[p]);
+  }
+};
+
+inline Steps make_steps(const Tensor& x, const std::optional<Tensor>& batch_sizes) {
+  Steps s;
+  if (!batch_sizes.has_value()) {
+    STD_TORCH_CHECK(x.dim() == 3, "fusedrnn: padded x must be [T,N,I]");
+    s.T = x.size(0);
+    s.N = x.size(1);
+    s.R = s.T * s.N;
+    for (int64_t t = 0; t < s.T; ++t) {
+      s.batch.push_back(s.N);
+      s.offset.push_back(t * s.N);
+    }
+    return s;
+  }
+  const Tensor& bs = *batch_sizes;
+  STD_TORCH_CHECK(x.dim() == 2, "fusedrnn: packed x must be [R,I]");
+  STD_TORCH_CHECK(bs.is_cpu() && bs.scalar_type() == ScalarType::Long && bs.dim() == 1,
+                  "fusedrnn: batch_sizes must be a 1-D int64 CPU tensor");
+  s.packed = true;
+  s.T = bs.size(0);
+  const Tensor bsc = torch::stable::contiguous(bs);
+  const int64_t* p = bsc.const_data_ptr<int64_t>();
+  for (int64_t t = 0; t < s.T; ++t) {
+    STD_TORCH_CHECK(p[t] > 0 && (t == 0 || p[t] <= p[t - 1]),
+                    "fusedrnn: batch_sizes must be positive and non-increasing");
+    s.batch.push_back(p[t]);
+    s.offset.push_back(s.R);
+    s.R += p[t];
+  }
+  s.N = s.T > 0 ? p[0] : 0;
+  STD_TORCH_CHECK(s.R == x.size(0), "fusedrnn: batch_sizes sum to ", s.R, " but x has ",
+                  x.size(0), " rows");
+  return s;
+}
+
+// Checks shared by both cells' forward ops: x [T,N,I] or packed [R,I], w_ih [G,I],
+// w_hh [G,P], optional biases [G], h0 [N,P]; G = gates * H.
 inline void check_layer_args(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
                              const std::optional<Tensor>& b_ih,
                              const std::optional<Tensor>& b_hh, const Tensor& h0,
-                             int64_t gates) {
+                             int64_t gates, int64_t H, const Steps& st) {
   const ScalarType dt = x.scalar_type();
-  check_cpu_input(x, "x", dt, 3);
+  check_cpu_input(x, "x", dt, st.packed ? 2 : 3);
   check_cpu_input(w_ih, "w_ih", dt, 2);
   check_cpu_input(w_hh, "w_hh", dt, 2);
   check_cpu_input(h0, "h0", dt, 2);
-  const int64_t H = w_hh.size(1);
-  STD_TORCH_CHECK(w_hh.size(0) == gates * H, "fusedrnn: w_hh must be [", gates, "*H, H]");
-  check_shape(w_ih, "w_ih", {gates * H, x.size(2)});
-  check_shape(h0, "h0", {x.size(1), H});
+  check_shape(w_ih, "w_ih", {gates * H, x.size(x.dim() - 1)});
+  check_shape(w_hh, "w_hh", {gates * H});
+  check_shape(h0, "h0", {st.N, w_hh.size(1)});
   STD_TORCH_CHECK(b_ih.has_value() == b_hh.has_value(),
                   "fusedrnn: b_ih and b_hh must both be given or both be None");
   for (const auto& b : {b_ih, b_hh}) {
@@ -206,20 +262,33 @@ inline void check_layer_args(const Tensor& x, const Tensor& w_ih, const Tensor& 
   }
 }
 
-// h_prev of every step, in step order of time index: [T,N,H] with h0 where the
-// recurrence starts (t=0 forward, t=T-1 reverse).
-inline Tensor previous_states(const Tensor& y, const Tensor& h0, bool reverse) {
-  const int64_t T = y.size(0);
-  Tensor hp = torch::stable::empty_like(y);
-  if (T == 0) return hp;
-  if (T > 1) {
-    Tensor dst = torch::stable::narrow(hp, 0, reverse ? 0 : 1, T - 1);
-    Tensor src = y;  // narrow takes a non-const handle; this shares y's storage
-    torch::stable::copy_(dst, torch::stable::narrow(src, 0, reverse ? 1 : 0, T - 1));
+// The state each row starts its step from, for every row: hp [R,P] with hp[row of
+// step t] = y[same sequence, step prev(t)] or h0. y2 [R,P] and h0 [N,P] contiguous.
+inline Tensor previous_states(const Tensor& y2, const Tensor& h0, const Steps& st,
+                              bool reverse) {
+  Tensor hp = torch::stable::empty_like(y2);
+  const int64_t P = y2.size(1);
+  const size_t row_bytes = P * y2.element_size();
+  const char* y = static_cast<const char*>(y2.const_data_ptr());
+  const char* h = static_cast<const char*>(h0.const_data_ptr());
+  char* out = static_cast<char*>(hp.mutable_data_ptr());
+  for (int64_t t = 0; t < st.T; ++t) {
+    const int64_t keep = st.carried(t, reverse), p = st.prev(t, reverse);
+    char* dst = out + st.offset[t] * row_bytes;
+    if (keep > 0) std::memcpy(dst, y + st.offset[p] * row_bytes, keep * row_bytes);
+    std::memcpy(dst + keep * row_bytes, h + keep * row_bytes, (st.batch[t] - keep) * row_bytes);
   }
-  Tensor first = torch::stable::select(hp, 0, reverse ? T - 1 : 0);
-  torch::stable::copy_(first, h0);
   return hp;
+}
+
+// rows [0, n) of a [*, P] contiguous tensor
+inline Tensor head(const Tensor& a, int64_t n) {
+  Tensor m = a;
+  return torch::stable::narrow(m, 0, 0, n);
+}
+inline Tensor rows(const Tensor& a, int64_t start, int64_t n) {
+  Tensor m = a;
+  return torch::stable::narrow(m, 0, start, n);
 }
 
 }  // namespace fusedrnn

@@ -1,5 +1,5 @@
-// CPU GRU layer ops: one layer, one direction, the whole sequence. Same structure as
-// lstm.cpp. W_hn h + b_hn is kept apart from W_in x + b_in for the reset gate, so
+// CPU GRU layer ops: one layer, one direction, the whole sequence, padded or packed.
+// Same structure as lstm.cpp. W_hn h + b_hn is kept apart from W_in x + b_in for the reset gate, so
 // the recurrent GEMM's gradient (dgh) differs from the input GEMM's (dgi) in the n block.
 #include "common.h"
 #include "../cells.h"
@@ -53,140 +53,139 @@ FUSEDRNN_CPU_CLONES void gru_backward_units(
   }
 }
 
+// x2 [R,I]; y2 [R,H]; ws2 [R,4H]; h_n [N,H].
 template <typename scalar_t>
-void gru_forward_impl(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
+void gru_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, const Tensor& w_hh,
                       const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh,
-                      const Tensor& h0, bool reverse, Tensor& y, Tensor& h_n, Tensor& ws) {
+                      const Tensor& h0, bool reverse, Tensor& y2, Tensor& h_n, Tensor& ws2) {
   using acc_t = opmath_t<scalar_t>;
-  const int64_t T = x.size(0), N = x.size(1), I = x.size(2), H = w_hh.size(1), G = 3 * H;
+  const int64_t N = st.N, H = w_hh.size(1), G = 3 * H;
 
-  Tensor xg = empty_as(x, {T * N, G});
-  if (T * N > 0) mm_out(torch::stable::reshape(x, {T * N, I}), t(w_ih), xg);
+  Tensor xg = empty_as(x2, {st.R, G});
+  if (st.R > 0) mm_out(x2, t(w_ih), xg);
   const std::vector<acc_t> b_i = bias_vector<scalar_t>(b_ih, G);
   const std::vector<acc_t> b_h = bias_vector<scalar_t>(b_hh, G);
 
-  // The running state in opmath; y holds its rounding to the storage type.
-  std::vector<acc_t> h(N * H);
-  Tensor h_prev = torch::stable::contiguous(h0);
+  // The running state in opmath, and its rounding (the GEMM's input) in h.
+  Tensor h = torch::stable::clone(h0);
+  std::vector<acc_t> ha(N * H);
   {
-    const scalar_t* p = h_prev.const_data_ptr<scalar_t>();
-    for (int64_t k = 0; k < N * H; ++k) h[k] = static_cast<acc_t>(p[k]);
+    const scalar_t* p = h.const_data_ptr<scalar_t>();
+    for (int64_t k = 0; k < N * H; ++k) ha[k] = static_cast<acc_t>(p[k]);
   }
-  Tensor hg = empty_as(x, {N, G});
+  Tensor hg = empty_as(x2, {N, G});
   const Tensor w_hh_t = t(w_hh);
 
-  const scalar_t* hg_p = hg.const_data_ptr<scalar_t>();
   const scalar_t* xg_p = xg.const_data_ptr<scalar_t>();
-  scalar_t* y_p = y.mutable_data_ptr<scalar_t>();
-  acc_t* ws_p = ws.mutable_data_ptr<acc_t>();
-  for (int64_t s = 0; s < T; ++s) {
-    const int64_t tt = reverse ? T - 1 - s : s;
-    mm_out(h_prev, w_hh_t, hg);
-    const scalar_t* xg_t = xg_p + tt * N * G;
-    scalar_t* y_t = y_p + tt * N * H;
-    acc_t* ws_t = ws_p + tt * N * kGRUSaved * H;
-    for_each_unit_chunk(N, H, [&](int64_t n, int64_t j0, int64_t j1) {
-      gru_forward_units(xg_t + n * G, hg_p + n * G, b_i.data(), b_h.data(), h.data() + n * H,
-                        y_t + n * H, ws_t + n * kGRUSaved * H, H, j0, j1);
+  const scalar_t* hg_p = hg.const_data_ptr<scalar_t>();
+  scalar_t* y_p = y2.mutable_data_ptr<scalar_t>();
+  scalar_t* h_p = h.mutable_data_ptr<scalar_t>();
+  acc_t* ws_p = ws2.mutable_data_ptr<acc_t>();
+  for (int64_t s = 0; s < st.T; ++s) {
+    const int64_t tt = reverse ? st.T - 1 - s : s;
+    const int64_t B = st.batch[tt], off = st.offset[tt];
+    Tensor hg_b = head(hg, B);
+    mm_out(head(h, B), w_hh_t, hg_b);
+    for_each_unit_chunk(B, H, [&](int64_t n, int64_t j0, int64_t j1) {
+      gru_forward_units(xg_p + (off + n) * G, hg_p + n * G, b_i.data(), b_h.data(),
+                        ha.data() + n * H, y_p + (off + n) * H, ws_p + (off + n) * kGRUSaved * H,
+                        H, j0, j1);
     });
-    h_prev = torch::stable::select(y, 0, tt);
+    std::memcpy(h_p, y_p + off * H, B * H * sizeof(scalar_t));
   }
-  torch::stable::copy_(h_n, h_prev);
+  torch::stable::copy_(h_n, h);
 }
 
 std::tuple<Tensor, Tensor, Tensor> gru_forward(
-    const Tensor& x_in, const Tensor& w_ih, const Tensor& w_hh,
-    std::optional<Tensor> b_ih, std::optional<Tensor> b_hh, const Tensor& h0, bool reverse) {
-  check_layer_args(x_in, w_ih, w_hh, b_ih, b_hh, h0, 3);
+    const Tensor& x_in, const Tensor& w_ih, const Tensor& w_hh, std::optional<Tensor> b_ih,
+    std::optional<Tensor> b_hh, const Tensor& h0, std::optional<Tensor> batch_sizes,
+    bool reverse) {
+  const Steps st = make_steps(x_in, batch_sizes);
+  const int64_t H = w_hh.size(1);
+  check_layer_args(x_in, w_ih, w_hh, b_ih, b_hh, h0, 3, H, st);
   const Tensor x = torch::stable::contiguous(x_in);
-  const int64_t T = x.size(0), N = x.size(1), H = w_hh.size(1);
+  const Tensor x2 = torch::stable::reshape(x, {st.R, x.size(x.dim() - 1)});
   const ScalarType dt = x.scalar_type();
-  Tensor y = empty_as(x, {T, N, H});
-  Tensor h_n = empty_as(x, {N, H});
-  Tensor ws = empty_as(x, {T, N, kGRUSaved * H}, opmath_type(dt));
+  Tensor y2 = empty_as(x, {st.R, H});
+  Tensor h_n = empty_as(x, {st.N, H});
+  Tensor ws2 = empty_as(x, {st.R, kGRUSaved * H}, opmath_type(dt));
   dispatch_floating(dt, "gru_forward", [&](auto tag) {
-    using scalar_t = decltype(tag);
-    gru_forward_impl<scalar_t>(x, w_ih, w_hh, b_ih, b_hh, h0, reverse, y, h_n, ws);
+    gru_forward_impl<decltype(tag)>(st, x2, w_ih, w_hh, b_ih, b_hh, h0, reverse, y2, h_n, ws2);
   });
-  return {y, h_n, ws};
+  if (st.packed) return {y2, h_n, ws2};
+  return {torch::stable::reshape(y2, {st.T, st.N, H}), h_n,
+          torch::stable::reshape(ws2, {st.T, st.N, kGRUSaved * H})};
 }
 
 template <typename scalar_t>
-void gru_backward_impl(const Tensor& gy, const Tensor& ghn, const Tensor& hp,
-                       const Tensor& w_hh, const Tensor& ws, bool reverse, Tensor& dgi,
+void gru_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, const Tensor& hp,
+                       const Tensor& w_hh, const Tensor& ws2, bool reverse, Tensor& dgi,
                        Tensor& dgh, Tensor& dh0) {
   using acc_t = opmath_t<scalar_t>;
-  const int64_t T = gy.size(0), N = gy.size(1), H = w_hh.size(1), G = 3 * H;
+  const int64_t N = st.N, H = w_hh.size(1), G = 3 * H;
 
-  // dh_direct carries dh * z to the previous step; dh_rec carries dgh @ W_hh.
-  std::vector<acc_t> dh_direct(N * H);
-  {
-    const scalar_t* p = ghn.const_data_ptr<scalar_t>();
-    for (int64_t k = 0; k < N * H; ++k) dh_direct[k] = static_cast<acc_t>(p[k]);
-  }
-  Tensor dh_rec = empty_as(gy, {N, H});
-  const scalar_t* gy_p = gy.const_data_ptr<scalar_t>();
+  // Per row: dh carries dgh @ W_hh (and grad_h_n before a row's last step), dd carries
+  // dh * z, the part of dh_prev that bypasses W_hh.
+  Tensor dh = torch::stable::clone(ghn);
+  std::vector<acc_t> dd(N * H, acc_t(0));
+  const scalar_t* gy_p = gy2.const_data_ptr<scalar_t>();
   const scalar_t* hp_p = hp.const_data_ptr<scalar_t>();
-  const acc_t* ws_p = ws.const_data_ptr<acc_t>();
+  const scalar_t* dh_p = dh.const_data_ptr<scalar_t>();
+  const acc_t* ws_p = ws2.const_data_ptr<acc_t>();
   scalar_t* dgi_p = dgi.mutable_data_ptr<scalar_t>();
   scalar_t* dgh_p = dgh.mutable_data_ptr<scalar_t>();
-  // Before the last step's GEMM has run, the recurrent term is zero.
-  Tensor zero_rec = torch::stable::new_zeros(gy, {N, H});
-  const scalar_t* rec_p = zero_rec.const_data_ptr<scalar_t>();
-  for (int64_t s = 0; s < T; ++s) {
-    const int64_t tt = reverse ? s : T - 1 - s;
-    const scalar_t* gy_t = gy_p + tt * N * H;
-    const scalar_t* hp_t = hp_p + tt * N * H;
-    const acc_t* ws_t = ws_p + tt * N * kGRUSaved * H;
-    scalar_t* dgi_t = dgi_p + tt * N * G;
-    scalar_t* dgh_t = dgh_p + tt * N * G;
-    for_each_unit_chunk(N, H, [&](int64_t n, int64_t j0, int64_t j1) {
-      gru_backward_units(gy_t + n * H, rec_p + n * H, hp_t + n * H, ws_t + n * kGRUSaved * H,
-                         dh_direct.data() + n * H, dgi_t + n * G, dgh_t + n * G, H, j0, j1);
+  for (int64_t s = 0; s < st.T; ++s) {
+    const int64_t tt = reverse ? s : st.T - 1 - s;
+    const int64_t B = st.batch[tt], off = st.offset[tt];
+    for_each_unit_chunk(B, H, [&](int64_t n, int64_t j0, int64_t j1) {
+      const int64_t r = off + n;
+      gru_backward_units(gy_p + r * H, dh_p + n * H, hp_p + r * H, ws_p + r * kGRUSaved * H,
+                         dd.data() + n * H, dgi_p + r * G, dgh_p + r * G, H, j0, j1);
     });
-    mm_out(torch::stable::select(dgh, 0, tt), w_hh, dh_rec);
-    rec_p = dh_rec.const_data_ptr<scalar_t>();
+    Tensor dh_b = head(dh, B);
+    mm_out(rows(dgh, off, B), w_hh, dh_b);
   }
-  const acc_t* dd = dh_direct.data();
   scalar_t* dh0_p = dh0.mutable_data_ptr<scalar_t>();
-  for (int64_t k = 0; k < N * H; ++k) {
-    dh0_p[k] = static_cast<scalar_t>(dd[k] + static_cast<acc_t>(rec_p[k]));
-  }
+  for (int64_t k = 0; k < N * H; ++k)
+    dh0_p[k] = static_cast<scalar_t>(dd[k] + static_cast<acc_t>(dh_p[k]));
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& x_in, const Tensor& w_ih,
-    const Tensor& w_hh, const Tensor& h0, const Tensor& y, const Tensor& ws, bool reverse) {
-  const int64_t T = x_in.size(0), N = x_in.size(1), I = x_in.size(2), H = w_hh.size(1);
-  const int64_t G = 3 * H;
+    const Tensor& w_hh, const Tensor& h0, const Tensor& y, const Tensor& ws,
+    std::optional<Tensor> batch_sizes, bool reverse) {
+  const Steps st = make_steps(x_in, batch_sizes);
+  const int64_t H = w_hh.size(1), G = 3 * H, I = x_in.size(x_in.dim() - 1);
   const ScalarType dt = x_in.scalar_type();
-  check_cpu_input(grad_y, "grad_y", dt, 3);
-  check_shape(grad_y, "grad_y", {T, N, H});
-  check_shape(ws, "workspace", {T, N, kGRUSaved * H});
-  const Tensor x = torch::stable::contiguous(x_in);
-  const Tensor gy = torch::stable::contiguous(grad_y);
+  check_cpu_input(grad_y, "grad_y", dt, x_in.dim());
+  STD_TORCH_CHECK(grad_y.numel() == st.R * H && y.numel() == st.R * H,
+                  "fusedrnn: grad_y and y must have the shape of y");
+  STD_TORCH_CHECK(ws.numel() == st.R * kGRUSaved * H, "fusedrnn: wrong workspace size");
+  const Tensor x2 = torch::stable::reshape(torch::stable::contiguous(x_in), {st.R, I});
+  const Tensor gy2 = torch::stable::reshape(torch::stable::contiguous(grad_y), {st.R, H});
+  const Tensor y2 = torch::stable::reshape(torch::stable::contiguous(y), {st.R, H});
+  const Tensor ws2 = torch::stable::reshape(torch::stable::contiguous(ws), {st.R, kGRUSaved * H});
   const Tensor ghn = torch::stable::contiguous(grad_h_n);
-  const Tensor wsc = torch::stable::contiguous(ws);
-  const Tensor hp = previous_states(y, h0, reverse);
+  const Tensor hp = previous_states(y2, torch::stable::contiguous(h0), st, reverse);
 
-  Tensor dgi = empty_as(x, {T, N, G});
-  Tensor dgh = empty_as(x, {T, N, G});
-  Tensor dh0 = empty_as(x, {N, H});
-  Tensor db_ih = empty_as(x, {G});
-  Tensor db_hh = empty_as(x, {G});
+  Tensor dgi = empty_as(x2, {st.R, G});
+  Tensor dgh = empty_as(x2, {st.R, G});
+  Tensor dh0 = empty_as(x2, {st.N, H});
+  Tensor db_ih = empty_as(x2, {G});
+  Tensor db_hh = empty_as(x2, {G});
   dispatch_floating(dt, "gru_backward", [&](auto tag) {
     using scalar_t = decltype(tag);
-    gru_backward_impl<scalar_t>(gy, ghn, hp, w_hh, wsc, reverse, dgi, dgh, dh0);
-    column_sum<scalar_t>(dgi.const_data_ptr<scalar_t>(), T * N, G,
+    gru_backward_impl<scalar_t>(st, gy2, ghn, hp, w_hh, ws2, reverse, dgi, dgh, dh0);
+    column_sum<scalar_t>(dgi.const_data_ptr<scalar_t>(), st.R, G,
                          db_ih.mutable_data_ptr<scalar_t>());
-    column_sum<scalar_t>(dgh.const_data_ptr<scalar_t>(), T * N, G,
+    column_sum<scalar_t>(dgh.const_data_ptr<scalar_t>(), st.R, G,
                          db_hh.mutable_data_ptr<scalar_t>());
   });
-  const Tensor dgi2 = torch::stable::reshape(dgi, {T * N, G});
-  const Tensor dgh2 = torch::stable::reshape(dgh, {T * N, G});
-  Tensor dx = torch::stable::reshape(mm(dgi2, w_ih), {T, N, I});
-  Tensor dw_ih = mm_tn(dgi2, torch::stable::reshape(x, {T * N, I}));
-  Tensor dw_hh = mm_tn(dgh2, torch::stable::reshape(hp, {T * N, H}));
+  Tensor dx = torch::stable::reshape(mm(dgi, w_ih), x_in.dim() == 3
+                                                        ? std::vector<int64_t>{st.T, st.N, I}
+                                                        : std::vector<int64_t>{st.R, I});
+  Tensor dw_ih = mm_tn(dgi, x2);
+  Tensor dw_hh = mm_tn(dgh, hp);
   return {dx, dh0, dw_ih, dw_hh, db_ih, db_hh};
 }
 

@@ -1,8 +1,9 @@
-// CPU LSTM layer ops: one layer, one direction, the whole sequence.
-// Forward: xg = x @ W_ih^T for all T in one GEMM; per step hg = h @ W_hh^T, then one
-// fused pass (bias, gates, state update, output, saved activations).
+// CPU LSTM layer ops: one layer, one direction, the whole sequence, padded or packed.
+// Forward: xg = x @ W_ih^T for all steps in one GEMM; per step hg = h @ W_hh^T over the
+// step's active rows, then one fused pass (bias, gates, state update, output, saved
+// activations); with projections, h = m @ W_hr^T where m = o * tanh(c).
 // Backward: per step one fused pass and dh = dgates @ W_hh; after the loop dx, dW_ih,
-// dW_hh as three large GEMMs and the bias gradient as a fixed-order reduction.
+// dW_hh (and dW_hr) as large GEMMs and the bias gradient as a fixed-order reduction.
 #include "common.h"
 #include "../cells.h"
 
@@ -57,149 +58,212 @@ FUSEDRNN_CPU_CLONES void lstm_backward_units(
   }
 }
 
-template <typename scalar_t>
-void lstm_forward_impl(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
-                       const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh,
-                       const Tensor& h0, const Tensor& c0, bool reverse, Tensor& y,
-                       Tensor& h_n, Tensor& c_n, Tensor& ws) {
-  using acc_t = opmath_t<scalar_t>;
-  const int64_t T = x.size(0), N = x.size(1), I = x.size(2), H = w_hh.size(1), G = 4 * H;
 
-  Tensor xg = empty_as(x, {T * N, G});
-  if (T * N > 0) mm_out(torch::stable::reshape(x, {T * N, I}), t(w_ih), xg);
+// A vector of n opmath values read from a contiguous tensor.
+template <typename scalar_t>
+std::vector<opmath_t<scalar_t>> to_opmath(const Tensor& a) {
+  const Tensor c = torch::stable::contiguous(a);
+  const scalar_t* p = c.const_data_ptr<scalar_t>();
+  return std::vector<opmath_t<scalar_t>>(p, p + c.numel());
+}
+
+template <typename scalar_t>
+void copy_rows(scalar_t* dst, const scalar_t* src, int64_t n) {
+  std::memcpy(dst, src, n * sizeof(scalar_t));
+}
+
+// x2 [R,I]; y2 [R,P]; ws2 [R,5H]; h_n [N,P]; c_n [N,H]. P = H without projections.
+template <typename scalar_t>
+void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, const Tensor& w_hh,
+                       const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh,
+                       const std::optional<Tensor>& w_hr, const Tensor& h0, const Tensor& c0,
+                       bool reverse, Tensor& y2, Tensor& h_n, Tensor& c_n, Tensor& ws2) {
+  using acc_t = opmath_t<scalar_t>;
+  const int64_t N = st.N, H = w_ih.size(0) / 4, P = w_hh.size(1), G = 4 * H;
+
+  Tensor xg = empty_as(x2, {st.R, G});
+  if (st.R > 0) mm_out(x2, t(w_ih), xg);
   const std::vector<acc_t> b_i = bias_vector<scalar_t>(b_ih, G);
   const std::vector<acc_t> b_h = bias_vector<scalar_t>(b_hh, G);
   std::vector<acc_t> bias(G);
   for (int64_t k = 0; k < G; ++k) bias[k] = b_i[k] + b_h[k];
 
-  std::vector<acc_t> c(N * H);
-  {
-    Tensor c0c = torch::stable::contiguous(c0);
-    const scalar_t* p = c0c.const_data_ptr<scalar_t>();
-    for (int64_t k = 0; k < N * H; ++k) c[k] = static_cast<acc_t>(p[k]);
-  }
-  Tensor hg = empty_as(x, {N, G});
+  std::vector<acc_t> c = to_opmath<scalar_t>(c0);      // running cell state [N,H]
+  Tensor h = torch::stable::clone(h0);                 // running h [N,P], the GEMM's input
+  Tensor hg = empty_as(x2, {N, G});
+  Tensor m = empty_as(x2, {w_hr ? N : 0, H});          // o * tanh(c) before the projection
   const Tensor w_hh_t = t(w_hh);
-  Tensor h_prev = torch::stable::contiguous(h0);
+  const std::optional<Tensor> w_hr_t = w_hr ? std::optional<Tensor>(t(*w_hr)) : std::nullopt;
 
-  const scalar_t* hg_p = hg.const_data_ptr<scalar_t>();
   const scalar_t* xg_p = xg.const_data_ptr<scalar_t>();
-  scalar_t* y_p = y.mutable_data_ptr<scalar_t>();
-  acc_t* ws_p = ws.mutable_data_ptr<acc_t>();
-  for (int64_t s = 0; s < T; ++s) {
-    const int64_t tt = reverse ? T - 1 - s : s;
-    mm_out(h_prev, w_hh_t, hg);
-    const scalar_t* xg_t = xg_p + tt * N * G;
-    scalar_t* y_t = y_p + tt * N * H;
-    acc_t* ws_t = ws_p + tt * N * kLSTMSaved * H;
-    for_each_unit_chunk(N, H, [&](int64_t n, int64_t j0, int64_t j1) {
-      lstm_forward_units(xg_t + n * G, hg_p + n * G, bias.data(), c.data() + n * H,
-                         y_t + n * H, ws_t + n * kLSTMSaved * H, H, j0, j1);
+  const scalar_t* hg_p = hg.const_data_ptr<scalar_t>();
+  scalar_t* y_p = y2.mutable_data_ptr<scalar_t>();
+  scalar_t* h_p = h.mutable_data_ptr<scalar_t>();
+  scalar_t* m_p = m.mutable_data_ptr<scalar_t>();
+  acc_t* ws_p = ws2.mutable_data_ptr<acc_t>();
+  for (int64_t s = 0; s < st.T; ++s) {
+    const int64_t tt = reverse ? st.T - 1 - s : s;
+    const int64_t B = st.batch[tt], off = st.offset[tt];
+    Tensor hg_b = head(hg, B);
+    mm_out(head(h, B), w_hh_t, hg_b);
+    scalar_t* out = w_hr ? m_p : y_p + off * H;  // rows of m, or of y (P = H)
+    for_each_unit_chunk(B, H, [&](int64_t n, int64_t j0, int64_t j1) {
+      lstm_forward_units(xg_p + (off + n) * G, hg_p + n * G, bias.data(), c.data() + n * H,
+                         out + n * H, ws_p + (off + n) * kLSTMSaved * H, H, j0, j1);
     });
-    h_prev = torch::stable::select(y, 0, tt);
+    if (w_hr) {
+      Tensor y_b = rows(y2, off, B);
+      mm_out(head(m, B), *w_hr_t, y_b);
+    }
+    copy_rows(h_p, y_p + off * P, B * P);
   }
-  torch::stable::copy_(h_n, h_prev);
+  torch::stable::copy_(h_n, h);
   scalar_t* cn_p = c_n.mutable_data_ptr<scalar_t>();
   for (int64_t k = 0; k < N * H; ++k) cn_p[k] = static_cast<scalar_t>(c[k]);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
-    const Tensor& x_in, const Tensor& w_ih, const Tensor& w_hh,
-    std::optional<Tensor> b_ih, std::optional<Tensor> b_hh, const Tensor& h0,
-    const Tensor& c0, bool reverse) {
-  check_layer_args(x_in, w_ih, w_hh, b_ih, b_hh, h0, 4);
+    const Tensor& x_in, const Tensor& w_ih, const Tensor& w_hh, std::optional<Tensor> b_ih,
+    std::optional<Tensor> b_hh, std::optional<Tensor> w_hr, const Tensor& h0, const Tensor& c0,
+    std::optional<Tensor> batch_sizes, bool reverse) {
+  const Steps st = make_steps(x_in, batch_sizes);
+  const int64_t H = w_ih.size(0) / 4, P = w_hh.size(1);
+  check_layer_args(x_in, w_ih, w_hh, b_ih, b_hh, h0, 4, H, st);
   check_cpu_input(c0, "c0", x_in.scalar_type(), 2);
-  check_shape(c0, "c0", {x_in.size(1), w_hh.size(1)});
+  check_shape(c0, "c0", {st.N, H});
+  if (w_hr) {
+    check_cpu_input(*w_hr, "w_hr", x_in.scalar_type(), 2);
+    check_shape(*w_hr, "w_hr", {P, H});
+  } else {
+    STD_TORCH_CHECK(P == H, "fusedrnn: w_hh must be [4H, H] without w_hr");
+  }
   const Tensor x = torch::stable::contiguous(x_in);
-  const int64_t T = x.size(0), N = x.size(1), H = w_hh.size(1);
+  const Tensor x2 = torch::stable::reshape(x, {st.R, x.size(x.dim() - 1)});
   const ScalarType dt = x.scalar_type();
-  Tensor y = empty_as(x, {T, N, H});
-  Tensor h_n = empty_as(x, {N, H});
-  Tensor c_n = empty_as(x, {N, H});
-  Tensor ws = empty_as(x, {T, N, kLSTMSaved * H}, opmath_type(dt));
+  Tensor y2 = empty_as(x, {st.R, P});
+  Tensor h_n = empty_as(x, {st.N, P});
+  Tensor c_n = empty_as(x, {st.N, H});
+  Tensor ws2 = empty_as(x, {st.R, kLSTMSaved * H}, opmath_type(dt));
   dispatch_floating(dt, "lstm_forward", [&](auto tag) {
-    using scalar_t = decltype(tag);
-    lstm_forward_impl<scalar_t>(x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse, y, h_n, c_n, ws);
+    lstm_forward_impl<decltype(tag)>(st, x2, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, y2,
+                                     h_n, c_n, ws2);
   });
-  return {y, h_n, c_n, ws};
+  if (st.packed) return {y2, h_n, c_n, ws2};
+  return {torch::stable::reshape(y2, {st.T, st.N, P}), h_n, c_n,
+          torch::stable::reshape(ws2, {st.T, st.N, kLSTMSaved * H})};
 }
 
+// gy2 [R,P]; dgates [R,4H]; with projections also dh_all [R,P] (the grad of each step's
+// h, all sources summed) for dW_hr. Returns nothing; dh0, dc0 [N,P], [N,H] filled.
 template <typename scalar_t>
-void lstm_backward_impl(const Tensor& gy, const Tensor& ghn, const Tensor& gcn,
-                        const Tensor& c0, const Tensor& w_hh, const Tensor& ws, bool reverse,
-                        Tensor& dgates, Tensor& dh0, Tensor& dc0) {
+void lstm_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, const Tensor& gcn,
+                        const Tensor& c0, const Tensor& w_hh, const std::optional<Tensor>& w_hr,
+                        const Tensor& ws2, bool reverse, Tensor& dgates, Tensor& dh_all,
+                        Tensor& dh0, Tensor& dc0) {
   using acc_t = opmath_t<scalar_t>;
-  const int64_t T = gy.size(0), N = gy.size(1), H = w_hh.size(1), G = 4 * H;
+  const int64_t N = st.N, H = w_hh.size(0) / 4, P = w_hh.size(1), G = 4 * H;
 
-  std::vector<acc_t> dc(N * H), c_first(N * H);
-  {
-    const scalar_t* p = gcn.const_data_ptr<scalar_t>();
-    const scalar_t* q = c0.const_data_ptr<scalar_t>();
-    for (int64_t k = 0; k < N * H; ++k) {
-      dc[k] = static_cast<acc_t>(p[k]);
-      c_first[k] = static_cast<acc_t>(q[k]);
-    }
-  }
-  Tensor dh_rec = empty_as(gy, {N, H});
-  const scalar_t* gy_p = gy.const_data_ptr<scalar_t>();
-  const acc_t* ws_p = ws.const_data_ptr<acc_t>();
+  std::vector<acc_t> dc = to_opmath<scalar_t>(gcn);  // grad of c, carried back per row
+  const std::vector<acc_t> c_first = to_opmath<scalar_t>(c0);
+  Tensor dh = torch::stable::clone(ghn);  // grad of h from later steps [N,P], per row
+  Tensor dm = empty_as(gy2, {w_hr ? N : 0, H});
+  Tensor zeros = torch::stable::new_zeros(gy2, {w_hr ? N : 0, H});
+  const scalar_t* gy_p = gy2.const_data_ptr<scalar_t>();
+  const acc_t* ws_p = ws2.const_data_ptr<acc_t>();
   scalar_t* dg_p = dgates.mutable_data_ptr<scalar_t>();
-  const scalar_t* dh_p = ghn.const_data_ptr<scalar_t>();
-  for (int64_t s = 0; s < T; ++s) {
-    const int64_t tt = reverse ? s : T - 1 - s;
-    const bool first_step = reverse ? tt == T - 1 : tt == 0;
-    const scalar_t* gy_t = gy_p + tt * N * H;
-    const acc_t* ws_t = ws_p + tt * N * kLSTMSaved * H;
-    // c_{t-1}: c0, or the c saved by the previous step (rows of stride 5H).
-    const acc_t* cp_t = first_step ? c_first.data()
-                                   : ws_p + (reverse ? tt + 1 : tt - 1) * N * kLSTMSaved * H + 4 * H;
-    const int64_t cp_stride = first_step ? H : kLSTMSaved * H;
-    scalar_t* dg_t = dg_p + tt * N * G;
-    for_each_unit_chunk(N, H, [&](int64_t n, int64_t j0, int64_t j1) {
-      lstm_backward_units(gy_t + n * H, dh_p + n * H, ws_t + n * kLSTMSaved * H,
-                          cp_t + n * cp_stride, dc.data() + n * H, dg_t + n * G, H, j0, j1);
+  scalar_t* dh_p = dh.mutable_data_ptr<scalar_t>();
+  scalar_t* dha_p = dh_all.mutable_data_ptr<scalar_t>();
+  for (int64_t s = 0; s < st.T; ++s) {
+    const int64_t tt = reverse ? s : st.T - 1 - s;
+    const int64_t B = st.batch[tt], off = st.offset[tt];
+    const int64_t keep = st.carried(tt, reverse), p = st.prev(tt, reverse);
+    // The two terms the cell's dh sums: (gy, dh) without projections; with them,
+    // (dm, 0) where dm = (gy + dh) @ W_hr.
+    const scalar_t* a = gy_p + off * P;
+    const scalar_t* b = dh_p;
+    if (w_hr) {
+      scalar_t* d = dha_p + off * P;
+      for (int64_t k = 0; k < B * P; ++k) d[k] = static_cast<scalar_t>(acc_t(a[k]) + acc_t(b[k]));
+      Tensor dm_b = head(dm, B);
+      mm_out(rows(dh_all, off, B), *w_hr, dm_b);
+      a = dm.const_data_ptr<scalar_t>();
+      b = zeros.const_data_ptr<scalar_t>();
+    }
+    for_each_unit_chunk(B, H, [&](int64_t n, int64_t j0, int64_t j1) {
+      // c_{t-1}: saved by the previous step (rows of stride 5H), or c0.
+      const acc_t* cp = n < keep ? ws_p + (st.offset[p] + n) * kLSTMSaved * H + 4 * H
+                                 : c_first.data() + n * H;
+      lstm_backward_units(a + n * H, b + n * H, ws_p + (off + n) * kLSTMSaved * H, cp,
+                          dc.data() + n * H, dg_p + (off + n) * G, H, j0, j1);
     });
-    mm_out(torch::stable::select(dgates, 0, tt), w_hh, dh_rec);
-    dh_p = dh_rec.const_data_ptr<scalar_t>();
+    Tensor dh_b = head(dh, B);
+    mm_out(rows(dgates, off, B), w_hh, dh_b);
   }
-  torch::stable::copy_(dh0, T > 0 ? dh_rec : ghn);
+  torch::stable::copy_(dh0, dh);
   scalar_t* dc0_p = dc0.mutable_data_ptr<scalar_t>();
   for (int64_t k = 0; k < N * H; ++k) dc0_p[k] = static_cast<scalar_t>(dc[k]);
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
+// m = o * tanh(c) of every row, from the workspace: the input of the projection.
+template <typename scalar_t>
+Tensor projection_inputs(const Tensor& ws2, int64_t H, const Tensor& like) {
+  using acc_t = opmath_t<scalar_t>;
+  const int64_t R = ws2.size(0);
+  Tensor m = empty_as(like, {R, H});
+  const acc_t* w = ws2.const_data_ptr<acc_t>();
+  scalar_t* out = m.mutable_data_ptr<scalar_t>();
+  parallel_rows(R, std::max<int64_t>(1, kPointwiseGrain / H), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const acc_t* row = w + r * kLSTMSaved * H;
+      for (int64_t j = 0; j < H; ++j)
+        out[r * H + j] = static_cast<scalar_t>(row[3 * H + j] * tanh_(row[4 * H + j]));
+    }
+  });
+  return m;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
     const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& x_in,
-    const Tensor& w_ih, const Tensor& w_hh, const Tensor& h0, const Tensor& c0_in,
-    const Tensor& y, const Tensor& ws, bool reverse) {
-  const int64_t T = x_in.size(0), N = x_in.size(1), I = x_in.size(2), H = w_hh.size(1);
-  const int64_t G = 4 * H;
+    const Tensor& w_ih, const Tensor& w_hh, std::optional<Tensor> w_hr, const Tensor& h0,
+    const Tensor& c0_in, const Tensor& y, const Tensor& ws, std::optional<Tensor> batch_sizes,
+    bool reverse) {
+  const Steps st = make_steps(x_in, batch_sizes);
+  const int64_t H = w_ih.size(0) / 4, P = w_hh.size(1), G = 4 * H;
+  const int64_t I = x_in.size(x_in.dim() - 1);
   const ScalarType dt = x_in.scalar_type();
-  check_cpu_input(grad_y, "grad_y", dt, 3);
-  check_shape(grad_y, "grad_y", {T, N, H});
-  check_shape(ws, "workspace", {T, N, kLSTMSaved * H});
-  const Tensor x = torch::stable::contiguous(x_in);
-  const Tensor gy = torch::stable::contiguous(grad_y);
+  check_cpu_input(grad_y, "grad_y", dt, x_in.dim());
+  STD_TORCH_CHECK(grad_y.numel() == st.R * P && y.numel() == st.R * P,
+                  "fusedrnn: grad_y and y must have the shape of y");
+  STD_TORCH_CHECK(ws.numel() == st.R * kLSTMSaved * H, "fusedrnn: wrong workspace size");
+  const Tensor x2 = torch::stable::reshape(torch::stable::contiguous(x_in), {st.R, I});
+  const Tensor gy2 = torch::stable::reshape(torch::stable::contiguous(grad_y), {st.R, P});
+  const Tensor y2 = torch::stable::reshape(torch::stable::contiguous(y), {st.R, P});
+  const Tensor ws2 = torch::stable::reshape(torch::stable::contiguous(ws), {st.R, kLSTMSaved * H});
   const Tensor ghn = torch::stable::contiguous(grad_h_n);
   const Tensor gcn = torch::stable::contiguous(grad_c_n);
   const Tensor c0 = torch::stable::contiguous(c0_in);
-  const Tensor wsc = torch::stable::contiguous(ws);
+  const Tensor h0c = torch::stable::contiguous(h0);
 
-  Tensor dgates = empty_as(x, {T, N, G});
-  Tensor dh0 = empty_as(x, {N, H});
-  Tensor dc0 = empty_as(x, {N, H});
-  Tensor db = empty_as(x, {G});
+  Tensor dgates = empty_as(x2, {st.R, G});
+  Tensor dh_all = empty_as(x2, {w_hr ? st.R : 0, P});
+  Tensor dh0 = empty_as(x2, {st.N, P});
+  Tensor dc0 = empty_as(x2, {st.N, H});
+  Tensor db = empty_as(x2, {G});
+  Tensor dw_hr = empty_as(x2, {0});
   dispatch_floating(dt, "lstm_backward", [&](auto tag) {
     using scalar_t = decltype(tag);
-    lstm_backward_impl<scalar_t>(gy, ghn, gcn, c0, w_hh, wsc, reverse, dgates, dh0, dc0);
-    column_sum<scalar_t>(dgates.const_data_ptr<scalar_t>(), T * N, G,
+    lstm_backward_impl<scalar_t>(st, gy2, ghn, gcn, c0, w_hh, w_hr, ws2, reverse, dgates, dh_all,
+                                 dh0, dc0);
+    column_sum<scalar_t>(dgates.const_data_ptr<scalar_t>(), st.R, G,
                          db.mutable_data_ptr<scalar_t>());
+    if (w_hr) dw_hr = mm_tn(dh_all, projection_inputs<scalar_t>(ws2, H, x2));
   });
-  const Tensor dg2 = torch::stable::reshape(dgates, {T * N, G});
-  Tensor dx = torch::stable::reshape(mm(dg2, w_ih), {T, N, I});
-  Tensor dw_ih = mm_tn(dg2, torch::stable::reshape(x, {T * N, I}));
-  const Tensor hp = previous_states(y, h0, reverse);
-  Tensor dw_hh = mm_tn(dg2, torch::stable::reshape(hp, {T * N, H}));
-  return {dx, dh0, dc0, dw_ih, dw_hh, db};
+  Tensor dx = torch::stable::reshape(mm(dgates, w_ih), x_in.dim() == 3
+                                                           ? std::vector<int64_t>{st.T, st.N, I}
+                                                           : std::vector<int64_t>{st.R, I});
+  Tensor dw_ih = mm_tn(dgates, x2);
+  Tensor dw_hh = mm_tn(dgates, previous_states(y2, h0c, st, reverse));
+  return {dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr};
 }
 
 }  // namespace

@@ -1,7 +1,7 @@
 """Loads the compiled modules and registers a fake (meta) kernel for every op.
 
 The fakes give torch.compile, torch.export and opcheck the output shapes without
-running a kernel. Shapes: x [T,N,I], w_hh [G,H], h0/c0 [N,H], y [T,N,H].
+running a kernel. Shapes: see csrc/registry.cpp (x [T,N,I] or packed [R,I]).
 """
 import torch
 
@@ -24,52 +24,56 @@ def _opmath(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _rows(x, batch_sizes):
+    """Leading dims of y and the workspace: [T,N] padded, [R] packed."""
+    return tuple(x.shape[:-1]) if batch_sizes is None else (x.shape[0],)
+
+
 @torch.library.register_fake("fusedrnn::lstm_forward")
-def _lstm_forward_fake(x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse):
-    T, N, _ = x.shape
-    H = w_hh.shape[1]
-    torch._check(w_hh.shape[0] == 4 * H)
+def _lstm_forward_fake(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, batch_sizes, reverse):
+    H, P = w_ih.shape[0] // 4, w_hh.shape[1]
+    lead = _rows(x, batch_sizes)
     return (
-        x.new_empty(T, N, H),
-        x.new_empty(N, H),
-        x.new_empty(N, H),
-        x.new_empty(T, N, LSTM_SAVED * H, dtype=_opmath(x.dtype)),
+        x.new_empty(*lead, P),
+        x.new_empty(h0.shape),
+        x.new_empty(c0.shape),
+        x.new_empty(*lead, LSTM_SAVED * H, dtype=_opmath(x.dtype)),
     )
 
 
 @torch.library.register_fake("fusedrnn::lstm_backward")
-def _lstm_backward_fake(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, h0, c0, y, workspace, reverse):
-    H = w_hh.shape[1]
+def _lstm_backward_fake(
+    grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0, y, workspace, batch_sizes, reverse
+):
     return (
         torch.empty_like(x, memory_format=torch.contiguous_format),
-        x.new_empty(x.shape[1], H),
-        x.new_empty(x.shape[1], H),
+        h0.new_empty(h0.shape),
+        c0.new_empty(c0.shape),
         w_ih.new_empty(w_ih.shape),
         w_hh.new_empty(w_hh.shape),
-        w_hh.new_empty(4 * H),
+        w_hh.new_empty(w_ih.shape[0]),
+        w_hh.new_empty(w_hr.shape if w_hr is not None else (0,)),
     )
 
 
 @torch.library.register_fake("fusedrnn::gru_forward")
-def _gru_forward_fake(x, w_ih, w_hh, b_ih, b_hh, h0, reverse):
-    T, N, _ = x.shape
+def _gru_forward_fake(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse):
     H = w_hh.shape[1]
-    torch._check(w_hh.shape[0] == 3 * H)
+    lead = _rows(x, batch_sizes)
     return (
-        x.new_empty(T, N, H),
-        x.new_empty(N, H),
-        x.new_empty(T, N, GRU_SAVED * H, dtype=_opmath(x.dtype)),
+        x.new_empty(*lead, H),
+        x.new_empty(h0.shape),
+        x.new_empty(*lead, GRU_SAVED * H, dtype=_opmath(x.dtype)),
     )
 
 
 @torch.library.register_fake("fusedrnn::gru_backward")
-def _gru_backward_fake(grad_y, grad_h_n, x, w_ih, w_hh, h0, y, workspace, reverse):
-    H = w_hh.shape[1]
+def _gru_backward_fake(grad_y, grad_h_n, x, w_ih, w_hh, h0, y, workspace, batch_sizes, reverse):
     return (
         torch.empty_like(x, memory_format=torch.contiguous_format),
-        x.new_empty(x.shape[1], H),
+        h0.new_empty(h0.shape),
         w_ih.new_empty(w_ih.shape),
         w_hh.new_empty(w_hh.shape),
-        w_hh.new_empty(3 * H),
-        w_hh.new_empty(3 * H),
+        w_hh.new_empty(w_ih.shape[0]),
+        w_hh.new_empty(w_ih.shape[0]),
     )

@@ -2,11 +2,14 @@
 
 Each covers one layer and one direction over a whole sequence:
 
-    y, h_n, c_n, ws = fusedrnn.LSTMFunction.apply(x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse)
-    y, h_n, ws      = fusedrnn.GRUFunction.apply(x, w_ih, w_hh, b_ih, b_hh, h0, reverse)
+    y, h_n, c_n, ws = fusedrnn.LSTMFunction.apply(
+        x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse, w_hr, batch_sizes)
+    y, h_n, ws = fusedrnn.GRUFunction.apply(x, w_ih, w_hh, b_ih, b_hh, h0, reverse, batch_sizes)
 
-x [T,N,I]; w_ih [G,I]; w_hh [G,H]; b_ih, b_hh [G] or None; h0, c0 [N,H]; y [T,N,H];
-G = 4H (LSTM, gate order i,f,g,o) or 3H (GRU, r,z,n), torch.nn's layout.
+x [T,N,I], or a PackedSequence's data [R,I] with its batch_sizes [T] (int64, CPU);
+w_ih [G,I]; w_hh [G,P]; b_ih, b_hh [G] or None; h0 [N,P]; c0 [N,H]; y [T,N,P] or [R,P];
+G = 4H (LSTM, gate order i,f,g,o) or 3H (GRU, r,z,n), torch.nn's layout. w_hr [P,H]
+is the LSTM projection (proj_size = P) or None (P = H).
 reverse=True runs the recurrence from t=T-1 down to 0 (the backward direction of a
 bidirectional layer); y keeps the time order of x. ws is the saved-activation
 workspace that backward reads: non-differentiable, returned (not hidden) so that a
@@ -19,40 +22,44 @@ from ._ops import ops
 
 class LSTMFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse=False):
-        y, h_n, c_n, ws = ops.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse)
+    def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse=False, w_hr=None, batch_sizes=None):
+        y, h_n, c_n, ws = ops.lstm_forward(
+            x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, batch_sizes, reverse
+        )
         ctx.mark_non_differentiable(ws)
-        ctx.save_for_backward(x, w_ih, w_hh, h0, c0, y, ws)
+        ctx.save_for_backward(x, w_ih, w_hh, w_hr, h0, c0, y, ws, batch_sizes)
         ctx.reverse = reverse
         ctx.has_bias = b_ih is not None
         return y, h_n, c_n, ws
 
     @staticmethod
     def backward(ctx, grad_y, grad_h_n, grad_c_n, _grad_ws):
-        x, w_ih, w_hh, h0, c0, y, ws = ctx.saved_tensors
-        dx, dh0, dc0, dw_ih, dw_hh, db = ops.lstm_backward(
-            grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, h0, c0, y, ws, ctx.reverse
+        x, w_ih, w_hh, w_hr, h0, c0, y, ws, batch_sizes = ctx.saved_tensors
+        dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = ops.lstm_backward(
+            grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0, y, ws, batch_sizes,
+            ctx.reverse,
         )
         db_ih, db_hh = (db, db) if ctx.has_bias else (None, None)
-        return dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, None
+        dw_hr = dw_hr if w_hr is not None else None
+        return dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, None, dw_hr, None
 
 
 class GRUFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, h0, reverse=False):
-        y, h_n, ws = ops.gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0, reverse)
+    def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, h0, reverse=False, batch_sizes=None):
+        y, h_n, ws = ops.gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse)
         ctx.mark_non_differentiable(ws)
-        ctx.save_for_backward(x, w_ih, w_hh, h0, y, ws)
+        ctx.save_for_backward(x, w_ih, w_hh, h0, y, ws, batch_sizes)
         ctx.reverse = reverse
         ctx.has_bias = b_ih is not None
         return y, h_n, ws
 
     @staticmethod
     def backward(ctx, grad_y, grad_h_n, _grad_ws):
-        x, w_ih, w_hh, h0, y, ws = ctx.saved_tensors
+        x, w_ih, w_hh, h0, y, ws, batch_sizes = ctx.saved_tensors
         dx, dh0, dw_ih, dw_hh, db_ih, db_hh = ops.gru_backward(
-            grad_y, grad_h_n, x, w_ih, w_hh, h0, y, ws, ctx.reverse
+            grad_y, grad_h_n, x, w_ih, w_hh, h0, y, ws, batch_sizes, ctx.reverse
         )
         if not ctx.has_bias:
             db_ih = db_hh = None
-        return dx, dw_ih, dw_hh, db_ih, db_hh, dh0, None
+        return dx, dw_ih, dw_hh, db_ih, db_hh, dh0, None, None

@@ -1,7 +1,8 @@
 """The layer stack: layers, directions and inter-layer dropout over the layer ops.
 
-Inputs are time-major: x [T,N,I]; hx [L*D,N,H] (and cx for LSTM); weights is the flat
-list of torch.nn's parameters, per layer and direction [w_ih, w_hh, (b_ih, b_hh)].
+x is time-major [T,N,I], or a PackedSequence's data [R,I] with its batch_sizes [T];
+hx [L*D,N,P] (and cx [L*D,N,H] for LSTM); weights is torch.nn's flat parameter list,
+per layer and direction [w_ih, w_hh, (b_ih, b_hh), (w_hr)].
 """
 import torch
 import torch.nn.functional as F
@@ -9,48 +10,51 @@ import torch.nn.functional as F
 from .autograd import GRUFunction, LSTMFunction
 
 
-def _stack(cell, x, states, weights, has_bias, num_layers, bidirectional, dropout, training):
+def _stack(cell, x, states, weights, has_bias, has_proj, num_layers, bidirectional, dropout,
+           training, batch_sizes):
     D = 2 if bidirectional else 1
-    per = 4 if has_bias else 2
+    per = 2 + 2 * has_bias + has_proj
     finals = [[] for _ in states]
     for layer in range(num_layers):
         outs = []
         for d in range(D):
             k = layer * D + d
             w = weights[k * per : (k + 1) * per]
-            w_ih, w_hh = w[0], w[1]
             b_ih, b_hh = (w[2], w[3]) if has_bias else (None, None)
-            y, *final = cell(x, w_ih, w_hh, b_ih, b_hh, *[s[k] for s in states], d == 1)
+            w_hr = w[-1] if has_proj else None
+            y, *final = cell(x, w[0], w[1], b_ih, b_hh, w_hr, *[s[k] for s in states], d == 1,
+                             batch_sizes)
             outs.append(y)
             for acc, f in zip(finals, final):
                 acc.append(f)
-        x = outs[0] if D == 1 else torch.cat(outs, dim=2)
+        x = outs[0] if D == 1 else torch.cat(outs, dim=-1)
         if dropout > 0 and training and layer < num_layers - 1:
             x = F.dropout(x, p=dropout, training=True)
     return x, [torch.stack(f, 0) for f in finals]
 
 
-def _lstm_cell(x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse):
-    y, h_n, c_n, _ = LSTMFunction.apply(x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse)
+def _lstm_cell(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, batch_sizes):
+    y, h_n, c_n, _ = LSTMFunction.apply(x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse, w_hr,
+                                        batch_sizes)
     return y, h_n, c_n
 
 
-def _gru_cell(x, w_ih, w_hh, b_ih, b_hh, h0, reverse):
-    y, h_n, _ = GRUFunction.apply(x, w_ih, w_hh, b_ih, b_hh, h0, reverse)
+def _gru_cell(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, reverse, batch_sizes):
+    y, h_n, _ = GRUFunction.apply(x, w_ih, w_hh, b_ih, b_hh, h0, reverse, batch_sizes)
     return y, h_n
 
 
-def lstm(x, hx, cx, weights, has_bias, num_layers, bidirectional, dropout=0.0, training=False):
-    """Multi-layer LSTM. Returns y [T,N,D*H], h_n [L*D,N,H], c_n [L*D,N,H]."""
-    y, (h_n, c_n) = _stack(
-        _lstm_cell, x, (hx, cx), weights, has_bias, num_layers, bidirectional, dropout, training
-    )
+def lstm(x, hx, cx, weights, has_bias, num_layers, bidirectional, dropout=0.0, training=False,
+         batch_sizes=None, has_proj=False):
+    """Multi-layer LSTM. Returns y [T,N,D*P] (or [R,D*P]), h_n [L*D,N,P], c_n [L*D,N,H]."""
+    y, (h_n, c_n) = _stack(_lstm_cell, x, (hx, cx), weights, has_bias, has_proj, num_layers,
+                           bidirectional, dropout, training, batch_sizes)
     return y, h_n, c_n
 
 
-def gru(x, hx, weights, has_bias, num_layers, bidirectional, dropout=0.0, training=False):
-    """Multi-layer GRU. Returns y [T,N,D*H], h_n [L*D,N,H]."""
-    y, (h_n,) = _stack(
-        _gru_cell, x, (hx,), weights, has_bias, num_layers, bidirectional, dropout, training
-    )
+def gru(x, hx, weights, has_bias, num_layers, bidirectional, dropout=0.0, training=False,
+        batch_sizes=None):
+    """Multi-layer GRU. Returns y [T,N,D*H] (or [R,D*H]), h_n [L*D,N,H]."""
+    y, (h_n,) = _stack(_gru_cell, x, (hx,), weights, has_bias, False, num_layers, bidirectional,
+                       dropout, training, batch_sizes)
     return y, h_n

@@ -12,6 +12,11 @@ from torch.nn.utils.rnn import PackedSequence
 from . import functional
 
 
+def _permute(state, permutation):
+    """Reorders a state's batch [L*D,N,P] (torch.nn's permute_hidden, one tensor)."""
+    return state if permutation is None else state.index_select(1, permutation)
+
+
 class _FusedRNNBase(nn.RNNBase):
     def flatten_parameters(self):
         """A no-op: the kernels read torch.nn's per-layer parameters as they are."""
@@ -20,23 +25,35 @@ class _FusedRNNBase(nn.RNNBase):
         # Read by name at every call, so parametrizations and swapped tensors are seen.
         return [getattr(self, name) for name in self._flat_weights_names]
 
+    def _zeros(self, input, batch, n_states):
+        D = 2 if self.bidirectional else 1
+        sizes = [self.proj_size or self.hidden_size, self.hidden_size][:n_states]
+        return tuple(
+            torch.zeros(self.num_layers * D, batch, s, dtype=input.dtype, device=input.device)
+            for s in sizes
+        )
+
     def _prepare(self, input, hx, name, n_states):
-        """torch.nn's input handling: returns time-major input, the states, is_batched."""
+        """torch.nn's input handling. Returns the time-major input (or packed data), the
+        states, batch_sizes (None unless packed) and how to restore the output's form."""
         if isinstance(input, PackedSequence):
-            raise NotImplementedError(f"fusedrnn.{name}: PackedSequence input is not supported yet")
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            if hx is None:
+                hx = self._zeros(data, batch_sizes[0], n_states)
+            else:
+                states = hx if n_states == 2 else (hx,)
+                if n_states == 1:  # torch.nn checks GRU's hx on packed input, not LSTM's
+                    self.check_forward_args(data, hx, batch_sizes)
+                hx = tuple(_permute(s, sorted_indices) for s in states)
+            return data, hx, batch_sizes, (input, None)
         if input.dim() not in (2, 3):
             raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
         is_batched = input.dim() == 3
         if not is_batched:
             input = input.unsqueeze(0 if self.batch_first else 1)
         batch = input.size(0) if self.batch_first else input.size(1)
-        D = 2 if self.bidirectional else 1
         if hx is None:
-            sizes = [self.proj_size or self.hidden_size, self.hidden_size][:n_states]
-            hx = tuple(
-                torch.zeros(self.num_layers * D, batch, s, dtype=input.dtype, device=input.device)
-                for s in sizes
-            )
+            hx = self._zeros(input, batch, n_states)
         else:
             states = hx if n_states == 2 else (hx,)
             want = 3 if is_batched else 2
@@ -56,9 +73,13 @@ class _FusedRNNBase(nn.RNNBase):
             input = input.transpose(0, 1)
         if input.size(0) == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-        return input, hx, is_batched
+        return input, hx, None, (None, is_batched)
 
-    def _finish(self, y, states, is_batched):
+    def _finish(self, y, states, form):
+        packed, is_batched = form
+        if packed is not None:
+            y = PackedSequence(y, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
+            return y, tuple(_permute(s, packed.unsorted_indices) for s in states)
         if self.batch_first:
             y = y.transpose(0, 1)
         if not is_batched:
@@ -68,10 +89,10 @@ class _FusedRNNBase(nn.RNNBase):
 
 
 class LSTM(_FusedRNNBase):
-    """Drop-in torch.nn.LSTM. Same arguments; proj_size is not supported yet.
+    """Drop-in torch.nn.LSTM. Same arguments.
 
-    input [T,N,I] (or [N,T,I] with batch_first, or unbatched [T,I]);
-    returns output [T,N,D*H], (h_n [L*D,N,H], c_n [L*D,N,H]).
+    input [T,N,I] (or [N,T,I] with batch_first, unbatched [T,I], or a PackedSequence);
+    returns output [T,N,D*P], (h_n [L*D,N,P], c_n [L*D,N,H]), P = proj_size or H.
     """
 
     get_expected_cell_size = nn.LSTM.get_expected_cell_size
@@ -80,23 +101,21 @@ class LSTM(_FusedRNNBase):
 
     def __init__(self, *args, **kwargs):
         super().__init__("LSTM", *args, **kwargs)
-        if self.proj_size > 0:
-            raise NotImplementedError("fusedrnn.LSTM: proj_size > 0 is not supported yet")
 
     def forward(self, input, hx=None):
-        x, (h0, c0), is_batched = self._prepare(input, hx, "LSTM", 2)
+        x, (h0, c0), batch_sizes, form = self._prepare(input, hx, "LSTM", 2)
         y, h_n, c_n = functional.lstm(
             x, h0, c0, self._weights(), self.bias, self.num_layers, self.bidirectional,
-            self.dropout, self.training,
+            self.dropout, self.training, batch_sizes, self.proj_size > 0,
         )
-        y, (h_n, c_n) = self._finish(y, (h_n, c_n), is_batched)
+        y, (h_n, c_n) = self._finish(y, (h_n, c_n), form)
         return y, (h_n, c_n)
 
 
 class GRU(_FusedRNNBase):
     """Drop-in torch.nn.GRU. Same arguments.
 
-    input [T,N,I] (or [N,T,I] with batch_first, or unbatched [T,I]);
+    input [T,N,I] (or [N,T,I] with batch_first, unbatched [T,I], or a PackedSequence);
     returns output [T,N,D*H], h_n [L*D,N,H].
     """
 
@@ -106,10 +125,10 @@ class GRU(_FusedRNNBase):
         super().__init__("GRU", *args, **kwargs)
 
     def forward(self, input, hx=None):
-        x, (h0,), is_batched = self._prepare(input, hx, "GRU", 1)
+        x, (h0,), batch_sizes, form = self._prepare(input, hx, "GRU", 1)
         y, h_n = functional.gru(
             x, h0, self._weights(), self.bias, self.num_layers, self.bidirectional,
-            self.dropout, self.training,
+            self.dropout, self.training, batch_sizes,
         )
-        y, (h_n,) = self._finish(y, (h_n,), is_batched)
+        y, (h_n,) = self._finish(y, (h_n,), form)
         return y, h_n
