@@ -6,6 +6,7 @@ with relative error ||a - b|| / ||b||, checked for every output and every gradie
 (input, h0, c0, each weight and bias by name).
 """
 import torch
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from .reference import gru_ref, lstm_ref
 
@@ -38,6 +39,8 @@ def bound(err_torch, dtype):
 
 def _flat_outputs(cell, out):
     y, states = out
+    if isinstance(y, PackedSequence):
+        y = y.data
     return [y, *states] if cell == "LSTM" else [y, states]
 
 
@@ -50,11 +53,16 @@ def compare(torch_module, ours, x, hx=None, generator=None):
     list of rows (name, err_ours, err_torch, err_ours_vs_torch, bound).
     """
     cell = "LSTM" if isinstance(torch_module, torch.nn.LSTM) else "GRU"
-    dtype = x.dtype
+    dtype = x.data.dtype
     states = [] if hx is None else (list(hx) if cell == "LSTM" else [hx])
 
     def leaves(t, dt=None):
+        if isinstance(t, PackedSequence):
+            return t._replace(data=leaves(t.data, dt))
         return t.detach().to(dt or t.dtype).requires_grad_()
+
+    def input_grad(xi):
+        return (xi.data if isinstance(xi, PackedSequence) else xi).grad
 
     runs = {}
     for name, fn, dt in (
@@ -91,7 +99,7 @@ def compare(torch_module, ours, x, hx=None, generator=None):
 
     for i, n in enumerate(names):
         add(n, lambda run, i=i: run[0][i])
-    add("grad input", lambda run: run[1].grad)
+    add("grad input", lambda run: input_grad(run[1]))
     for i, n in enumerate(["grad h0", "grad c0"][: len(states)]):
         add(n, lambda run, i=i: run[2][i].grad)
     for n in dict(torch_module.named_parameters()):
@@ -100,27 +108,52 @@ def compare(torch_module, ours, x, hx=None, generator=None):
 
 
 def _run_reference(module, x, states, params):
-    """The float64 oracle, configured like `module` (batch_first, unbatched, hx=None)."""
+    """The float64 oracle, configured like `module` (batch_first, unbatched, packed, hx=None).
+    Packed input runs one sequence at a time, each over its own length."""
+    is_lstm = isinstance(module, torch.nn.LSTM)
+    D = 2 if module.bidirectional else 1
+    P = module.proj_size if is_lstm and module.proj_size else module.hidden_size
+    weights = [params[n] for n in module._flat_weights_names]
+    args = (module.bias, module.num_layers, module.bidirectional)
+
+    def run(x, states):  # time-major x [T,N,I]
+        if not states:
+            states = [x.new_zeros(module.num_layers * D, x.size(1), s)
+                      for s in ([P, module.hidden_size] if is_lstm else [P])]
+        if is_lstm:
+            return list(lstm_ref(x, states[0], states[1], weights, *args, module.proj_size > 0))
+        return list(gru_ref(x, states[0], weights, *args))
+
+    if isinstance(x, PackedSequence):
+        padded, lengths = pad_packed_sequence(x)
+        per_seq = [
+            run(padded[: int(n), i : i + 1], [s[:, i : i + 1] for s in states])
+            for i, n in enumerate(lengths)
+        ]
+        # Back to packed order: the same rows pack_padded_sequence would take.
+        ys = torch.zeros(padded.size(0), padded.size(1), per_seq[0][0].size(-1), dtype=padded.dtype)
+        ys = ys.index_put(
+            tuple(_packed_index(lengths)), torch.cat([o[0][:, 0] for o in per_seq])
+        )
+        y = torch.nn.utils.rnn.pack_padded_sequence(ys, lengths, enforce_sorted=False).data
+        return [y] + [torch.cat([o[k] for o in per_seq], dim=1) for k in range(1, len(per_seq[0]))]
+
     is_batched = x.dim() == 3
     if not is_batched:
         x = x.unsqueeze(1)
         states = [s.unsqueeze(1) for s in states]
     elif module.batch_first:
         x = x.transpose(0, 1)
-    D = 2 if module.bidirectional else 1
-    if not states:
-        n_states = 2 if isinstance(module, torch.nn.LSTM) else 1
-        states = [x.new_zeros(module.num_layers * D, x.size(1), module.hidden_size)] * n_states
-    weights = [params[n] for n in module._flat_weights_names]
-    args = (module.bias, module.num_layers, module.bidirectional)
-    if isinstance(module, torch.nn.LSTM):
-        y, h, c = lstm_ref(x, states[0], states[1], weights, *args)
-        outs = [y, h, c]
-    else:
-        y, h = gru_ref(x, states[0], weights, *args)
-        outs = [y, h]
+    outs = run(x, states)
     if not is_batched:
         return [outs[0].squeeze(1)] + [s.squeeze(1) for s in outs[1:]]
     if module.batch_first:
         outs[0] = outs[0].transpose(0, 1)
     return outs
+
+
+def _packed_index(lengths):
+    """(time, batch) indices of every sequence's steps, sequence after sequence."""
+    t = torch.cat([torch.arange(int(n)) for n in lengths])
+    b = torch.cat([torch.full((int(n),), i) for i, n in enumerate(lengths)])
+    return t, b

@@ -1,0 +1,118 @@
+"""PackedSequence input and LSTM proj_size, against torch.nn and the float64 reference.
+
+Packed input: work follows batch_sizes, the reverse direction starts at each sequence's
+own last step, h_n / c_n hold each sequence's state at its last valid step, hx is permuted
+by sorted_indices and the states restored by unsorted_indices. The reference runs each
+sequence alone over its own length, so it shares none of that bookkeeping.
+"""
+import pytest
+import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from conftest import make_modules
+from fusedrnn.testing import compare
+
+# (lengths, batch_first, enforce_sorted)
+PACKINGS = [
+    pytest.param(([6, 4, 4, 1], False, True), id="sorted"),
+    pytest.param(([3, 7, 1, 7, 5], True, False), id="unsorted-bf"),
+    pytest.param(([1, 1], False, False), id="T1"),
+    pytest.param(([9], False, True), id="N1"),
+]
+# (num_layers, bidirectional, bias, proj_size, hx)
+LAYERS = [
+    pytest.param((1, False, True, 0, True), id="L1"),
+    pytest.param((2, True, True, 0, False), id="L2-bi-nohx"),
+    pytest.param((3, True, False, 0, True), id="L3-bi-nobias"),
+    pytest.param((2, True, True, 3, True), id="L2-bi-proj"),
+    pytest.param((1, False, True, 5, False), id="L1-proj-nohx"),
+]
+
+
+def packed_case(cell, packing, layers, dtype, I=5, H=7, seed=0):
+    lengths, batch_first, enforce_sorted = packing
+    num_layers, bidir, bias, proj, hx = layers
+    kw = dict(proj_size=proj) if proj else {}
+    theirs, ours = make_modules(cell, I, H, num_layers, bias=bias, batch_first=batch_first,
+                                bidirectional=bidir, dtype=dtype, seed=seed, **kw)
+    g = torch.Generator().manual_seed(seed)
+    T, N, D = max(lengths), len(lengths), 2 if bidir else 1
+    padded = torch.randn(T, N, I, generator=g, dtype=torch.float64).to(dtype)
+    if batch_first:
+        padded = padded.transpose(0, 1)
+    x = pack_padded_sequence(padded, torch.tensor(lengths), batch_first=batch_first,
+                             enforce_sorted=enforce_sorted)
+    state = None
+    if hx:
+        sizes = [proj or H, H] if cell == "LSTM" else [H]
+        s = [torch.randn(num_layers * D, N, n, generator=g, dtype=torch.float64).to(dtype)
+             for n in sizes]
+        state = tuple(s) if cell == "LSTM" else s[0]
+    return theirs, ours, x, state, g
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("layers", LAYERS)
+@pytest.mark.parametrize("packing", PACKINGS)
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_packed_matches_torch(cell, packing, layers, dtype):
+    if cell == "GRU" and layers[3]:
+        pytest.skip("proj_size is LSTM only")
+    theirs, ours, x, state, g = packed_case(cell, packing, layers, dtype)
+    y, _ = ours(x, state)
+    y_ref, _ = theirs(x, state)
+    assert isinstance(y, PackedSequence)
+    assert torch.equal(y.batch_sizes, y_ref.batch_sizes)
+    for a, b in [(y.sorted_indices, y_ref.sorted_indices), (y.unsorted_indices, y_ref.unsorted_indices)]:
+        assert (a is None and b is None) or torch.equal(a, b)
+    for name, e_ours, e_torch, _, bound in compare(theirs, ours, x, state, generator=g):
+        assert e_ours <= bound, f"{name}: rel err {e_ours:.2e} > bound {bound:.2e} (torch.nn {e_torch:.2e})"
+
+
+@pytest.mark.parametrize("layers", LAYERS[:4])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_padded_proj_matches_torch(cell, layers):
+    """proj_size on padded input, with batch_first and unbatched input."""
+    num_layers, bidir, bias, proj, hx = layers
+    if cell == "GRU" and proj:
+        pytest.skip("proj_size is LSTM only")
+    kw = dict(proj_size=proj) if proj else {}
+    D, P = 2 if bidir else 1, proj or 7
+    for batch_first, shape in [(True, (3, 6, 5)), (False, (6, 5))]:
+        theirs, ours = make_modules(cell, 5, 7, num_layers, bias=bias, bidirectional=bidir,
+                                    batch_first=batch_first, **kw)
+        x = torch.randn(*shape)
+        state_shape = (num_layers * D, 3) if len(shape) == 3 else (num_layers * D,)
+        state = None
+        if hx:
+            s = [torch.randn(*state_shape, n) for n in ([P, 7] if cell == "LSTM" else [7])]
+            state = tuple(s) if cell == "LSTM" else s[0]
+        for name, e_ours, e_torch, _, bound in compare(theirs, ours, x, state):
+            assert e_ours <= bound, f"{name}: rel err {e_ours:.2e} > bound {bound:.2e}"
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_packed_bf16(cell):
+    theirs, ours, x, state, g = packed_case(cell, PACKINGS[1].values[0], LAYERS[1].values[0],
+                                            torch.bfloat16)
+    for name, e_ours, e_torch, _, bound in compare(theirs, ours, x, state, generator=g):
+        assert e_ours <= bound, f"{name}: rel err {e_ours:.2e} > bound {bound:.2e}"
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_packed_equals_padded_per_sequence(cell):
+    """A packed batch gives each sequence exactly what it gets run alone (same kernel):
+    padded steps cost nothing and change nothing."""
+    _, ours = make_modules(cell, 4, 6, 2, bidirectional=True, dtype=torch.float64)
+    lengths = [5, 2, 4]
+    padded = torch.randn(5, 3, 4, dtype=torch.float64)
+    y, state = ours(pack_padded_sequence(padded, torch.tensor(lengths), enforce_sorted=False))
+    y_pad, _ = pad_packed_sequence(y)
+    states = state if cell == "LSTM" else (state,)
+    for i, n in enumerate(lengths):
+        y_i, s_i = ours(padded[:n, i : i + 1])
+        s_i = s_i if cell == "LSTM" else (s_i,)
+        torch.testing.assert_close(y_pad[:n, i : i + 1], y_i, rtol=1e-12, atol=1e-12)
+        assert torch.all(y_pad[n:, i] == 0)
+        for a, b in zip(states, s_i):
+            torch.testing.assert_close(a[:, i : i + 1], b, rtol=1e-12, atol=1e-12)
