@@ -17,7 +17,23 @@ later differentiable backward can use it as an output of the graph.
 """
 import torch
 
+from . import composite
 from ._ops import ops
+
+
+def _differentiable_grads(fn, inputs, outputs_grads):
+    """create_graph=True: recompute with differentiable ops and differentiate those, so
+    the gradients carry a graph (double backward). None for inputs that need no grad."""
+    wanted = [i for i, t in enumerate(inputs) if isinstance(t, torch.Tensor) and t.requires_grad]
+    with torch.enable_grad():
+        outs = fn(*inputs)
+        grads = torch.autograd.grad(
+            outs, [inputs[i] for i in wanted], outputs_grads, create_graph=True, allow_unused=True
+        )
+    result = [None] * len(inputs)
+    for i, g in zip(wanted, grads):
+        result[i] = g
+    return result
 
 
 class LSTMFunction(torch.autograd.Function):
@@ -27,19 +43,24 @@ class LSTMFunction(torch.autograd.Function):
             x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, batch_sizes, reverse
         )
         ctx.mark_non_differentiable(ws)
-        ctx.save_for_backward(x, w_ih, w_hh, w_hr, h0, c0, y, ws, batch_sizes)
+        ctx.save_for_backward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, y, ws, batch_sizes)
         ctx.reverse = reverse
-        ctx.has_bias = b_ih is not None
         return y, h_n, c_n, ws
 
     @staticmethod
     def backward(ctx, grad_y, grad_h_n, grad_c_n, _grad_ws):
-        x, w_ih, w_hh, w_hr, h0, c0, y, ws, batch_sizes = ctx.saved_tensors
+        x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, y, ws, batch_sizes = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True
+            dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dw_hr = _differentiable_grads(
+                lambda *a: composite.lstm_layer(*a[:7], ctx.reverse, a[7], batch_sizes),
+                [x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr], [grad_y, grad_h_n, grad_c_n],
+            )
+            return dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, None, dw_hr, None
         dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = ops.lstm_backward(
             grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0, y, ws, batch_sizes,
             ctx.reverse,
         )
-        db_ih, db_hh = (db, db) if ctx.has_bias else (None, None)
+        db_ih, db_hh = (db, db) if b_ih is not None else (None, None)
         dw_hr = dw_hr if w_hr is not None else None
         return dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, None, dw_hr, None
 
@@ -49,17 +70,22 @@ class GRUFunction(torch.autograd.Function):
     def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, h0, reverse=False, batch_sizes=None):
         y, h_n, ws = ops.gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse)
         ctx.mark_non_differentiable(ws)
-        ctx.save_for_backward(x, w_ih, w_hh, h0, y, ws, batch_sizes)
+        ctx.save_for_backward(x, w_ih, w_hh, b_ih, b_hh, h0, y, ws, batch_sizes)
         ctx.reverse = reverse
-        ctx.has_bias = b_ih is not None
         return y, h_n, ws
 
     @staticmethod
     def backward(ctx, grad_y, grad_h_n, _grad_ws):
-        x, w_ih, w_hh, h0, y, ws, batch_sizes = ctx.saved_tensors
+        x, w_ih, w_hh, b_ih, b_hh, h0, y, ws, batch_sizes = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True
+            dx, dw_ih, dw_hh, db_ih, db_hh, dh0 = _differentiable_grads(
+                lambda *a: composite.gru_layer(*a, ctx.reverse, batch_sizes),
+                [x, w_ih, w_hh, b_ih, b_hh, h0], [grad_y, grad_h_n],
+            )
+            return dx, dw_ih, dw_hh, db_ih, db_hh, dh0, None, None
         dx, dh0, dw_ih, dw_hh, db_ih, db_hh = ops.gru_backward(
             grad_y, grad_h_n, x, w_ih, w_hh, h0, y, ws, batch_sizes, ctx.reverse
         )
-        if not ctx.has_bias:
+        if b_ih is None:
             db_ih = db_hh = None
         return dx, dw_ih, dw_hh, db_ih, db_hh, dh0, None, None
