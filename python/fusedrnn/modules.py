@@ -25,6 +25,20 @@ class _FusedRNNBase(nn.RNNBase):
         # Read by name at every call, so parametrizations and swapped tensors are seen.
         return [getattr(self, name) for name in self._flat_weights_names]
 
+    def _run(self, fn, x, states, *args):
+        """Calls fn(x, *states, weights, *args). Under autocast, the layers run in the
+        autocast dtype as torch.nn's do: float16 on CUDA (as cuDNN's RNN autocast), the
+        autocast dtype on the CPU (bfloat16 by default); the casts are differentiable."""
+        weights = self._weights()
+        device = x.device.type
+        if not torch.is_autocast_enabled(device):
+            return fn(x, *states, weights, *args)
+        dtype = torch.float16 if device == "cuda" else torch.get_autocast_dtype(device)
+        x, states = x.to(dtype), [s.to(dtype) for s in states]
+        weights = [w.to(dtype) for w in weights]
+        with torch.autocast(device, enabled=False):
+            return fn(x, *states, weights, *args)
+
     def _zeros(self, input, batch, n_states):
         D = 2 if self.bidirectional else 1
         sizes = [self.proj_size or self.hidden_size, self.hidden_size][:n_states]
@@ -104,8 +118,8 @@ class LSTM(_FusedRNNBase):
 
     def forward(self, input, hx=None):
         x, (h0, c0), batch_sizes, form = self._prepare(input, hx, "LSTM", 2)
-        y, h_n, c_n = functional.lstm(
-            x, h0, c0, self._weights(), self.bias, self.num_layers, self.bidirectional,
+        y, h_n, c_n = self._run(
+            functional.lstm, x, (h0, c0), self.bias, self.num_layers, self.bidirectional,
             self.dropout, self.training, batch_sizes, self.proj_size > 0,
         )
         y, (h_n, c_n) = self._finish(y, (h_n, c_n), form)
@@ -126,8 +140,8 @@ class GRU(_FusedRNNBase):
 
     def forward(self, input, hx=None):
         x, (h0,), batch_sizes, form = self._prepare(input, hx, "GRU", 1)
-        y, h_n = functional.gru(
-            x, h0, self._weights(), self.bias, self.num_layers, self.bidirectional,
+        y, h_n = self._run(
+            functional.gru, x, (h0,), self.bias, self.num_layers, self.bidirectional,
             self.dropout, self.training, batch_sizes,
         )
         y, (h_n,) = self._finish(y, (h_n,), form)
