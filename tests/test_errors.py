@@ -6,6 +6,7 @@ step may be the one that raises.
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import fusedrnn
 
@@ -21,6 +22,15 @@ def _state(cell, *shape, dtype=torch.float32):
 
 def _x(*shape, dtype=torch.float32):
     return torch.randn(*shape, dtype=dtype)
+
+
+def _packed():
+    return pack_padded_sequence(_x(5, 3, I), torch.tensor([5, 3, 2]))
+
+
+def _packed_states(c, hb, cb):
+    """Packed input (batch 3) with hx of batch hb and cx of batch cb (LSTM)."""
+    return (_x(L, hb, H), _x(L, cb, H)) if c == "LSTM" else _x(L, hb, H)
 
 
 # id: (cell or None for both, constructor kwargs, call(module, cell) or None for no call)
@@ -50,6 +60,14 @@ BAD_CALLS = {
     ),
     "cx-rank": ("LSTM", {}, lambda m, c: m(_x(4, 3, I), (_x(L, 3, H), _x(3, H)))),
     "hx-not-tuple": ("LSTM", {}, lambda m, c: m(_x(4, 3, I), _x(L, 3, H))),
+    "packed-hx-batch-small": (None, {}, lambda m, c: m(_packed(), _packed_states(c, 2, 2))),
+    "packed-hx-batch-large": (None, {}, lambda m, c: m(_packed(), _packed_states(c, 4, 4))),
+    "packed-hx-batch-1": (None, {}, lambda m, c: m(_packed(), _packed_states(c, 1, 1))),
+    "packed-cx-batch": ("LSTM", {}, lambda m, c: m(_packed(), _packed_states(c, 3, 2))),
+    "packed-input-size": (None, {}, lambda m, c: m(
+        pack_padded_sequence(_x(5, 3, I + 1), torch.tensor([5, 3, 2])))),
+    "packed-dtype": (None, {}, lambda m, c: m(
+        pack_padded_sequence(_x(5, 3, I, dtype=torch.float64), torch.tensor([5, 3, 2])))),
     "dropout-above-1": (None, {"dropout": 1.5}, None),
     "dropout-negative": (None, {"dropout": -0.1}, None),
     "dropout-bool": (None, {"dropout": True}, None),

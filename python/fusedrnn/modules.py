@@ -17,6 +17,38 @@ def _permute(state, permutation):
     return state if permutation is None else state.index_select(1, permutation)
 
 
+_TYPE_NAMES = {torch.float32: "Float", torch.float64: "Double", torch.bfloat16: "BFloat16",
+               torch.float16: "Half"}
+
+
+def _check_packed_lstm_input(data, w_ih):
+    """torch.nn.LSTM does not check packed input; its first GEMM raises these."""
+    if data.dim() == 2 and data.size(1) != w_ih.size(1):
+        raise RuntimeError(
+            f"mat1 and mat2 shapes cannot be multiplied ({data.size(0)}x{data.size(1)} and "
+            f"{w_ih.size(1)}x{w_ih.size(0)})"
+        )
+    if data.dtype != w_ih.dtype and not torch.is_autocast_enabled(data.device.type):
+        a, b = (_TYPE_NAMES.get(t, str(t)) for t in (data.dtype, w_ih.dtype))
+        raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got {a} and {b}")
+
+
+def _check_packed_lstm_batch(states, batch, gates):
+    """torch.nn.LSTM's errors for a packed input whose hx / cx batch is wrong: they come
+    from its first step's arithmetic, so they are reproduced here word for word."""
+    hb, cb = states[0].size(-2), states[1].size(-2)
+    if hb == 1 and batch != 1:
+        raise RuntimeError(
+            f"output with shape [1, {gates}] doesn't match the broadcast shape [{batch}, {gates}]"
+        )
+    a, b = (hb, batch) if hb != batch else (batch, cb)
+    if a != b:
+        raise RuntimeError(
+            f"The size of tensor a ({a}) must match the size of tensor b ({b}) at non-singleton "
+            "dimension 0"
+        )
+
+
 class _FusedRNNBase(nn.RNNBase):
     def flatten_parameters(self):
         """A no-op: the kernels read torch.nn's per-layer parameters as they are."""
@@ -52,12 +84,19 @@ class _FusedRNNBase(nn.RNNBase):
         states, batch_sizes (None unless packed) and how to restore the output's form."""
         if isinstance(input, PackedSequence):
             data, batch_sizes, sorted_indices, unsorted_indices = input
+            if n_states == 2:
+                _check_packed_lstm_input(data, self.weight_ih_l0)
             if hx is None:
                 hx = self._zeros(data, batch_sizes[0], n_states)
+                if n_states == 1:  # torch.nn checks GRU's packed input, not LSTM's
+                    self.check_forward_args(data, hx[0], batch_sizes)
             else:
                 states = hx if n_states == 2 else (hx,)
-                if n_states == 1:  # torch.nn checks GRU's hx on packed input, not LSTM's
-                    self.check_forward_args(data, hx, batch_sizes)
+                if n_states == 2:
+                    _check_packed_lstm_batch(states, int(batch_sizes[0]), 4 * self.hidden_size)
+                # torch.nn.LSTM skips this check on packed input and then crashes
+                # (segfaults) on a wrong layer count or size; here its own message is raised.
+                self.check_forward_args(data, hx, batch_sizes)
                 hx = tuple(_permute(s, sorted_indices) for s in states)
             return data, hx, batch_sizes, (input, None)
         if input.dim() not in (2, 3):
