@@ -62,3 +62,39 @@ def test_compile_fullgraph_matches_eager(cell, unbatched):
         assert a.shape == b.shape, f"{name}: shape {tuple(a.shape)} != {tuple(b.shape)}"
         e = rel_err(a, b)
         assert e <= COMPILE_RTOL, f"{name}: rel err {e:.2e} > bound {COMPILE_RTOL:.2e}"
+
+
+@pytest.mark.parametrize("enforce_sorted", [True, False], ids=["sorted", "unsorted"])
+def test_compile_packed_proj_matches_eager(enforce_sorted):
+    """Packed input (batch_sizes stays a CPU tensor argument of the ops) with proj_size,
+    2 layers, both directions: one graph, and the same outputs and gradients as eager."""
+    _, m = make_modules("LSTM", 4, 6, 2, bidirectional=True, proj_size=3)
+    counter = CompileCounterWithBackend("inductor")
+    compiled = torch.compile(m, backend=counter, fullgraph=True)
+    lengths = torch.tensor([5, 3, 2]) if enforce_sorted else torch.tensor([3, 5, 2])
+    x = torch.randn(5, 3, 4, requires_grad=True)
+    results = []
+    for module in (m, compiled):
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted)
+        y, (h, c) = module(packed)
+        loss = (y.data * torch.linspace(-1, 1, y.data.numel()).view_as(y.data)).sum()
+        loss = loss + (h * h).sum() + c.sum()
+        results.append([y.data, h, c, *torch.autograd.grad(loss, [x, *m.parameters()])])
+    assert counter.frame_count == 1
+    for a, b in zip(results[1], results[0]):
+        e = rel_err(a, b)
+        assert e <= COMPILE_RTOL, f"compiled vs eager rel err {e:.2e}"
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_export_inference_module(cell):
+    """torch.export of an eval-mode module: the ops appear as single nodes and the
+    exported program computes what the module computes."""
+    _, m = make_modules(cell, 4, 6, 2, bidirectional=True, batch_first=True)
+    m.eval()
+    x = torch.randn(3, 5, 4)
+    program = torch.export.export(m, (x,))
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert f"fusedrnn.{cell.lower()}_forward.default" in targets, targets
+    y, _ = program.module()(x)
+    assert torch.equal(y, m(x)[0])

@@ -270,3 +270,14 @@ def test_module_to_dtype_uses_new_parameters(cell):
     else:
         y_r = reference.gru_ref(x, h0, weights, True, 2, False)[0]
     check_close("output", y_o, y_t, y_r, torch.float64)
+
+
+@pytest.mark.parametrize("op", OP_NAMES)
+def test_op_called_directly_on_tensors_that_require_grad(op):
+    """An exported program calls the ops directly on parameters; the results must equal a
+    no-grad call (the ops have no autograd kernel, so outputs carry no graph)."""
+    fn, args = op_samples(op, 4, 3, 5, 7, True, False, False, torch.float32)
+    with_grad = [a.detach().requires_grad_() if isinstance(a, torch.Tensor)
+                 and a.is_floating_point() else a for a in args]
+    for a, b in zip(fn(*with_grad), fn(*args)):
+        assert torch.equal(a, b)

@@ -54,6 +54,23 @@ inline void mm_out(const Tensor& a, const Tensor& b, Tensor& out) {
   (void)torch::stable::detail::to<Tensor>(stack[0]);
 }
 
+// A view of `a` that autograd does not track. The ops have no autograd kernel (autograd
+// lives in LSTMFunction / GRUFunction); when they are called directly on tensors that
+// require grad (an exported program, say), the GEMMs inside must not see those flags:
+// aten::mm.out refuses out= with inputs that require grad.
+inline Tensor detach(const Tensor& a) {
+  std::array<StableIValue, 1> stack{torch::stable::detail::from(a)};
+  STD_TORCH_CHECK(
+      torch_call_dispatcher("aten::detach", "", stack.data(), TORCH_ABI_VERSION) ==
+          AOTI_TORCH_SUCCESS,
+      "fusedrnn: aten::detach failed");
+  return torch::stable::detail::to<Tensor>(stack[0]);
+}
+
+inline std::optional<Tensor> detach(const std::optional<Tensor>& a) {
+  return a ? std::optional<Tensor>(detach(*a)) : std::nullopt;
+}
+
 inline Tensor mm(const Tensor& a, const Tensor& b) {
   Tensor out = torch::stable::new_empty(a, {a.size(0), b.size(1)});
   mm_out(a, b, out);

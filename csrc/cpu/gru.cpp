@@ -97,9 +97,12 @@ void gru_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, con
 }
 
 std::tuple<Tensor, Tensor, Tensor> gru_forward(
-    const Tensor& x_in, const Tensor& w_ih, const Tensor& w_hh, std::optional<Tensor> b_ih,
-    std::optional<Tensor> b_hh, const Tensor& h0, std::optional<Tensor> batch_sizes,
+    const Tensor& x_a, const Tensor& w_ih_a, const Tensor& w_hh_a, std::optional<Tensor> b_ih_a,
+    std::optional<Tensor> b_hh_a, const Tensor& h0_a, std::optional<Tensor> batch_sizes,
     bool reverse) {
+  const Tensor x_in = detach(x_a), w_ih = detach(w_ih_a), w_hh = detach(w_hh_a);
+  const Tensor h0 = detach(h0_a);
+  const std::optional<Tensor> b_ih = detach(b_ih_a), b_hh = detach(b_hh_a);
   const Steps st = make_steps(x_in, batch_sizes);
   const int64_t H = w_hh.size(1);
   check_layer_args(x_in, w_ih, w_hh, b_ih, b_hh, h0, 3, H, st);
@@ -151,9 +154,12 @@ void gru_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, co
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
-    const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& x_in, const Tensor& w_ih,
-    const Tensor& w_hh, const Tensor& h0, const Tensor& y, const Tensor& ws,
+    const Tensor& grad_y_a, const Tensor& grad_h_n_a, const Tensor& x_a, const Tensor& w_ih_a,
+    const Tensor& w_hh_a, const Tensor& h0_a, const Tensor& y_a, const Tensor& ws,
     std::optional<Tensor> batch_sizes, bool reverse) {
+  const Tensor grad_y = detach(grad_y_a), grad_h_n = detach(grad_h_n_a), x_in = detach(x_a);
+  const Tensor w_ih = detach(w_ih_a), w_hh = detach(w_hh_a), h0 = detach(h0_a);
+  const Tensor y = detach(y_a);
   const Steps st = make_steps(x_in, batch_sizes);
   const int64_t H = w_hh.size(1), G = 3 * H, I = x_in.size(x_in.dim() - 1);
   const ScalarType dt = x_in.scalar_type();

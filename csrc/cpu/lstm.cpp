@@ -123,9 +123,12 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
-    const Tensor& x_in, const Tensor& w_ih, const Tensor& w_hh, std::optional<Tensor> b_ih,
-    std::optional<Tensor> b_hh, std::optional<Tensor> w_hr, const Tensor& h0, const Tensor& c0,
-    std::optional<Tensor> batch_sizes, bool reverse) {
+    const Tensor& x_a, const Tensor& w_ih_a, const Tensor& w_hh_a, std::optional<Tensor> b_ih_a,
+    std::optional<Tensor> b_hh_a, std::optional<Tensor> w_hr_a, const Tensor& h0_a,
+    const Tensor& c0_a, std::optional<Tensor> batch_sizes, bool reverse) {
+  const Tensor x_in = detach(x_a), w_ih = detach(w_ih_a), w_hh = detach(w_hh_a);
+  const Tensor h0 = detach(h0_a), c0 = detach(c0_a);
+  const std::optional<Tensor> b_ih = detach(b_ih_a), b_hh = detach(b_hh_a), w_hr = detach(w_hr_a);
   const Steps st = make_steps(x_in, batch_sizes);
   const int64_t H = w_ih.size(0) / 4, P = w_hh.size(1);
   check_layer_args(x_in, w_ih, w_hh, b_ih, b_hh, h0, 4, H, st);
@@ -223,10 +226,14 @@ Tensor projection_inputs(const Tensor& ws2, int64_t H, const Tensor& like) {
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
-    const Tensor& grad_y, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& x_in,
-    const Tensor& w_ih, const Tensor& w_hh, std::optional<Tensor> w_hr, const Tensor& h0,
-    const Tensor& c0_in, const Tensor& y, const Tensor& ws, std::optional<Tensor> batch_sizes,
+    const Tensor& grad_y_a, const Tensor& grad_h_n_a, const Tensor& grad_c_n_a, const Tensor& x_a,
+    const Tensor& w_ih_a, const Tensor& w_hh_a, std::optional<Tensor> w_hr_a, const Tensor& h0_a,
+    const Tensor& c0_a, const Tensor& y_a, const Tensor& ws, std::optional<Tensor> batch_sizes,
     bool reverse) {
+  const Tensor grad_y = detach(grad_y_a), grad_h_n = detach(grad_h_n_a);
+  const Tensor grad_c_n = detach(grad_c_n_a), x_in = detach(x_a), w_ih = detach(w_ih_a);
+  const Tensor w_hh = detach(w_hh_a), h0 = detach(h0_a), c0_in = detach(c0_a), y = detach(y_a);
+  const std::optional<Tensor> w_hr = detach(w_hr_a);
   const Steps st = make_steps(x_in, batch_sizes);
   const int64_t H = w_ih.size(0) / 4, P = w_hh.size(1), G = 4 * H;
   const int64_t I = x_in.size(x_in.dim() - 1);
