@@ -94,11 +94,11 @@ def _base_class(module):
 
 
 def _swap(old, new_cls):
-    kwargs = dict(
-        input_size=old.input_size, hidden_size=old.hidden_size, num_layers=old.num_layers,
-        bias=old.bias, batch_first=old.batch_first, dropout=old.dropout,
-        bidirectional=old.bidirectional, device="meta",
-    )
+    kwargs = {
+        "input_size": old.input_size, "hidden_size": old.hidden_size,
+        "num_layers": old.num_layers, "bias": old.bias, "batch_first": old.batch_first,
+        "dropout": old.dropout, "bidirectional": old.bidirectional, "device": "meta",
+    }
     if old.mode == "LSTM":
         kwargs["proj_size"] = old.proj_size
     with warnings.catch_warnings():
@@ -120,7 +120,7 @@ def _swap(old, new_cls):
             # Installs the property on a fresh Parametrized class of `new`; the placeholder
             # ParametrizationList (around the meta weight) is replaced by the old one below.
             parametrize.register_parametrization(new, name, nn.Identity(), unsafe=True)
-        setattr(new, "parametrizations", old.parametrizations)
+        new.parametrizations = old.parametrizations
 
     # Meta placeholders for weights the old module holds otherwise (parametrized, pruned).
     for name in list(new._parameters):
