@@ -68,6 +68,11 @@ BAD_CALLS = {
         pack_padded_sequence(_x(5, 3, I + 1), torch.tensor([5, 3, 2])))),
     "packed-dtype": (None, {}, lambda m, c: m(
         pack_padded_sequence(_x(5, 3, I, dtype=torch.float64), torch.tensor([5, 3, 2])))),
+    # The meta device stands in for a second device on a machine without a GPU.
+    "input-device": (None, {}, lambda m, c: m(_x(4, 3, I).to("meta"))),
+    "hx-device": (None, {}, lambda m, c: m(
+        _x(4, 3, I), tuple(s.to("meta") for s in _state("LSTM", L, 3, H))
+        if c == "LSTM" else _state(c, L, 3, H).to("meta"))),
     "dropout-above-1": (None, {"dropout": 1.5}, None),
     "dropout-negative": (None, {"dropout": -0.1}, None),
     "dropout-bool": (None, {"dropout": True}, None),

@@ -71,6 +71,21 @@ class _FusedRNNBase(nn.RNNBase):
         with torch.autocast(device, enabled=False):
             return fn(x, *states, weights, *args)
 
+    def _check_devices(self, input, states):
+        """torch.nn's device checks (from its C++ RNN entry), word for word."""
+        for w in self._weights():
+            if w.device != input.device:
+                raise RuntimeError(
+                    "Input and parameter tensors are not at the same device, found input "
+                    f"tensor at {input.device} and parameter tensor at {w.device}"
+                )
+        for s in states:
+            if s.device != input.device:
+                raise RuntimeError(
+                    "Input and hidden tensors are not at the same device, found input tensor "
+                    f"at {input.device} and hidden tensor at {s.device}"
+                )
+
     def _zeros(self, input, batch, n_states):
         D = 2 if self.bidirectional else 1
         sizes = [self.proj_size or self.hidden_size, self.hidden_size][:n_states]
@@ -98,6 +113,7 @@ class _FusedRNNBase(nn.RNNBase):
                 # (segfaults) on a wrong layer count or size; here its own message is raised.
                 self.check_forward_args(data, hx, batch_sizes)
                 hx = tuple(_permute(s, sorted_indices) for s in states)
+            self._check_devices(data, hx)
             return data, hx, batch_sizes, (input, None)
         if input.dim() not in (2, 3):
             raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
@@ -122,6 +138,7 @@ class _FusedRNNBase(nn.RNNBase):
                 )
             hx = tuple(s if is_batched else s.unsqueeze(1) for s in states)
         self.check_forward_args(input, hx if n_states == 2 else hx[0], None)
+        self._check_devices(input, hx)
         if self.batch_first:
             input = input.transpose(0, 1)
         if input.size(0) == 0:
