@@ -7,26 +7,12 @@ padded input runs all N sequences for max(lengths) steps. Prints median times (m
 forward (no_grad) and forward+backward, and the packed/padded ratio of each library.
 """
 import argparse
-import statistics
-import time
 
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import fusedrnn
-
-
-def median_ms(fns, runs, warmup=2):
-    for _ in range(warmup):
-        for f in fns:
-            f()
-    samples = [[] for _ in fns]
-    for _ in range(runs):
-        for s, f in zip(samples, fns):
-            t0 = time.perf_counter()
-            f()
-            s.append((time.perf_counter() - t0) * 1e3)
-    return [statistics.median(s) for s in samples]
+from fusedrnn.timing import time_pair
 
 
 def main():
@@ -61,7 +47,7 @@ def main():
     print(f"{'':22}{'padded':>10}{'packed':>10}{'packed/padded':>15}")
     for mode, make in (("forward", fwd), ("forward+backward", fwd_bwd)):
         for name, m in (("torch.nn", ref), ("fusedrnn", ours)):
-            pad, pk = median_ms([make(m, False), make(m, True)], a.runs)
+            pad, pk = time_pair([make(m, False), make(m, True)], a.runs)
             print(f"{name + ' ' + mode:22}{pad:8.1f}ms{pk:8.1f}ms{pk / pad:14.2f}x")
 
 

@@ -6,14 +6,13 @@ and against the float64 reference, with the tolerance rule's bound), then forwar
 forward+backward times side by side. Exits 1 if any row breaks the tolerance rule.
 """
 import argparse
-import statistics
 import sys
-import time
 
 import torch
 
 import fusedrnn
 from fusedrnn.testing import compare
+from fusedrnn.timing import time_pair
 
 CELLS = {"LSTM": (torch.nn.LSTM, fusedrnn.LSTM), "GRU": (torch.nn.GRU, fusedrnn.GRU)}
 
@@ -31,38 +30,6 @@ def parse_args(argv):
     p.add_argument("--runs", type=int, default=15, help="timed runs per measurement")
     p.add_argument("--cells", default="LSTM,GRU")
     return p.parse_args(argv)
-
-
-def timer(device):
-    """Returns a function timing fn() in milliseconds: CUDA events on the GPU."""
-    if device.type == "cuda":
-        def run(fn):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            return start.elapsed_time(end)
-        return run
-
-    def run(fn):
-        t0 = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t0) * 1e3
-    return run
-
-
-def time_pair(fns, runs, device, warmup=3):
-    """Median ms of each fn, run alternately so that both see the same machine state."""
-    clock = timer(device)
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    samples = [[] for _ in fns]
-    for _ in range(runs):
-        for s, fn in zip(samples, fns):
-            s.append(clock(fn))
-    return [statistics.median(s) for s in samples]
 
 
 def main(argv=None):
