@@ -1,11 +1,12 @@
 # The README's commands. setup.py is the one way to build the extension; CMake is C++ tests only.
+SHELL := /bin/bash
 PYTHON ?= python
 PIP := $(PYTHON) -m pip
 NVCC ?= nvcc
 CU_SRCS := $(wildcard csrc/cuda/*.cu)
 SO := python/fusedrnn/_C.abi3.so
 EXT_SRCS := setup.py pyproject.toml $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/* csrc/cuda/*)
-.PHONY: deps setup demo test wheel ctest cuda-check clean
+.PHONY: deps setup demo test wheel ctest cuda-check gpu-check clean
 
 # Install only what is missing. find_spec checks torch without importing it, so a CUDA torch
 # (or one whose first import flakes) is never replaced by the CPU build.
@@ -33,9 +34,24 @@ demo: setup
 test: setup
 	$(PYTHON) -m pytest tests -q
 
+# The release wheel: CPU module, and the CUDA module for every GPU in setup.py's default
+# arch list (TORCH_CUDA_ARCH_LIST overrides) whenever nvcc is found (FUSEDRNN_CUDA=1 requires it).
 wheel: deps
 	rm -f dist/fusedrnn-*.whl
 	$(PIP) wheel --no-build-isolation --no-deps -w dist .
+
+# On the GPU machine (torch with CUDA preinstalled, no network): build the wheel for this
+# GPU, install it, run the whole suite (CUDA tests included), then the CUDA benchmark.
+# Writes test-log.txt and the benchmark's JSON / markdown into GPU_OUT (e.g. $$OUT).
+GPU_OUT ?= benchmarks/results/gpu-check
+GPU_ARCH = $(shell nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1)
+gpu-check:
+	mkdir -p $(GPU_OUT)
+	FUSEDRNN_CUDA=1 TORCH_CUDA_ARCH_LIST=$${TORCH_CUDA_ARCH_LIST:-$(GPU_ARCH)} $(MAKE) wheel
+	$(PIP) install --no-deps --no-index --force-reinstall dist/fusedrnn-*.whl
+	cd /tmp && $(PYTHON) -c "import torch, fusedrnn, fusedrnn._C_cuda; print(fusedrnn.__file__, torch.__version__, torch.cuda.get_device_name())"
+	set -o pipefail; FUSEDRNN_REQUIRE_WHEEL=1 $(PYTHON) -m pytest tests -q -p no:cacheprovider 2>&1 | tee $(GPU_OUT)/test-log.txt
+	$(PYTHON) -m fusedrnn bench --device cuda --grid gpu-check --out $(GPU_OUT)
 
 ctest:
 	cmake -S . -B build/cmake -G Ninja

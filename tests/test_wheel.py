@@ -15,6 +15,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SO = "fusedrnn/_C.abi3.so"
+CUDA_SO = "fusedrnn/_C_cuda.abi3.so"
+# setup.py builds the CUDA module whenever nvcc is found (CI has nvcc, no GPU).
+HAS_NVCC = shutil.which("nvcc") is not None or os.path.exists("/usr/local/cuda/bin/nvcc")
 
 
 @pytest.fixture(scope="module")
@@ -42,16 +45,38 @@ def test_wheel_tags_and_contents(wheel):
     assert not tests, f"tests shipped in the wheel: {tests}"
 
 
-def test_no_libtorch_python(wheel, tmp_path):
-    # py_limited_api must keep libtorch_python (tied to one CPython and torch build) out.
+def needed(so):
     readelf = shutil.which("readelf")
     if readelf is None:
         pytest.skip("readelf not found")
-    so = Path(zipfile.ZipFile(wheel).extract(SO, tmp_path))
     dyn = subprocess.run([readelf, "-d", str(so)], capture_output=True, text=True, check=True)
-    needed = [line for line in dyn.stdout.splitlines() if "(NEEDED)" in line]
-    assert needed, dyn.stdout
-    assert not [n for n in needed if "libtorch_python" in n], "\n".join(needed)
+    return [line.split("[")[-1].rstrip("]") for line in dyn.stdout.splitlines() if "(NEEDED)" in line]
+
+
+@pytest.mark.skipif(not HAS_NVCC, reason="no nvcc: the wheel is built without the CUDA module")
+def test_wheel_carries_cuda_module(wheel, tmp_path):
+    """The CUDA kernels are compiled and linked into the wheel even on a CPU-only machine.
+    The module needs libtorch.so (which pulls libtorch_cuda.so on a CUDA torch) and the
+    CUDA runtime, and calls torch's current-stream shim."""
+    names = zipfile.ZipFile(wheel).namelist()
+    assert CUDA_SO in names, f"{CUDA_SO} missing from {wheel.name}"
+    so = Path(zipfile.ZipFile(wheel).extract(CUDA_SO, tmp_path))
+    libs = needed(so)
+    for lib in ("libtorch.so", "libcudart.so.13"):
+        assert lib in libs, libs
+    assert not [n for n in libs if "libtorch_python" in n], libs
+    nm = shutil.which("nm")
+    if nm is not None:
+        syms = subprocess.run([nm, "-D", "--undefined-only", str(so)], capture_output=True,
+                              text=True, check=True).stdout
+        assert "aoti_torch_get_current_cuda_stream" in syms
+
+
+def test_no_libtorch_python(wheel, tmp_path):
+    # py_limited_api must keep libtorch_python (tied to one CPython and torch build) out.
+    libs = needed(Path(zipfile.ZipFile(wheel).extract(SO, tmp_path)))
+    assert libs
+    assert not [n for n in libs if "libtorch_python" in n], libs
 
 
 # Runs inside the venv, from a directory outside the source tree.
@@ -89,6 +114,15 @@ SMOKE = textwrap.dedent(
         ref_grads = [p.grad for p in ref.parameters()] + [xs[1].grad]
         d = max(max_diff([y], [y_ref]), max_diff(hn, hn_ref), max_diff(grads, ref_grads))
         assert d < 1e-5, f"{name}: max abs diff vs torch.nn {d:.2e} >= 1e-05"
+    if torch.cuda.is_available():  # the wheel's CUDA module, on a GPU machine
+        torch.backends.cudnn.allow_tf32 = False
+        for cls, ref_cls in [(fusedrnn.LSTM, torch.nn.LSTM), (fusedrnn.GRU, torch.nn.GRU)]:
+            ours, ref = cls(4, 8, device="cuda"), ref_cls(4, 8, device="cuda")
+            ref.load_state_dict(ours.state_dict())
+            x = torch.randn(5, 3, 4, device="cuda")
+            d = (ours(x)[0] - ref(x)[0]).abs().max().item()
+            assert d < 1e-5, f"{cls.__name__} on CUDA: max abs diff vs torch.nn {d:.2e}"
+        print("wheel CUDA OK")
     print("wheel OK:", where)
     """
 )

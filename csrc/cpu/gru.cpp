@@ -105,6 +105,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
   const std::optional<Tensor> b_ih = detach(b_ih_a), b_hh = detach(b_hh_a);
   const Steps st = make_steps(x_in, batch_sizes);
   const int64_t H = w_hh.size(1);
+  check_cpu_input(x_in, "x", x_in, x_in.dim());
   check_layer_args(x_in, w_ih, w_hh, b_ih, b_hh, h0, 3, H, st);
   const Tensor x = torch::stable::contiguous(x_in);
   const Tensor x2 = torch::stable::reshape(x, {st.R, x.size(x.dim() - 1)});
@@ -163,7 +164,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   const Steps st = make_steps(x_in, batch_sizes);
   const int64_t H = w_hh.size(1), G = 3 * H, I = x_in.size(x_in.dim() - 1);
   const ScalarType dt = x_in.scalar_type();
-  check_cpu_input(grad_y, "grad_y", dt, x_in.dim());
+  check_cpu_input(x_in, "x", x_in, x_in.dim());
+  check_cpu_input(grad_y, "grad_y", x_in, x_in.dim());
   STD_TORCH_CHECK(grad_y.numel() == st.R * H && y.numel() == st.R * H,
                   "fusedrnn: grad_y and y must have the shape of y");
   STD_TORCH_CHECK(ws.numel() == st.R * kGRUSaved * H, "fusedrnn: wrong workspace size");

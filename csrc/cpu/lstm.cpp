@@ -131,11 +131,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
   const std::optional<Tensor> b_ih = detach(b_ih_a), b_hh = detach(b_hh_a), w_hr = detach(w_hr_a);
   const Steps st = make_steps(x_in, batch_sizes);
   const int64_t H = w_ih.size(0) / 4, P = w_hh.size(1);
+  check_cpu_input(x_in, "x", x_in, x_in.dim());
   check_layer_args(x_in, w_ih, w_hh, b_ih, b_hh, h0, 4, H, st);
-  check_cpu_input(c0, "c0", x_in.scalar_type(), 2);
+  check_cpu_input(c0, "c0", x_in, 2);
   check_shape(c0, "c0", {st.N, H});
   if (w_hr) {
-    check_cpu_input(*w_hr, "w_hr", x_in.scalar_type(), 2);
+    check_cpu_input(*w_hr, "w_hr", x_in, 2);
     check_shape(*w_hr, "w_hr", {P, H});
   } else {
     STD_TORCH_CHECK(P == H, "fusedrnn: w_hh must be [4H, H] without w_hr");
@@ -238,7 +239,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   const int64_t H = w_ih.size(0) / 4, P = w_hh.size(1), G = 4 * H;
   const int64_t I = x_in.size(x_in.dim() - 1);
   const ScalarType dt = x_in.scalar_type();
-  check_cpu_input(grad_y, "grad_y", dt, x_in.dim());
+  check_cpu_input(x_in, "x", x_in, x_in.dim());
+  check_cpu_input(grad_y, "grad_y", x_in, x_in.dim());
   STD_TORCH_CHECK(grad_y.numel() == st.R * P && y.numel() == st.R * P,
                   "fusedrnn: grad_y and y must have the shape of y");
   STD_TORCH_CHECK(ws.numel() == st.R * kLSTMSaved * H, "fusedrnn: wrong workspace size");

@@ -8,9 +8,11 @@ import torch
 from . import _C  # noqa: F401  (loading the library registers the ops)
 
 if torch.version.cuda:
+    # A fusedrnn built without nvcc has no _C_cuda: CUDA tensors then get the dispatcher's
+    # "no kernel for CUDA" error. A _C_cuda that exists but fails to load is an error.
     try:
         from . import _C_cuda  # noqa: F401
-    except ImportError:  # a CPU-only build of fusedrnn: CUDA tensors have no kernel
+    except ModuleNotFoundError:
         pass
 
 ops = torch.ops.fusedrnn

@@ -131,9 +131,10 @@ def _run_reference(module, x, states, params):
             for i, n in enumerate(lengths)
         ]
         # Back to packed order: the same rows pack_padded_sequence would take.
-        ys = torch.zeros(padded.size(0), padded.size(1), per_seq[0][0].size(-1), dtype=padded.dtype)
+        ys = padded.new_zeros(padded.size(0), padded.size(1), per_seq[0][0].size(-1))
         ys = ys.index_put(
-            tuple(_packed_index(lengths)), torch.cat([o[0][:, 0] for o in per_seq])
+            tuple(i.to(ys.device) for i in _packed_index(lengths)),
+            torch.cat([o[0][:, 0] for o in per_seq]),
         )
         y = torch.nn.utils.rnn.pack_padded_sequence(ys, lengths, enforce_sorted=False).data
         return [y] + [torch.cat([o[k] for o in per_seq], dim=1) for k in range(1, len(per_seq[0]))]

@@ -1,0 +1,100 @@
+// Shared by the .cu files: storage/opmath types, 16-byte vector packs, launch sizing and
+// dtype dispatch. Plain CUDA, no torch.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <initializer_list>
+
+#include "../cells.h"
+#include "kernels.h"
+
+namespace fusedrnn::cuda {
+
+// opmath: float for float, half and bfloat16; double for double.
+template <typename T>
+struct Opmath {
+  using type = float;
+};
+template <>
+struct Opmath<double> {
+  using type = double;
+};
+template <typename T>
+using opmath_t = typename Opmath<T>::type;
+
+template <typename A, typename T>
+__device__ __forceinline__ A up(T v) {
+  return static_cast<A>(static_cast<opmath_t<T>>(v));
+}
+template <typename T, typename A>
+__device__ __forceinline__ T down(A v) {
+  return static_cast<T>(v);
+}
+
+// V consecutive elements, loaded and stored as one aligned access (16 bytes of storage).
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Pack {
+  T v[V];
+};
+template <int V, typename T>
+__device__ __forceinline__ Pack<T, V> load(const T* p) {
+  return *reinterpret_cast<const Pack<T, V>*>(p);
+}
+template <int V, typename T>
+__device__ __forceinline__ void store(T* p, const Pack<T, V>& x) {
+  *reinterpret_cast<Pack<T, V>*>(p) = x;
+}
+
+// Units per thread on the vector path: 16 bytes of storage.
+template <typename T>
+constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+
+// True when every (non-null) pointer is aligned for a pack of opmath values; the kernels
+// then take the vector path (their row strides are multiples of H, and H % V == 0).
+template <typename T>
+inline bool vector_ok(int64_t H, std::initializer_list<const void*> ptrs) {
+  constexpr int V = kVec<T>;
+  constexpr uintptr_t align = V * sizeof(opmath_t<T>);
+  if (H % V != 0) return false;
+  for (const void* p : ptrs)
+    if (reinterpret_cast<uintptr_t>(p) % align != 0) return false;
+  return true;
+}
+
+constexpr int kThreads = 256;
+
+// Blocks for `items` grid-stride work items: enough to fill every SM of the current
+// device (its multiprocessor count, read once per device), no more than the work needs.
+inline unsigned grid_for(int64_t items) {
+  static int sms[64] = {};
+  int dev = 0;
+  cudaGetDevice(&dev);
+  int& n = sms[dev & 63];
+  if (n == 0 && cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+    n = 1;
+  const int64_t need = (items + kThreads - 1) / kThreads;
+  const int64_t fill = static_cast<int64_t>(n) * (2048 / kThreads);
+  return static_cast<unsigned>(need < fill ? (need > 0 ? need : 1) : fill);
+}
+
+#define FUSEDRNN_GRID_STRIDE(i, n)                                                     \
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (n); \
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+
+// Calls f(T{}) with the storage type of t; returns f's error.
+template <typename F>
+cudaError_t dispatch(DType t, F&& f) {
+  switch (t) {
+    case DType::Float: return f(float{});
+    case DType::Double: return f(double{});
+    case DType::Half: return f(__half{});
+    case DType::BFloat16: return f(__nv_bfloat16{});
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace fusedrnn::cuda

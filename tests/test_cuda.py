@@ -1,0 +1,271 @@
+"""The CUDA kernels (csrc/cuda/): what only a GPU can show. Skipped without one.
+
+Padded equivalence with torch.nn (cuDNN) at every dtype runs in test_equivalence.py through
+the `device` fixture; this module adds packed input and proj_size on CUDA, opcheck and
+float64 gradcheck of the CUDA ops, CUDA-graph capture, torch.compile(mode="reduce-overhead"),
+a non-default stream, bit-identical repeats, TF32 flag handling and memory stability.
+"""
+import copy
+
+import pytest
+import torch
+
+import fusedrnn
+from conftest import CELLS, compare_with_torch, make_modules
+from fusedrnn.testing import compare
+from test_ops import EXTRA_CASES, OP_CASES, OP_NAMES, layer_inputs, op_samples
+from test_packed_proj import LAYERS, PACKINGS, packed_case
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@pytest.fixture(autouse=True)
+def true_fp32():
+    """torch.nn (cuDNN) and our GEMMs in true float32 unless a test says otherwise."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def cuda(v):
+    """Tensors (and PackedSequences) to the GPU; batch_sizes stays on the CPU."""
+    if isinstance(v, (list, tuple)):
+        return type(v)(cuda(a) for a in v)
+    return v.cuda() if isinstance(v, torch.Tensor) or hasattr(v, "batch_sizes") else v
+
+
+def cuda_args(args):
+    out = []
+    for a in args:
+        if isinstance(a, torch.Tensor) and a.dtype == torch.int64 and a.dim() == 1:
+            out.append(a)  # batch_sizes
+        else:
+            out.append(a.cuda() if isinstance(a, torch.Tensor) else a)
+    return tuple(out)
+
+
+# --- the ops -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("config, dt", OP_CASES)
+@pytest.mark.parametrize("op", OP_NAMES)
+def test_opcheck_cuda(op, config, dt):
+    fn, args = op_samples(op, *config, dt)
+    torch.library.opcheck(fn, cuda_args(args))
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("extra", EXTRA_CASES)
+@pytest.mark.parametrize("op", OP_NAMES)
+def test_opcheck_cuda_packed_proj(op, extra, reverse):
+    if "proj" in extra and op.startswith("gru"):
+        pytest.skip("projections are LSTM only")
+    fn, args = op_samples(op, 5, 3, 4, 7, True, reverse, False, torch.float32, **extra)
+    torch.library.opcheck(fn, cuda_args(args))
+
+
+@pytest.mark.parametrize("op", OP_NAMES)
+@pytest.mark.parametrize("H", [7, 64], ids=["H7-scalar", "H64-vector"])
+def test_ops_match_cpu(op, H):
+    """The CUDA ops against the CPU ops in float64, every output: both the scalar kernels
+    (H=7) and the 16-byte vector kernels (H=64), packed reverse input included."""
+    for kw in [dict(), dict(lengths=[6, 4, 4, 1])]:
+        fn, args = op_samples(op, 6, 4, 5, H, True, True, False, torch.float64, **kw)
+        ref = fn(*args)
+        got = fn(*cuda_args(args))
+        for i, (a, b) in enumerate(zip(got, ref, strict=True)):
+            torch.testing.assert_close(a.cpu(), b, rtol=1e-12, atol=1e-12, msg=f"output {i}")
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("extra", [pytest.param({}, id="padded"), *EXTRA_CASES])
+@pytest.mark.parametrize("cell", CELLS)
+def test_gradcheck_cuda(cell, extra, reverse):
+    if "proj" in extra and cell == "GRU":
+        pytest.skip("projections are LSTM only")
+    a = layer_inputs(cell, 3, 2, 3, 4, True, torch.float64, **extra)
+    a = {k: (v if k == "batch_sizes" or v is None else v.cuda().requires_grad_())
+         for k, v in a.items()}
+    keys = [k for k, v in a.items() if v is not None and k != "batch_sizes"]
+
+    def f(*tensors):
+        b = dict(a, **dict(zip(keys, tensors)))
+        if cell == "LSTM":
+            return fusedrnn.LSTMFunction.apply(
+                b["x"], b["w_ih"], b["w_hh"], b["b_ih"], b["b_hh"], b["h0"], b["c0"], reverse,
+                b["w_hr"], b["batch_sizes"])
+        return fusedrnn.GRUFunction.apply(
+            b["x"], b["w_ih"], b["w_hh"], b["b_ih"], b["b_hh"], b["h0"], reverse, b["batch_sizes"])
+
+    assert torch.autograd.gradcheck(f, [a[k] for k in keys])
+
+
+# --- modules against torch.nn (cuDNN) --------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("layers", LAYERS)
+@pytest.mark.parametrize("packing", PACKINGS)
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_packed_matches_torch_cuda(cell, packing, layers, dtype):
+    if cell == "GRU" and layers[3]:
+        pytest.skip("proj_size is LSTM only")
+    theirs, ours, x, state, g = packed_case(cell, packing, layers, dtype)
+    theirs, ours, x, state = theirs.cuda(), ours.cuda(), cuda(x), cuda(state)
+    for name, e_ours, e_torch, _, bound in compare(theirs, ours, x, state, generator=g):
+        assert e_ours <= bound, f"{name}: rel err {e_ours:.2e} > bound {bound:.2e} (torch.nn {e_torch:.2e})"
+
+
+@pytest.mark.parametrize("dt", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_packed_16bit_cuda(cell, dt):
+    theirs, ours, x, state, g = packed_case(cell, PACKINGS[1].values[0], LAYERS[1].values[0], dt)
+    theirs, ours, x, state = theirs.cuda(), ours.cuda(), cuda(x), cuda(state)
+    for name, e_ours, e_torch, _, bound in compare(theirs, ours, x, state, generator=g):
+        assert e_ours <= bound, f"{name}: rel err {e_ours:.2e} > bound {bound:.2e} (torch.nn {e_torch:.2e})"
+
+
+@pytest.mark.parametrize("dt", [torch.float32, torch.float16, torch.bfloat16],
+                         ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("proj", [0, 16])
+def test_proj_cuda(proj, dt):
+    """LSTM proj_size on CUDA, 2 layers both directions (GRU has no projections)."""
+    if proj:
+        theirs, ours = make_modules("LSTM", 24, 40, 2, bidirectional=True, proj_size=proj,
+                                    dtype=dt, device="cuda")
+    else:
+        theirs, ours = make_modules("LSTM", 24, 40, 2, bidirectional=True, dtype=dt,
+                                    device="cuda")
+    x = torch.randn(9, 5, 24, device="cuda", dtype=dt)
+    for name, e_ours, e_torch, _, bound in compare(theirs, ours, x):
+        assert e_ours <= bound, f"{name}: rel err {e_ours:.2e} > bound {bound:.2e} (torch.nn {e_torch:.2e})"
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_large_fastrnns_shape_cuda(cell):
+    """The fastrnns benchmark shape, fp32: long accumulations, vector kernels."""
+    compare_with_torch(cell, 100, 64, 512, 512, dtype=torch.float32, device="cuda")
+
+
+# --- CUDA-specific behaviour -------------------------------------------------------------
+
+def _train_step(m, x, states):
+    y, fin = m(x, states)
+    fin = fin if isinstance(fin, tuple) else (fin,)
+    loss = y.square().sum() + sum(f.square().sum() for f in fin)
+    grads = torch.autograd.grad(loss, [x, *m.parameters()])
+    return [y, *fin, *grads]
+
+
+def _inputs(cell, T=12, N=5, I=24, H=32, layers=2, bidirectional=True):
+    _, m = make_modules(cell, I, H, layers, bidirectional=bidirectional, device="cuda")
+    D = 2 if bidirectional else 1
+    x = torch.randn(T, N, I, device="cuda", requires_grad=True)
+    s = [torch.randn(layers * D, N, H, device="cuda") for _ in range(2 if cell == "LSTM" else 1)]
+    return m, x, (tuple(s) if cell == "LSTM" else s[0])
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_bit_identical_repeats(cell):
+    m, x, s = _inputs(cell)
+    a, b = _train_step(m, x, s), _train_step(m, x, s)
+    for u, v in zip(a, b, strict=True):
+        assert torch.equal(u, v)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_cuda_graph_capture_replay(cell):
+    """Forward and backward captured in one graph: any launch off the capturing stream or
+    any host synchronization inside the ops fails the capture. Replays equal eager."""
+    m, x, s = _inputs(cell)
+    static_x = x.detach().clone().requires_grad_()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up on a side stream, as the CUDA-graph docs ask
+        for _ in range(3):
+            _train_step(m, static_x, s)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = _train_step(m, static_x, s)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        new_x = torch.randn_like(x)
+        static_x.data.copy_(new_x)
+        graph.replay()
+        eager = _train_step(m, new_x.requires_grad_(), s)
+        for u, v in zip(static_out, eager, strict=True):
+            assert torch.equal(u, v)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_compile_reduce_overhead(cell):
+    m, x, s = _inputs(cell)
+    compiled = torch.compile(m, mode="reduce-overhead", fullgraph=True)
+
+    def step(fn, xi):
+        y, fin = fn(xi, s)
+        fin = fin if isinstance(fin, tuple) else (fin,)
+        (y.sum() + sum(f.sum() for f in fin)).backward()
+        return [y.detach().clone(), *[f.detach().clone() for f in fin], xi.grad.clone()]
+
+    for seed in range(3):  # the first calls record the graph, later ones replay it
+        torch.manual_seed(seed)
+        xi = torch.randn_like(x)
+        got = step(compiled, xi.clone().requires_grad_())
+        want = step(m, xi.clone().requires_grad_())
+        for u, v in zip(got, want, strict=True):
+            torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_non_default_stream(cell):
+    """On a side stream whose input is written right before the call, behind a long sleep:
+    kernels launched on any other stream would read the input before it is written."""
+    m, x, s = _inputs(cell)
+    want = _train_step(m, x, s)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        xs = torch.zeros_like(x)
+        torch.cuda._sleep(50_000_000)  # ~25 ms of GPU time on this stream
+        xs.copy_(x.detach())
+        got = _train_step(m, xs.requires_grad_(), s)
+    torch.cuda.current_stream().wait_stream(side)
+    for u, v in zip(got, want, strict=True):
+        assert torch.equal(u, v)
+
+
+def test_other_device_index_guarded():
+    """Tensors on cuda:1 while cuda:0 is current (only with two GPUs)."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("one GPU")
+    theirs, ours = make_modules("LSTM", 8, 16, device="cuda:1")
+    x = torch.randn(5, 3, 8, device="cuda:1")
+    torch.testing.assert_close(ours(x)[0], theirs(x)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_tf32_follows_torch_matmul_flag():
+    """fp32 GEMMs are true fp32 by default and TF32 only when torch's matmul flag says so."""
+    _, m = make_modules("GRU", 512, 512, device="cuda")
+    ref_m = copy.deepcopy(m).double()
+    x = torch.randn(20, 32, 512, device="cuda")
+    with torch.no_grad():
+        ref = ref_m(x.double())[0]
+        exact = m(x)[0]
+        torch.backends.cuda.matmul.allow_tf32 = True
+        tf32 = m(x)[0]
+    err = lambda a: ((a.double() - ref).norm() / ref.norm()).item()  # noqa: E731
+    assert err(exact) < 1e-5 < err(tf32), (err(exact), err(tf32))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_no_memory_growth(cell):
+    m, x, s = _inputs(cell, T=5, N=3, I=8, H=16, layers=1, bidirectional=False)
+    for _ in range(10):
+        _train_step(m, x, s)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    for _ in range(1000):
+        _train_step(m, x, s)
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() == before
