@@ -6,7 +6,7 @@ NVCC ?= nvcc
 CU_SRCS := $(wildcard csrc/cuda/*.cu)
 SO := python/fusedrnn/_C.abi3.so
 EXT_SRCS := setup.py pyproject.toml $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/* csrc/cuda/*)
-.PHONY: deps setup demo test wheel ctest cuda-check gpu-check clean
+.PHONY: deps setup demo test bench wheel ctest cuda-check gpu-check clean
 
 # Install only what is missing. find_spec checks torch without importing it, so a CUDA torch
 # (or one whose first import flakes) is never replaced by the CPU build.
@@ -33,6 +33,13 @@ demo: setup
 
 test: setup
 	$(PYTHON) -m pytest tests -q
+
+# The benchmark grid on this machine (results into benchmarks/results/); the plot needs
+# matplotlib, installed here if missing. GRID=fastrnns,latency runs a subset.
+GRID ?= all
+bench: setup
+	@$(PYTHON) -c "import matplotlib" 2>/dev/null || $(PIP) install matplotlib
+	$(PYTHON) -m fusedrnn bench --grid $(GRID)
 
 # The release wheel: CPU module, and the CUDA module for every GPU in setup.py's default
 # arch list (TORCH_CUDA_ARCH_LIST overrides) whenever nvcc is found (FUSEDRNN_CUDA=1 requires it).

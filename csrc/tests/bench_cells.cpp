@@ -1,5 +1,6 @@
 // Microbenchmark of the pointwise cell math in cells.h (float, one thread): ns per
-// (batch, unit) element for LSTM/GRU forward and backward. Not a test.
+// (batch, unit) element for LSTM/GRU forward and backward, and the bytes/s its loads and
+// stores make (floats read + written per element over the time). Not a test.
 // Usage: bench_cells [elements]   (default 65536: cache-resident, so this times the math
 // rather than DRAM).
 #include <algorithm>
@@ -94,15 +95,15 @@ int main(int argc, char** argv) {
         *o4 = out[4].data(), *o5 = out[5].data();
 
   std::printf("elements: %lld (float, 1 thread)\n", static_cast<long long>(n));
-  std::printf("%-14s %8s\n", "case", "ns/elem");
-  std::printf("%-14s %8.3f\n", "lstm forward",
-              ns_per_element([&] { lstm_fwd(a, b, c, d, s, o0, o1, o2, o3, o4, o5, n); }, n));
-  std::printf("%-14s %8.3f\n", "lstm backward",
-              ns_per_element([&] { lstm_bwd(a, b, c, d, s, ga, gb, o0, o1, o2, o3, o4, n); }, n));
-  std::printf("%-14s %8.3f\n", "gru forward",
-              ns_per_element([&] { gru_fwd(a, b, c, d, s, o0, o1, o2, o3, n); }, n));
-  std::printf("%-14s %8.3f\n", "gru backward",
-              ns_per_element([&] { gru_bwd(a, b, c, d, s, ga, o0, o1, o2, o3, o4, n); }, n));
+  std::printf("%-14s %8s %8s\n", "case", "ns/elem", "GB/s");
+  // floats read + written per element by each loop below
+  const auto row = [](const char* name, double ns, int floats) {
+    std::printf("%-14s %8.3f %8.1f\n", name, ns, floats * 4.0 / ns);
+  };
+  row("lstm forward", ns_per_element([&] { lstm_fwd(a, b, c, d, s, o0, o1, o2, o3, o4, o5, n); }, n), 11);
+  row("lstm backward", ns_per_element([&] { lstm_bwd(a, b, c, d, s, ga, gb, o0, o1, o2, o3, o4, n); }, n), 12);
+  row("gru forward", ns_per_element([&] { gru_fwd(a, b, c, d, s, o0, o1, o2, o3, n); }, n), 9);
+  row("gru backward", ns_per_element([&] { gru_bwd(a, b, c, d, s, ga, o0, o1, o2, o3, o4, n); }, n), 11);
   // Read the outputs back so the stores stay observable.
   double sum = 0;
   for (const auto& v : out) sum += v[n / 2];

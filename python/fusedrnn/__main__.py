@@ -1,4 +1,5 @@
 """python -m fusedrnn: the main job. Checks fusedrnn against torch.nn and times both.
+(`python -m fusedrnn bench ...` runs the benchmark grid instead: fusedrnn/bench.py.)
 
 For LSTM and GRU at one shape, on the best device present: copies torch.nn's weights
 into fusedrnn, prints the relative error of every output and gradient (against torch.nn
@@ -33,6 +34,10 @@ def parse_args(argv):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        from fusedrnn.bench import main as bench
+        return bench(argv[1:])
     args = parse_args(argv)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
