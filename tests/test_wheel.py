@@ -62,8 +62,8 @@ def test_wheel_carries_cuda_module(wheel, tmp_path):
     assert CUDA_SO in names, f"{CUDA_SO} missing from {wheel.name}"
     so = Path(zipfile.ZipFile(wheel).extract(CUDA_SO, tmp_path))
     libs = needed(so)
-    for lib in ("libtorch.so", "libcudart.so.13"):
-        assert lib in libs, libs
+    assert "libtorch.so" in libs, libs
+    assert [n for n in libs if n.startswith("libcudart.so.")], libs
     assert not [n for n in libs if "libtorch_python" in n], libs
     nm = shutil.which("nm")
     if nm is not None:

@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 #include <initializer_list>
 
@@ -35,9 +36,10 @@ __device__ __forceinline__ T down(A v) {
   return static_cast<T>(v);
 }
 
-// V consecutive elements, loaded and stored as one aligned access (16 bytes of storage).
+// V consecutive elements, loaded and stored as 16-byte accesses (one for storage types,
+// two for 8 floats of opmath beside 8 halves), so 16-byte alignment is all a pack needs.
 template <typename T, int V>
-struct alignas(sizeof(T) * V) Pack {
+struct alignas(sizeof(T) * V < 16 ? sizeof(T) * V : 16) Pack {
   T v[V];
 };
 template <int V, typename T>
@@ -53,13 +55,12 @@ __device__ __forceinline__ void store(T* p, const Pack<T, V>& x) {
 template <typename T>
 constexpr int kVec = 16 / static_cast<int>(sizeof(T));
 
-// True when every (non-null) pointer is aligned for a pack of opmath values; the kernels
-// then take the vector path (their row strides are multiples of H, and H % V == 0).
+// True when every (non-null) pointer is 16-byte aligned and H % V == 0; the kernels then
+// take the vector path (every row stride is a multiple of H, so every row stays aligned).
 template <typename T>
 inline bool vector_ok(int64_t H, std::initializer_list<const void*> ptrs) {
-  constexpr int V = kVec<T>;
-  constexpr uintptr_t align = V * sizeof(opmath_t<T>);
-  if (H % V != 0) return false;
+  constexpr uintptr_t align = 16;
+  if (H % kVec<T> != 0) return false;
   for (const void* p : ptrs)
     if (reinterpret_cast<uintptr_t>(p) % align != 0) return false;
   return true;
@@ -70,12 +71,16 @@ constexpr int kThreads = 256;
 // Blocks for `items` grid-stride work items: enough to fill every SM of the current
 // device (its multiprocessor count, read once per device), no more than the work needs.
 inline unsigned grid_for(int64_t items) {
-  static int sms[64] = {};
+  static std::atomic<int> sms[64] = {};
   int dev = 0;
-  cudaGetDevice(&dev);
-  int& n = sms[dev & 63];
-  if (n == 0 && cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-    n = 1;
+  if (cudaGetDevice(&dev) != cudaSuccess) dev = 0;
+  int n = sms[dev & 63].load(std::memory_order_relaxed);
+  if (n == 0) {
+    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0)
+      n = 1;
+    (void)cudaGetLastError();  // a failed query must not surface as a launch error
+    sms[dev & 63].store(n, std::memory_order_relaxed);
+  }
   const int64_t need = (items + kThreads - 1) / kThreads;
   const int64_t fill = static_cast<int64_t>(n) * (2048 / kThreads);
   return static_cast<unsigned>(need < fill ? (need > 0 ? need : 1) : fill);

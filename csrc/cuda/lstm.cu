@@ -106,11 +106,13 @@ __global__ void __launch_bounds__(kThreads) lstm_backward_kernel(LSTMBackwardSte
     store(d + 2 * H, dgg);
     store(d + 3 * H, dgo);
     store(dcs + n * H + j, dc);
-    // h_prev of this row for the W_hh gradient (P <= H columns).
+    // h_prev of this row for the W_hh gradient: its P columns, in strides of H.
     const T* src = n < p.keep ? yp + n * P : h0 + n * P;
+    for (int64_t c = j; c < P; c += H) {
 #pragma unroll
-    for (int k = 0; k < V; ++k)
-      if (j + k < P) hp[n * P + j + k] = src[j + k];
+      for (int k = 0; k < V; ++k)
+        if (c + k < P) hp[n * P + c + k] = src[c + k];
+    }
   }
 }
 

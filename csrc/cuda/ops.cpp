@@ -47,6 +47,16 @@ void check_cuda_input(const Tensor& t, const char* what, const Tensor& like, int
   check_input(t, what, like, dim);
 }
 
+// The backward ops read raw pointers of every input: each must be a CUDA tensor on x's
+// device with the right dtype and size (a host pointer would fault the whole context).
+void check_saved(const Tensor& t, const char* what, const Tensor& x, int64_t numel,
+                 ScalarType dtype) {
+  STD_TORCH_CHECK(t.device() == x.device(), "fusedrnn: ", what, " must be on the device of x");
+  STD_TORCH_CHECK(t.scalar_type() == dtype, "fusedrnn: ", what, " has the wrong dtype");
+  STD_TORCH_CHECK(t.numel() == numel, "fusedrnn: ", what, " has ", t.numel(),
+                  " elements, expected ", numel);
+}
+
 // Pointer to element `offset` of a contiguous tensor (nullptr for an absent one).
 void* at(const Tensor& t, int64_t offset = 0) {
   return static_cast<char*>(t.data_ptr()) + offset * t.element_size();
@@ -149,7 +159,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   check_input(grad_y, "grad_y", x_in, x_in.dim());
   STD_TORCH_CHECK(grad_y.numel() == st.R * P && y.numel() == st.R * P,
                   "fusedrnn: grad_y and y must have the shape of y");
-  STD_TORCH_CHECK(ws.numel() == st.R * kLSTMSaved * H, "fusedrnn: wrong workspace size");
+  const ScalarType dtx = x_in.scalar_type();
+  check_saved(grad_h_n, "grad_h_n", x_in, st.N * P, dtx);
+  check_saved(grad_c_n, "grad_c_n", x_in, st.N * H, dtx);
+  check_saved(w_ih, "w_ih", x_in, G * I, dtx);
+  check_saved(w_hh, "w_hh", x_in, G * P, dtx);
+  check_saved(h0, "h0", x_in, st.N * P, dtx);
+  check_saved(c0, "c0", x_in, st.N * H, dtx);
+  check_saved(y, "y", x_in, st.R * P, dtx);
+  check_saved(ws, "workspace", x_in, st.R * kLSTMSaved * H, opmath_type(dtx));
+  if (w_hr) check_saved(*w_hr, "w_hr", x_in, P * H, dtx);
   torch::stable::accelerator::DeviceGuard guard(x_in.get_device_index());
   const cudaStream_t stream = current_stream(x_in);
   const DType dt = dtype_of(x_in);
@@ -269,7 +288,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   check_input(grad_y, "grad_y", x_in, x_in.dim());
   STD_TORCH_CHECK(grad_y.numel() == st.R * H && y.numel() == st.R * H,
                   "fusedrnn: grad_y and y must have the shape of y");
-  STD_TORCH_CHECK(ws.numel() == st.R * kGRUSaved * H, "fusedrnn: wrong workspace size");
+  const ScalarType dtx = x_in.scalar_type();
+  check_saved(grad_h_n, "grad_h_n", x_in, st.N * H, dtx);
+  check_saved(w_ih, "w_ih", x_in, G * I, dtx);
+  check_saved(w_hh, "w_hh", x_in, G * H, dtx);
+  check_saved(h0, "h0", x_in, st.N * H, dtx);
+  check_saved(y, "y", x_in, st.R * H, dtx);
+  check_saved(ws, "workspace", x_in, st.R * kGRUSaved * H, opmath_type(dtx));
   torch::stable::accelerator::DeviceGuard guard(x_in.get_device_index());
   const cudaStream_t stream = current_stream(x_in);
   const DType dt = dtype_of(x_in);

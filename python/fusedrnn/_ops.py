@@ -9,11 +9,17 @@ from . import _C  # noqa: F401  (loading the library registers the ops)
 
 if torch.version.cuda:
     # A fusedrnn built without nvcc has no _C_cuda: CUDA tensors then get the dispatcher's
-    # "no kernel for CUDA" error. A _C_cuda that exists but fails to load is an error.
+    # "no kernel for CUDA" error. One that exists but cannot load (built for another CUDA
+    # major version than this torch's, say) says why, and the CPU ops still work.
     try:
         from . import _C_cuda  # noqa: F401
     except ModuleNotFoundError:
         pass
+    except ImportError as e:
+        import warnings
+
+        warnings.warn(f"fusedrnn: the CUDA module failed to load, CUDA tensors are not "
+                      f"supported: {e}", RuntimeWarning, stacklevel=2)
 
 ops = torch.ops.fusedrnn
 
