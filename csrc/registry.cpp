@@ -7,7 +7,8 @@
 //   G = 4H (LSTM, gates i,f,g,o) or 3H (GRU, gates r,z,n); LSTM projections w_hr [P,H]
 //   (P = H without); reverse runs t = T-1 .. 0.
 // Forward returns y ([T,N,P] or [R,P]), the final state(s) and a workspace in opmath
-// (float for 16-bit storage) that only the backward op reads. Backward returns the
+// (float for 16-bit storage) that only the backward op reads; save=False (no backward
+// will run: inference) returns an empty workspace [0] and skips writing it. Backward returns the
 // gradients; grad_w_hr is empty ([0]) without projections.
 #include <Python.h>
 
@@ -25,8 +26,8 @@ PyMODINIT_FUNC PyInit__C(void) {
 STABLE_TORCH_LIBRARY(fusedrnn, m) {
   m.def(
       "lstm_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
-      "Tensor? w_hr, Tensor h0, Tensor c0, Tensor? batch_sizes, bool reverse) -> "
-      "(Tensor y, Tensor h_n, Tensor c_n, Tensor workspace)");
+      "Tensor? w_hr, Tensor h0, Tensor c0, Tensor? batch_sizes, bool reverse, "
+      "bool save=True) -> (Tensor y, Tensor h_n, Tensor c_n, Tensor workspace)");
   m.def(
       "lstm_backward(Tensor grad_y, Tensor grad_h_n, Tensor grad_c_n, Tensor x, "
       "Tensor w_ih, Tensor w_hh, Tensor? w_hr, Tensor h0, Tensor c0, Tensor y, "
@@ -35,8 +36,8 @@ STABLE_TORCH_LIBRARY(fusedrnn, m) {
       "Tensor grad_w_hr)");
   m.def(
       "gru_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
-      "Tensor h0, Tensor? batch_sizes, bool reverse) -> (Tensor y, Tensor h_n, "
-      "Tensor workspace)");
+      "Tensor h0, Tensor? batch_sizes, bool reverse, bool save=True) -> (Tensor y, "
+      "Tensor h_n, Tensor workspace)");
   m.def(
       "gru_backward(Tensor grad_y, Tensor grad_h_n, Tensor x, Tensor w_ih, Tensor w_hh, "
       "Tensor h0, Tensor y, Tensor workspace, Tensor? batch_sizes, bool reverse) -> "

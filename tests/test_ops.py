@@ -281,3 +281,30 @@ def test_op_called_directly_on_tensors_that_require_grad(op):
                  and a.is_floating_point() else a for a in args]
     for a, b in zip(fn(*with_grad), fn(*args)):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_forward_without_save(cell, packed):
+    """save=False (inference: no input requires grad) returns an empty workspace and the
+    very same outputs as save=True."""
+    a = layer_inputs(cell, 5, 3, 4, 7, True, torch.float32,
+                     lengths=[5, 3, 3, 1] if packed else None)
+    fwd = getattr(ops, f"{cell.lower()}_forward")
+    for reverse in (False, True):
+        full = fwd(*forward_args(cell, a, reverse))
+        lean = fwd(*forward_args(cell, a, reverse), False)
+        assert lean[-1].numel() == 0 and full[-1].numel() > 0
+        for u, v in zip(full[:-1], lean[:-1], strict=True):
+            assert torch.equal(u, v)
+        torch.library.opcheck(fwd, (*forward_args(cell, a, reverse), False))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_function_saves_only_when_grad_is_needed(cell):
+    a = layer_inputs(cell, 4, 2, 3, 5, True, torch.float32)
+    fn = FUNCTIONS[cell]
+    args = [v for k, v in a.items() if k not in ("batch_sizes", "w_hr")]
+    assert fn.apply(*args, False)[-1].numel() == 0
+    args[0] = args[0].clone().requires_grad_()
+    assert fn.apply(*args, False)[-1].numel() > 0

@@ -116,3 +116,20 @@ def test_packed_equals_padded_per_sequence(cell):
         assert torch.all(y_pad[n:, i] == 0)
         for a, b in zip(states, s_i):
             torch.testing.assert_close(a[:, i : i + 1], b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_input_projection_in_blocks(cell, packed):
+    """More rows than one block of the CPU's input projection (1024 rows): the blocks
+    must tile the steps in both directions, padded and packed, forward and backward."""
+    theirs, ours = make_modules(cell, 3, 6, 1, bidirectional=True, dtype=torch.float64)
+    g = torch.Generator().manual_seed(3)
+    lengths = torch.randint(1, 60, (50,), generator=g)
+    T = int(lengths.max())
+    padded = torch.randn(T, 50, 3, generator=g, dtype=torch.float64)
+    x = pack_padded_sequence(padded, lengths, enforce_sorted=False) if packed else padded
+    rows = int(lengths.sum()) if packed else T * 50
+    assert rows > 1024
+    for name, e_ours, e_torch, _, bound in compare(theirs, ours, x, None, generator=g):
+        assert e_ours <= bound, f"{name}: rel err {e_ours:.2e} > bound {bound:.2e} (torch.nn {e_torch:.2e})"

@@ -11,6 +11,7 @@
 #include <array>
 #include <cstring>
 #include <optional>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -31,6 +32,63 @@ void dispatch_floating(ScalarType t, const char* name, F&& f) {
     default: STD_TORCH_CHECK(false, name, ": unsupported dtype");
   }
 }
+
+// a @ w^T for w [M,K] contiguous (torch's weight layout). Float32 goes through oneDNN's
+// matmul (mkldnn::_linear_pointwise, the op torch.compile's CPU backend uses), which on
+// the AVX-512 AMD CPU of our benchmarks runs the RNN's GEMM shapes 2-2.5x faster than
+// torch.mm's MKL path (435 vs 172 GFLOP/s at 64x512x2048, benchmarks/README.md). Other
+// dtypes, and torch builds without that op, use aten::mm (bfloat16 already reaches oneDNN
+// there). The op is probed once; a build that lacks it logs one error and falls back.
+inline Tensor linear(const Tensor& a, const Tensor& w) {
+  static bool have_onednn = true;
+  if (have_onednn && a.scalar_type() == ScalarType::Float && a.numel() > 0) {
+    using torch::stable::detail::from;
+    std::array<StableIValue, 6> stack{from(a), from(w), from(std::nullopt),
+                                      from(std::string("none")),
+                                      from(std::vector<int64_t>{}), from(std::nullopt)};
+    if (torch_call_dispatcher("mkldnn::_linear_pointwise", "", stack.data(),
+                              TORCH_ABI_VERSION) == AOTI_TORCH_SUCCESS)
+      return torch::stable::detail::to<Tensor>(stack[0]);
+    have_onednn = false;
+  }
+  return mm(a, t(w));
+}
+
+// The input projection x @ W_ih^T, a block of about kBlockRows rows (whole steps) at a
+// time as the step loop reaches it. The [R, G] product never exists whole: each block is
+// still in cache when its steps read it, and no buffer is so large (52 MB at the fastrnns
+// shape) that the allocator maps it fresh, page fault by page fault, on every call.
+class InputProjection {
+ public:
+  static constexpr int64_t kBlockRows = 1024;
+
+  InputProjection(const Steps& st, const Tensor& x2, const Tensor& w_ih, bool reverse)
+      : st_(st), x2_(x2), w_ih_(w_ih), reverse_(reverse) {}
+
+  // Row 0 of step number s (in the order the loop runs them) of x @ W_ih^T, [batch, G].
+  const void* step(int64_t s) {
+    if (s >= end_) {
+      int64_t rows_ = 0, e = s;
+      while (e < st_.T && (e == s || rows_ + st_.batch[tt(e)] <= kBlockRows))
+        rows_ += st_.batch[tt(e++)];
+      // The block's steps hold consecutive rows of x2: ascending t forward, descending
+      // in reverse, so the lowest row belongs to the block's first (forward) or last step.
+      r0_ = st_.offset[reverse_ ? tt(e - 1) : tt(s)];
+      block_ = linear(rows(x2_, r0_, rows_), w_ih_);
+      end_ = e;
+    }
+    return static_cast<const char*>(block_.const_data_ptr()) +
+           (st_.offset[tt(s)] - r0_) * block_.size(1) * block_.element_size();
+  }
+
+ private:
+  int64_t tt(int64_t s) const { return reverse_ ? st_.T - 1 - s : s; }
+  const Steps& st_;
+  Tensor x2_, w_ih_;
+  bool reverse_;
+  int64_t end_ = 0, r0_ = 0;
+  Tensor block_ = Tensor();
+};
 
 // Pointwise loops run over (batch, unit) pairs; below this many pairs a step runs
 // on the calling thread (a thread-pool wake-up costs more than the work).
@@ -56,8 +114,10 @@ void parallel_rows(int64_t n, int64_t grain, const F& f) {
   }
 }
 
-// Rows per GEMM when a weight gradient sums over all T*N rows (see mm_tn).
-constexpr int64_t kReduceChunk = 256;
+// Rows per GEMM when a weight gradient sums over all T*N rows (see mm_tn). 1024 rows
+// keep oneDNN's GEMM near its peak (~400 GFLOP/s here, ~220 at 256 rows) while the
+// error stays below a single full-K GEMM's (tests/test_accuracy.py).
+constexpr int64_t kReduceChunk = 1024;
 
 // a^T @ b for a [K,M], b [K,P]: the weight gradients, which reduce over K = T*N rows.
 // In float, one GEMM accumulates all K terms in float; here the rows are cut into
@@ -69,11 +129,12 @@ inline Tensor mm_tn(const Tensor& a_in, const Tensor& b_in) {
   Tensor a = a_in, b = b_in;  // narrow takes non-const handles
   const int64_t K = a.size(0), M = a.size(1), P = b.size(1);
   if (a.scalar_type() != ScalarType::Float || K <= kReduceChunk) return mm(t(a), b);
-  Tensor part = empty_as(a, {M, P});
   std::vector<double> acc(M * P, 0.0);
   for (int64_t k0 = 0; k0 < K; k0 += kReduceChunk) {
     const int64_t kc = std::min(kReduceChunk, K - k0);
-    mm_out(t(torch::stable::narrow(a, 0, k0, kc)), torch::stable::narrow(b, 0, k0, kc), part);
+    // [M,P] = a_c^T @ b_c = linear(a_c^T, b_c^T)
+    const Tensor part = linear(t(torch::stable::narrow(a, 0, k0, kc)),
+                               t(torch::stable::narrow(b, 0, k0, kc)));
     const float* p = part.const_data_ptr<float>();
     parallel_rows(M * P, 1 << 14, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) acc[i] += p[i];

@@ -53,16 +53,16 @@ FUSEDRNN_CPU_CLONES void gru_backward_units(
   }
 }
 
-// x2 [R,I]; y2 [R,H]; ws2 [R,4H]; h_n [N,H].
+// x2 [R,I]; y2 [R,H]; ws2 [R,4H] (or [N,4H] scratch when save=false); h_n [N,H].
 template <typename scalar_t>
 void gru_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, const Tensor& w_hh,
                       const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh,
-                      const Tensor& h0, bool reverse, Tensor& y2, Tensor& h_n, Tensor& ws2) {
+                      const Tensor& h0, bool reverse, bool save, Tensor& y2, Tensor& h_n,
+                      Tensor& ws2) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t N = st.N, H = w_hh.size(1), G = 3 * H;
 
-  Tensor xg = empty_as(x2, {st.R, G});
-  if (st.R > 0) mm_out(x2, t(w_ih), xg);
+  InputProjection xg(st, x2, w_ih, reverse);
   const std::vector<acc_t> b_i = bias_vector<scalar_t>(b_ih, G);
   const std::vector<acc_t> b_h = bias_vector<scalar_t>(b_hh, G);
 
@@ -73,23 +73,19 @@ void gru_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, con
     const scalar_t* p = h.const_data_ptr<scalar_t>();
     for (int64_t k = 0; k < N * H; ++k) ha[k] = static_cast<acc_t>(p[k]);
   }
-  Tensor hg = empty_as(x2, {N, G});
-  const Tensor w_hh_t = t(w_hh);
-
-  const scalar_t* xg_p = xg.const_data_ptr<scalar_t>();
-  const scalar_t* hg_p = hg.const_data_ptr<scalar_t>();
   scalar_t* y_p = y2.mutable_data_ptr<scalar_t>();
   scalar_t* h_p = h.mutable_data_ptr<scalar_t>();
   acc_t* ws_p = ws2.mutable_data_ptr<acc_t>();
   for (int64_t s = 0; s < st.T; ++s) {
     const int64_t tt = reverse ? st.T - 1 - s : s;
     const int64_t B = st.batch[tt], off = st.offset[tt];
-    Tensor hg_b = head(hg, B);
-    mm_out(head(h, B), w_hh_t, hg_b);
+    const Tensor hg = linear(head(h, B), w_hh);  // [B, G]
+    const scalar_t* hg_p = hg.const_data_ptr<scalar_t>();
+    const scalar_t* xg_p = static_cast<const scalar_t*>(xg.step(s));
+    acc_t* ws_s = save ? ws_p + off * kGRUSaved * H : ws_p;
     for_each_unit_chunk(B, H, [&](int64_t n, int64_t j0, int64_t j1) {
-      gru_forward_units(xg_p + (off + n) * G, hg_p + n * G, b_i.data(), b_h.data(),
-                        ha.data() + n * H, y_p + (off + n) * H, ws_p + (off + n) * kGRUSaved * H,
-                        H, j0, j1);
+      gru_forward_units(xg_p + n * G, hg_p + n * G, b_i.data(), b_h.data(), ha.data() + n * H,
+                        y_p + (off + n) * H, ws_s + n * kGRUSaved * H, H, j0, j1);
     });
     std::memcpy(h_p, y_p + off * H, B * H * sizeof(scalar_t));
   }
@@ -99,7 +95,7 @@ void gru_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, con
 std::tuple<Tensor, Tensor, Tensor> gru_forward(
     const Tensor& x_a, const Tensor& w_ih_a, const Tensor& w_hh_a, std::optional<Tensor> b_ih_a,
     std::optional<Tensor> b_hh_a, const Tensor& h0_a, std::optional<Tensor> batch_sizes,
-    bool reverse) {
+    bool reverse, bool save) {
   const Tensor x_in = detach(x_a), w_ih = detach(w_ih_a), w_hh = detach(w_hh_a);
   const Tensor h0 = detach(h0_a);
   const std::optional<Tensor> b_ih = detach(b_ih_a), b_hh = detach(b_hh_a);
@@ -112,11 +108,15 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
   const ScalarType dt = x.scalar_type();
   Tensor y2 = empty_as(x, {st.R, H});
   Tensor h_n = empty_as(x, {st.N, H});
-  Tensor ws2 = empty_as(x, {st.R, kGRUSaved * H}, opmath_type(dt));
+  Tensor ws2 = empty_as(x, {save ? st.R : st.N, kGRUSaved * H}, opmath_type(dt));
   dispatch_floating(dt, "gru_forward", [&](auto tag) {
-    gru_forward_impl<decltype(tag)>(st, x2, w_ih, w_hh, b_ih, b_hh, h0, reverse, y2, h_n, ws2);
+    gru_forward_impl<decltype(tag)>(st, x2, w_ih, w_hh, b_ih, b_hh, h0, reverse, save, y2, h_n,
+                                    ws2);
   });
-  if (st.packed) return {y2, h_n, ws2};
+  if (!save) ws2 = empty_as(x, {0}, opmath_type(dt));
+  if (st.packed || !save) {
+    return {st.packed ? y2 : torch::stable::reshape(y2, {st.T, st.N, H}), h_n, ws2};
+  }
   return {torch::stable::reshape(y2, {st.T, st.N, H}), h_n,
           torch::stable::reshape(ws2, {st.T, st.N, kGRUSaved * H})};
 }
@@ -130,6 +130,7 @@ void gru_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, co
 
   // Per row: dh carries dgh @ W_hh (and grad_h_n before a row's last step), dd carries
   // dh * z, the part of dh_prev that bypasses W_hh.
+  const Tensor w_hh_tc = torch::stable::contiguous(t(w_hh));  // [H, G], for linear()
   Tensor dh = torch::stable::clone(ghn);
   std::vector<acc_t> dd(N * H, acc_t(0));
   const scalar_t* gy_p = gy2.const_data_ptr<scalar_t>();
@@ -147,7 +148,7 @@ void gru_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, co
                          dd.data() + n * H, dgi_p + r * G, dgh_p + r * G, H, j0, j1);
     });
     Tensor dh_b = head(dh, B);
-    mm_out(rows(dgh, off, B), w_hh, dh_b);
+    torch::stable::copy_(dh_b, linear(rows(dgh, off, B), w_hh_tc));
   }
   scalar_t* dh0_p = dh0.mutable_data_ptr<scalar_t>();
   for (int64_t k = 0; k < N * H; ++k)
@@ -189,7 +190,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     column_sum<scalar_t>(dgh.const_data_ptr<scalar_t>(), st.R, G,
                          db_hh.mutable_data_ptr<scalar_t>());
   });
-  Tensor dx = torch::stable::reshape(mm(dgi, w_ih), x_in.dim() == 3
+  Tensor dx = torch::stable::reshape(linear(dgi, torch::stable::contiguous(t(w_ih))),
+                                     x_in.dim() == 3
                                                         ? std::vector<int64_t>{st.T, st.N, I}
                                                         : std::vector<int64_t>{st.R, I});
   Tensor dw_ih = mm_tn(dgi, x2);

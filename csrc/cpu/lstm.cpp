@@ -72,17 +72,18 @@ void copy_rows(scalar_t* dst, const scalar_t* src, int64_t n) {
   std::memcpy(dst, src, n * sizeof(scalar_t));
 }
 
-// x2 [R,I]; y2 [R,P]; ws2 [R,5H]; h_n [N,P]; c_n [N,H]. P = H without projections.
+// x2 [R,I]; y2 [R,P]; ws2 [R,5H], or [N,5H] scratch rewritten every step when nothing
+// is saved for backward (save=false); h_n [N,P]; c_n [N,H]. P = H without projections.
 template <typename scalar_t>
 void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, const Tensor& w_hh,
                        const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh,
                        const std::optional<Tensor>& w_hr, const Tensor& h0, const Tensor& c0,
-                       bool reverse, Tensor& y2, Tensor& h_n, Tensor& c_n, Tensor& ws2) {
+                       bool reverse, bool save, Tensor& y2, Tensor& h_n, Tensor& c_n,
+                       Tensor& ws2) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t N = st.N, H = w_ih.size(0) / 4, P = w_hh.size(1), G = 4 * H;
 
-  Tensor xg = empty_as(x2, {st.R, G});
-  if (st.R > 0) mm_out(x2, t(w_ih), xg);
+  InputProjection xg(st, x2, w_ih, reverse);
   const std::vector<acc_t> b_i = bias_vector<scalar_t>(b_ih, G);
   const std::vector<acc_t> b_h = bias_vector<scalar_t>(b_hh, G);
   std::vector<acc_t> bias(G);
@@ -90,13 +91,9 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
 
   std::vector<acc_t> c = to_opmath<scalar_t>(c0);      // running cell state [N,H]
   Tensor h = torch::stable::clone(h0);                 // running h [N,P], the GEMM's input
-  Tensor hg = empty_as(x2, {N, G});
   Tensor m = empty_as(x2, {w_hr ? N : 0, H});          // o * tanh(c) before the projection
-  const Tensor w_hh_t = t(w_hh);
   const std::optional<Tensor> w_hr_t = w_hr ? std::optional<Tensor>(t(*w_hr)) : std::nullopt;
 
-  const scalar_t* xg_p = xg.const_data_ptr<scalar_t>();
-  const scalar_t* hg_p = hg.const_data_ptr<scalar_t>();
   scalar_t* y_p = y2.mutable_data_ptr<scalar_t>();
   scalar_t* h_p = h.mutable_data_ptr<scalar_t>();
   scalar_t* m_p = m.mutable_data_ptr<scalar_t>();
@@ -104,12 +101,14 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
   for (int64_t s = 0; s < st.T; ++s) {
     const int64_t tt = reverse ? st.T - 1 - s : s;
     const int64_t B = st.batch[tt], off = st.offset[tt];
-    Tensor hg_b = head(hg, B);
-    mm_out(head(h, B), w_hh_t, hg_b);
+    const Tensor hg = linear(head(h, B), w_hh);  // [B, G]
+    const scalar_t* hg_p = hg.const_data_ptr<scalar_t>();
+    const scalar_t* xg_p = static_cast<const scalar_t*>(xg.step(s));
+    acc_t* ws_s = save ? ws_p + off * kLSTMSaved * H : ws_p;
     scalar_t* out = w_hr ? m_p : y_p + off * H;  // rows of m, or of y (P = H)
     for_each_unit_chunk(B, H, [&](int64_t n, int64_t j0, int64_t j1) {
-      lstm_forward_units(xg_p + (off + n) * G, hg_p + n * G, bias.data(), c.data() + n * H,
-                         out + n * H, ws_p + (off + n) * kLSTMSaved * H, H, j0, j1);
+      lstm_forward_units(xg_p + n * G, hg_p + n * G, bias.data(), c.data() + n * H,
+                         out + n * H, ws_s + n * kLSTMSaved * H, H, j0, j1);
     });
     if (w_hr) {
       Tensor y_b = rows(y2, off, B);
@@ -125,7 +124,7 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
 std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const Tensor& x_a, const Tensor& w_ih_a, const Tensor& w_hh_a, std::optional<Tensor> b_ih_a,
     std::optional<Tensor> b_hh_a, std::optional<Tensor> w_hr_a, const Tensor& h0_a,
-    const Tensor& c0_a, std::optional<Tensor> batch_sizes, bool reverse) {
+    const Tensor& c0_a, std::optional<Tensor> batch_sizes, bool reverse, bool save) {
   const Tensor x_in = detach(x_a), w_ih = detach(w_ih_a), w_hh = detach(w_hh_a);
   const Tensor h0 = detach(h0_a), c0 = detach(c0_a);
   const std::optional<Tensor> b_ih = detach(b_ih_a), b_hh = detach(b_hh_a), w_hr = detach(w_hr_a);
@@ -147,12 +146,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
   Tensor y2 = empty_as(x, {st.R, P});
   Tensor h_n = empty_as(x, {st.N, P});
   Tensor c_n = empty_as(x, {st.N, H});
-  Tensor ws2 = empty_as(x, {st.R, kLSTMSaved * H}, opmath_type(dt));
+  Tensor ws2 = empty_as(x, {save ? st.R : st.N, kLSTMSaved * H}, opmath_type(dt));
   dispatch_floating(dt, "lstm_forward", [&](auto tag) {
-    lstm_forward_impl<decltype(tag)>(st, x2, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, y2,
-                                     h_n, c_n, ws2);
+    lstm_forward_impl<decltype(tag)>(st, x2, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, save,
+                                     y2, h_n, c_n, ws2);
   });
-  if (st.packed) return {y2, h_n, c_n, ws2};
+  if (!save) ws2 = empty_as(x, {0}, opmath_type(dt));
+  if (st.packed || !save) {
+    return {st.packed ? y2 : torch::stable::reshape(y2, {st.T, st.N, P}), h_n, c_n, ws2};
+  }
   return {torch::stable::reshape(y2, {st.T, st.N, P}), h_n, c_n,
           torch::stable::reshape(ws2, {st.T, st.N, kLSTMSaved * H})};
 }
@@ -167,6 +169,7 @@ void lstm_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, c
   using acc_t = opmath_t<scalar_t>;
   const int64_t N = st.N, H = w_hh.size(0) / 4, P = w_hh.size(1), G = 4 * H;
 
+  const Tensor w_hh_tc = torch::stable::contiguous(t(w_hh));  // [P, G], for linear()
   std::vector<acc_t> dc = to_opmath<scalar_t>(gcn);  // grad of c, carried back per row
   const std::vector<acc_t> c_first = to_opmath<scalar_t>(c0);
   Tensor dh = torch::stable::clone(ghn);  // grad of h from later steps [N,P], per row
@@ -201,7 +204,7 @@ void lstm_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, c
                           dc.data() + n * H, dg_p + (off + n) * G, H, j0, j1);
     });
     Tensor dh_b = head(dh, B);
-    mm_out(rows(dgates, off, B), w_hh, dh_b);
+    torch::stable::copy_(dh_b, linear(rows(dgates, off, B), w_hh_tc));
   }
   torch::stable::copy_(dh0, dh);
   scalar_t* dc0_p = dc0.mutable_data_ptr<scalar_t>();
@@ -267,7 +270,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
                          db.mutable_data_ptr<scalar_t>());
     if (w_hr) dw_hr = mm_tn(dh_all, projection_inputs<scalar_t>(ws2, H, x2));
   });
-  Tensor dx = torch::stable::reshape(mm(dgates, w_ih), x_in.dim() == 3
+  Tensor dx = torch::stable::reshape(linear(dgates, torch::stable::contiguous(t(w_ih))),
+                                     x_in.dim() == 3
                                                            ? std::vector<int64_t>{st.T, st.N, I}
                                                            : std::vector<int64_t>{st.R, I});
   Tensor dw_ih = mm_tn(dgates, x2);

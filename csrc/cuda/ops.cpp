@@ -73,7 +73,7 @@ Tensor copy_as(const Tensor& src, ScalarType dtype) {
 std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const Tensor& x_a, const Tensor& w_ih_a, const Tensor& w_hh_a, std::optional<Tensor> b_ih_a,
     std::optional<Tensor> b_hh_a, std::optional<Tensor> w_hr_a, const Tensor& h0_a,
-    const Tensor& c0_a, std::optional<Tensor> batch_sizes, bool reverse) {
+    const Tensor& c0_a, std::optional<Tensor> batch_sizes, bool reverse, bool save) {
   const Tensor x_in = detach(x_a), w_ih = detach(w_ih_a), w_hh = detach(w_hh_a);
   const Tensor h0 = detach(h0_a), c0 = detach(c0_a);
   const std::optional<Tensor> b_ih = detach(b_ih_a), b_hh = detach(b_hh_a), w_hr = detach(w_hr_a);
@@ -101,7 +101,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
   Tensor y2 = empty_as(x, {st.R, P});
   Tensor h_n = empty_as(x, {st.N, P});
   Tensor c_n = empty_as(x, {st.N, H});
-  Tensor ws2 = empty_as(x, {st.R, kLSTMSaved * H}, acc);
+  // save=false: one step's rows of scratch, rewritten every step, and an empty result.
+  Tensor ws2 = empty_as(x, {save ? st.R : st.N, kLSTMSaved * H}, acc);
 
   Tensor xg = empty_as(x2, {st.R, G});
   if (st.R > 0) mm_out(x2, t(w_ih), xg);
@@ -118,7 +119,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
     mm_out(head(h, B), w_hh_t, hg_b);
     cuda::LSTMForwardStep p{at(xg, off * G), at(hg), at(bi), at(bh), at(c),
                             w_hr ? at(m) : at(y2, off * P), w_hr ? nullptr : at(h),
-                            at(ws2, off * kLSTMSaved * H), B, H};
+                            at(ws2, save ? off * kLSTMSaved * H : 0), B, H};
     check_launch(cuda::lstm_forward_step(dt, p, stream));
     if (w_hr) {
       Tensor y_b = rows(y2, off, B), h_b = head(h, B);
@@ -128,7 +129,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
   }
   torch::stable::copy_(h_n, h);
   torch::stable::copy_(c_n, c);
-  if (st.packed) return {y2, h_n, c_n, ws2};
+  if (!save) ws2 = empty_as(x, {0}, acc);
+  if (st.packed || !save) {
+    return {st.packed ? y2 : torch::stable::reshape(y2, {st.T, st.N, P}), h_n, c_n, ws2};
+  }
   return {torch::stable::reshape(y2, {st.T, st.N, P}), h_n, c_n,
           torch::stable::reshape(ws2, {st.T, st.N, kLSTMSaved * H})};
 }
@@ -233,7 +237,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
 std::tuple<Tensor, Tensor, Tensor> gru_forward(
     const Tensor& x_a, const Tensor& w_ih_a, const Tensor& w_hh_a, std::optional<Tensor> b_ih_a,
     std::optional<Tensor> b_hh_a, const Tensor& h0_a, std::optional<Tensor> batch_sizes,
-    bool reverse) {
+    bool reverse, bool save) {
   const Tensor x_in = detach(x_a), w_ih = detach(w_ih_a), w_hh = detach(w_hh_a);
   const Tensor h0 = detach(h0_a);
   const std::optional<Tensor> b_ih = detach(b_ih_a), b_hh = detach(b_hh_a);
@@ -252,7 +256,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
   const std::optional<Tensor> bh = b_hh ? std::optional(torch::stable::contiguous(*b_hh)) : b_hh;
   Tensor y2 = empty_as(x, {st.R, H});
   Tensor h_n = empty_as(x, {st.N, H});
-  Tensor ws2 = empty_as(x, {st.R, kGRUSaved * H}, acc);
+  Tensor ws2 = empty_as(x, {save ? st.R : st.N, kGRUSaved * H}, acc);
 
   Tensor xg = empty_as(x2, {st.R, G});
   if (st.R > 0) mm_out(x2, t(w_ih), xg);
@@ -266,11 +270,14 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
     Tensor hg_b = head(hg, B);
     mm_out(head(h, B), w_hh_t, hg_b);
     cuda::GRUForwardStep p{at(xg, off * G), at(hg), at(bi), at(bh), at(ha), at(y2, off * H),
-                           at(h), at(ws2, off * kGRUSaved * H), B, H};
+                           at(h), at(ws2, save ? off * kGRUSaved * H : 0), B, H};
     check_launch(cuda::gru_forward_step(dt, p, stream));
   }
   torch::stable::copy_(h_n, h);
-  if (st.packed) return {y2, h_n, ws2};
+  if (!save) ws2 = empty_as(x, {0}, acc);
+  if (st.packed || !save) {
+    return {st.packed ? y2 : torch::stable::reshape(y2, {st.T, st.N, H}), h_n, ws2};
+  }
   return {torch::stable::reshape(y2, {st.T, st.N, H}), h_n,
           torch::stable::reshape(ws2, {st.T, st.N, kGRUSaved * H})};
 }

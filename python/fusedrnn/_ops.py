@@ -37,15 +37,21 @@ def _rows(x, batch_sizes):
     return tuple(x.shape[:-1]) if batch_sizes is None else (x.shape[0],)
 
 
+def _workspace(x, lead, width, save):
+    """[*lead, width] in opmath; [0] when nothing is saved for backward (save=False)."""
+    shape = (*lead, width) if save else (0,)
+    return x.new_empty(shape, dtype=_opmath(x.dtype))
+
+
 @torch.library.register_fake("fusedrnn::lstm_forward")
-def _lstm_forward_fake(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, batch_sizes, reverse):
+def _lstm_forward_fake(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, batch_sizes, reverse, save=True):
     H, P = w_ih.shape[0] // 4, w_hh.shape[1]
     lead = _rows(x, batch_sizes)
     return (
         x.new_empty(*lead, P),
         x.new_empty(h0.shape),
         x.new_empty(c0.shape),
-        x.new_empty(*lead, LSTM_SAVED * H, dtype=_opmath(x.dtype)),
+        _workspace(x, lead, LSTM_SAVED * H, save),
     )
 
 
@@ -65,13 +71,13 @@ def _lstm_backward_fake(
 
 
 @torch.library.register_fake("fusedrnn::gru_forward")
-def _gru_forward_fake(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse):
+def _gru_forward_fake(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, save=True):
     H = w_hh.shape[1]
     lead = _rows(x, batch_sizes)
     return (
         x.new_empty(*lead, H),
         x.new_empty(h0.shape),
-        x.new_empty(*lead, GRU_SAVED * H, dtype=_opmath(x.dtype)),
+        _workspace(x, lead, GRU_SAVED * H, save),
     )
 
 

@@ -13,7 +13,8 @@ is the LSTM projection (proj_size = P) or None (P = H).
 reverse=True runs the recurrence from t=T-1 down to 0 (the backward direction of a
 bidirectional layer); y keeps the time order of x. ws is the saved-activation
 workspace that backward reads: non-differentiable, returned (not hidden) so that a
-later differentiable backward can use it as an output of the graph.
+later differentiable backward can use it as an output of the graph. When no input
+requires grad (inference), nothing is saved and ws is empty.
 """
 import torch
 
@@ -40,7 +41,8 @@ class LSTMFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse=False, w_hr=None, batch_sizes=None):
         y, h_n, c_n, ws = ops.lstm_forward(
-            x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, batch_sizes, reverse
+            x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, batch_sizes, reverse,
+            any(ctx.needs_input_grad),
         )
         ctx.mark_non_differentiable(ws)
         ctx.save_for_backward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, y, ws, batch_sizes)
@@ -68,7 +70,9 @@ class LSTMFunction(torch.autograd.Function):
 class GRUFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, h0, reverse=False, batch_sizes=None):
-        y, h_n, ws = ops.gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse)
+        y, h_n, ws = ops.gru_forward(
+            x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, any(ctx.needs_input_grad)
+        )
         ctx.mark_non_differentiable(ws)
         ctx.save_for_backward(x, w_ih, w_hh, b_ih, b_hh, h0, y, ws, batch_sizes)
         ctx.reverse = reverse
