@@ -9,13 +9,18 @@ import copy
 
 import pytest
 import torch
-from torch.nn.utils.rnn import PackedSequence
-
-import fusedrnn
 from conftest import CELLS, compare_with_torch, make_modules
 from fusedrnn.testing import compare
-from test_ops import EXTRA_CASES, OP_CASES, OP_NAMES, layer_inputs, op_samples
+from test_ops import (
+    EXTRA_CASES,
+    OP_CASES,
+    OP_NAMES,
+    function_of_tensors,
+    layer_inputs,
+    op_samples,
+)
 from test_packed_proj import LAYERS, PACKINGS, packed_case
+from torch.nn.utils.rnn import PackedSequence
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -125,18 +130,7 @@ def test_gradcheck_cuda(cell, extra, reverse):
     a = layer_inputs(cell, 3, 2, 3, 4, True, torch.float64, **extra)
     a = {k: (v if k == "batch_sizes" or v is None else v.cuda().requires_grad_())
          for k, v in a.items()}
-    keys = [k for k, v in a.items() if v is not None and k != "batch_sizes"]
-
-    def f(*tensors):
-        b = dict(a, **dict(zip(keys, tensors)))
-        if cell == "LSTM":
-            return fusedrnn.LSTMFunction.apply(
-                b["x"], b["w_ih"], b["w_hh"], b["b_ih"], b["b_hh"], b["h0"], b["c0"], reverse,
-                b["w_hr"], b["batch_sizes"])
-        return fusedrnn.GRUFunction.apply(
-            b["x"], b["w_ih"], b["w_hh"], b["b_ih"], b["b_hh"], b["h0"], reverse, b["batch_sizes"])
-
-    assert torch.autograd.gradcheck(f, [a[k] for k in keys])
+    assert torch.autograd.gradcheck(*function_of_tensors(cell, a, reverse))
 
 
 # --- modules against torch.nn (cuDNN) --------------------------------------------------
@@ -297,7 +291,7 @@ def test_tf32_follows_torch_matmul_flag():
         exact = m(x)[0]
         torch.backends.cuda.matmul.allow_tf32 = True
         tf32 = m(x)[0]
-    err = lambda a: ((a.double() - ref).norm() / ref.norm()).item()  # noqa: E731
+    err = lambda a: ((a.double() - ref).norm() / ref.norm()).item()
     assert err(exact) < 1e-5 < err(tf32), (err(exact), err(tf32))
 
 

@@ -135,6 +135,12 @@ def test_gradcheck_function_packed_proj(cell, extra, reverse):
     if "proj" in extra and cell == "GRU":
         pytest.skip("projections are LSTM only")
     a = layer_inputs(cell, 3, 2, 3, 4, True, torch.float64, requires_grad=True, **extra)
+    assert torch.autograd.gradcheck(*function_of_tensors(cell, a, reverse))
+
+
+def function_of_tensors(cell, a, reverse):
+    """(f, tensors): the layer's autograd Function as a function of the given inputs'
+    tensors (batch_sizes and absent ones held fixed), for gradcheck."""
     keys = [k for k, v in a.items() if v is not None and k != "batch_sizes"]
 
     def f(*tensors):
@@ -146,7 +152,7 @@ def test_gradcheck_function_packed_proj(cell, extra, reverse):
         return fusedrnn.GRUFunction.apply(
             b["x"], b["w_ih"], b["w_hh"], b["b_ih"], b["b_hh"], b["h0"], reverse, b["batch_sizes"])
 
-    assert torch.autograd.gradcheck(f, [a[k] for k in keys])
+    return f, [a[k] for k in keys]
 
 
 @pytest.mark.parametrize("cell", CELLS)

@@ -86,6 +86,19 @@ inline unsigned grid_for(int64_t items) {
   return static_cast<unsigned>(need < fill ? (need > 0 ? need : 1) : fill);
 }
 
+// Launches a step kernel over p.B rows of p.H units: the 16-byte variant (V units a thread)
+// when vector_ok said so, else the scalar one.
+template <typename Params>
+cudaError_t launch_units(void (*vector_kernel)(Params), void (*scalar_kernel)(Params),
+                         int V, bool vector, const Params& p, cudaStream_t s) {
+  if (p.B == 0 || p.H == 0) return cudaSuccess;
+  if (vector)
+    vector_kernel<<<grid_for(p.B * p.H / V), kThreads, 0, s>>>(p);
+  else
+    scalar_kernel<<<grid_for(p.B * p.H), kThreads, 0, s>>>(p);
+  return cudaGetLastError();
+}
+
 #define FUSEDRNN_GRID_STRIDE(i, n)                                                     \
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (n); \
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)

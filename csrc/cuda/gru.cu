@@ -116,26 +116,20 @@ __global__ void __launch_bounds__(kThreads) gru_backward_kernel(GRUBackwardStep 
 cudaError_t gru_forward_step(DType dt, const GRUForwardStep& p, cudaStream_t s) {
   return dispatch(dt, [&](auto tag) {
     using T = decltype(tag);
-    constexpr int V = kVec<T>;
-    if (p.B == 0 || p.H == 0) return cudaSuccess;
-    if (vector_ok<T>(p.H, {p.xg, p.hg, p.b_ih, p.b_hh, p.ha, p.y, p.h, p.ws}))
-      gru_forward_kernel<T, V><<<grid_for(p.B * p.H / V), kThreads, 0, s>>>(p);
-    else
-      gru_forward_kernel<T, 1><<<grid_for(p.B * p.H), kThreads, 0, s>>>(p);
-    return cudaGetLastError();
+    const bool vec =
+        vector_ok<T>(p.H, {p.xg, p.hg, p.b_ih, p.b_hh, p.ha, p.y, p.h, p.ws});
+    return launch_units(gru_forward_kernel<T, kVec<T>>, gru_forward_kernel<T, 1>,
+                        kVec<T>, vec, p, s);
   });
 }
 
 cudaError_t gru_backward_step(DType dt, const GRUBackwardStep& p, cudaStream_t s) {
   return dispatch(dt, [&](auto tag) {
     using T = decltype(tag);
-    constexpr int V = kVec<T>;
-    if (p.B == 0 || p.H == 0) return cudaSuccess;
-    if (vector_ok<T>(p.H, {p.gy, p.rec, p.ws, p.dd, p.dgi, p.dgh, p.y_prev, p.h0, p.hp}))
-      gru_backward_kernel<T, V><<<grid_for(p.B * p.H / V), kThreads, 0, s>>>(p);
-    else
-      gru_backward_kernel<T, 1><<<grid_for(p.B * p.H), kThreads, 0, s>>>(p);
-    return cudaGetLastError();
+    const bool vec =
+        vector_ok<T>(p.H, {p.gy, p.rec, p.ws, p.dd, p.dgi, p.dgh, p.y_prev, p.h0, p.hp});
+    return launch_units(gru_backward_kernel<T, kVec<T>>, gru_backward_kernel<T, 1>,
+                        kVec<T>, vec, p, s);
   });
 }
 

@@ -131,26 +131,20 @@ __global__ void __launch_bounds__(kThreads)
 cudaError_t lstm_forward_step(DType dt, const LSTMForwardStep& p, cudaStream_t s) {
   return dispatch(dt, [&](auto tag) {
     using T = decltype(tag);
-    constexpr int V = kVec<T>;
-    if (p.B == 0 || p.H == 0) return cudaSuccess;
-    if (vector_ok<T>(p.H, {p.xg, p.hg, p.b_ih, p.b_hh, p.c, p.out, p.h, p.ws}))
-      lstm_forward_kernel<T, V><<<grid_for(p.B * p.H / V), kThreads, 0, s>>>(p);
-    else
-      lstm_forward_kernel<T, 1><<<grid_for(p.B * p.H), kThreads, 0, s>>>(p);
-    return cudaGetLastError();
+    const bool vec =
+        vector_ok<T>(p.H, {p.xg, p.hg, p.b_ih, p.b_hh, p.c, p.out, p.h, p.ws});
+    return launch_units(lstm_forward_kernel<T, kVec<T>>, lstm_forward_kernel<T, 1>,
+                        kVec<T>, vec, p, s);
   });
 }
 
 cudaError_t lstm_backward_step(DType dt, const LSTMBackwardStep& p, cudaStream_t s) {
   return dispatch(dt, [&](auto tag) {
     using T = decltype(tag);
-    constexpr int V = kVec<T>;
-    if (p.B == 0 || p.H == 0) return cudaSuccess;
-    if (vector_ok<T>(p.H, {p.gy, p.dh_next, p.ws, p.ws_prev, p.c0, p.dc, p.dg}))
-      lstm_backward_kernel<T, V><<<grid_for(p.B * p.H / V), kThreads, 0, s>>>(p);
-    else
-      lstm_backward_kernel<T, 1><<<grid_for(p.B * p.H), kThreads, 0, s>>>(p);
-    return cudaGetLastError();
+    const bool vec =
+        vector_ok<T>(p.H, {p.gy, p.dh_next, p.ws, p.ws_prev, p.c0, p.dc, p.dg});
+    return launch_units(lstm_backward_kernel<T, kVec<T>>, lstm_backward_kernel<T, 1>,
+                        kVec<T>, vec, p, s);
   });
 }
 
