@@ -314,3 +314,33 @@ def test_function_saves_only_when_grad_is_needed(cell):
     assert fn.apply(*args, False)[-1].numel() == 0
     args[0] = args[0].clone().requires_grad_()
     assert fn.apply(*args, False)[-1].numel() > 0
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_layer_under_no_grad_saves_nothing(cell, monkeypatch):
+    """Parameters require grad but grad mode is off: autograd still reports
+    needs_input_grad=True, so the layer must itself call the op with save=False."""
+    import fusedrnn.functional as functional
+
+    name = f"{cell.lower()}_forward"
+    real = getattr(ops, name)
+    saves = []
+
+    class Spy:
+        def __getattr__(self, attr):
+            if attr != name:
+                return getattr(ops, attr)
+
+            def call(*args):
+                saves.append(args[-1])
+                return real(*args)
+            return call
+
+    monkeypatch.setattr(functional, "ops", Spy())
+    layer = getattr(fusedrnn, cell)(3, 5, num_layers=2, bidirectional=True)
+    x = torch.randn(4, 2, 3)
+    with torch.no_grad():
+        layer(x)
+    assert saves == [False] * 4, saves
+    layer(x)
+    assert len(saves) == 4, "with grad enabled the layer goes through the autograd Function"

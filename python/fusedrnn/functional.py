@@ -7,7 +7,12 @@ per layer and direction [w_ih, w_hh, (b_ih, b_hh), (w_hr)].
 import torch
 import torch.nn.functional as F
 
+from ._ops import ops
 from .autograd import GRUFunction, LSTMFunction
+
+# Under torch.no_grad the layers call the forward ops with save=False: nothing is kept for
+# backward (an LSTM's workspace is 5x the size of y). The autograd Functions cannot tell,
+# since autograd sets ctx.needs_input_grad from requires_grad alone, even under no_grad.
 
 
 def _stack(cell, x, states, weights, has_bias, has_proj, num_layers, bidirectional, dropout,
@@ -34,12 +39,19 @@ def _stack(cell, x, states, weights, has_bias, has_proj, num_layers, bidirection
 
 
 def _lstm_cell(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, batch_sizes):
+    if not torch.is_grad_enabled():
+        y, h_n, c_n, _ = ops.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, batch_sizes,
+                                          reverse, False)
+        return y, h_n, c_n
     y, h_n, c_n, _ = LSTMFunction.apply(x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse, w_hr,
                                         batch_sizes)
     return y, h_n, c_n
 
 
 def _gru_cell(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, reverse, batch_sizes):
+    if not torch.is_grad_enabled():
+        y, h_n, _ = ops.gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, False)
+        return y, h_n
     y, h_n, _ = GRUFunction.apply(x, w_ih, w_hh, b_ih, b_hh, h0, reverse, batch_sizes)
     return y, h_n
 
