@@ -5,6 +5,8 @@
 #include <array>
 #include <cmath>
 #include <cstdio>
+#include <limits>
+#include <utility>
 #include <random>
 
 #include "cells.h"
@@ -144,9 +146,40 @@ void test_saturation() {
   }
 }
 
+// exp_ and tanh_ (the vectorizable polynomials) against long double libm, in units of
+// the type's epsilon relative to the true value, over their whole unclamped range.
+template <typename T>
+void test_transcendentals(T lo, T hi, double max_ulps) {
+  const int steps = 400000;
+  double worst_exp = 0, worst_tanh = 0;
+  for (int k = 0; k <= steps; ++k) {
+    const T x = lo + (hi - lo) * static_cast<T>(k) / static_cast<T>(steps);
+    for (T v : {x, static_cast<T>(x * T(1e-3)), static_cast<T>(x * T(1e-6))}) {
+      const long double e = expl(static_cast<long double>(v));
+      const long double th = tanhl(static_cast<long double>(v));
+      worst_exp = std::max(worst_exp, static_cast<double>(fabsl((fusedrnn::exp_(v) - e) / e)));
+      if (th != 0) {
+        worst_tanh = std::max(worst_tanh,
+                              static_cast<double>(fabsl((fusedrnn::tanh_(v) - th) / th)));
+      }
+    }
+  }
+  const double eps = std::numeric_limits<T>::epsilon();
+  for (auto [what, worst] : {std::pair{"exp_", worst_exp}, std::pair{"tanh_", worst_tanh}}) {
+    ++checks;
+    if (!(worst <= max_ulps * eps)) {
+      ++failures;
+      std::printf("FAIL %s<%s>: max rel err %.3g = %.2f eps > %.1f eps\n", what,
+                  sizeof(T) == 8 ? "double" : "float", worst, worst / eps, max_ulps);
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
+  test_transcendentals<double>(-708.0, 709.0, 2.0);
+  test_transcendentals<float>(-87.0f, 88.0f, 2.0);
   std::mt19937_64 rng(20260101);
   test_lstm(rng, 2000, 3.0);  // the range where every gate's slope matters
   test_lstm(rng, 200, 8.0);   // into saturation
