@@ -196,3 +196,12 @@ def test_dropout_train_matches_torch(cell):
     (y_o, g_o), (y_t, g_t), (y_r, g_r) = results
     for name, a, b, r in zip(names, [y_o, *g_o], [y_t, *g_t], [y_r, *g_r], strict=True):
         check_close(name, a, b, r, torch.float32)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("kw", DEFAULT_CASES)
+def test_matches_torch_gemm_loop(cell, kw, monkeypatch):
+    """float32 on the CPU without the fused AVX-512 loop (FUSEDRNN_CPU_FUSED=0): the
+    per-step GEMM loop that CPUs without AVX-512 run."""
+    monkeypatch.setenv("FUSEDRNN_CPU_FUSED", "0")
+    compare_with_torch(cell, **kw, dtype=torch.float32, device="cpu")

@@ -344,3 +344,24 @@ def test_layer_under_no_grad_saves_nothing(cell, monkeypatch):
     assert saves == [False] * 4, saves
     layer(x)
     assert len(saves) == 4, "with grad enabled the layer goes through the autograd Function"
+
+
+@pytest.mark.parametrize("N", [1, 16, 64])
+@pytest.mark.parametrize("cell", CELLS)
+def test_bit_identical_across_thread_counts(cell, N):
+    """The fused CPU loop splits units across workers but sums every output in a fixed
+    order: one thread and two give the same bits (H=256: 16 unit blocks to share)."""
+    _, m = make_modules(cell, 40, 256, 1, bidirectional=True)
+    x = torch.randn(30, N, 40)
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            with torch.no_grad():
+                y, fin = m(x)
+            outs.append([y, *(fin if cell == "LSTM" else [fin])])
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*outs, strict=True):
+        assert torch.equal(a, b)

@@ -65,6 +65,12 @@ class InputProjection {
   InputProjection(const Steps& st, const Tensor& x2, const Tensor& w_ih, bool reverse)
       : st_(st), x2_(x2), w_ih_(w_ih), reverse_(reverse) {}
 
+  // One past the last step of the block that holds step s (computing that block).
+  int64_t block_end(int64_t s) {
+    step(s);
+    return end_;
+  }
+
   // Row 0 of step number s (in the order the loop runs them) of x @ W_ih^T, [batch, G].
   const void* step(int64_t s) {
     if (s >= end_) {

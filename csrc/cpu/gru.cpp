@@ -2,6 +2,7 @@
 // Same structure as lstm.cpp. W_hn h + b_hn is kept apart from W_in x + b_in for the reset gate, so
 // the recurrent GEMM's gradient (dgh) differs from the input GEMM's (dgi) in the n block.
 #include "common.h"
+#include "recurrence.h"
 #include "../cells.h"
 
 namespace fusedrnn {
@@ -12,19 +13,20 @@ constexpr int64_t kGRUSaved = 4;
 
 // Per-unit kernels over one row, pointers as __restrict parameters (see lstm.cpp).
 
-// xg, hg: the row's x_t @ W_ih^T and h_prev @ W_hh^T [3H]; bi, bh: biases [3H];
-// h: running state [H], updated in place; y: h_t [H]; w: saved r, z, n, hn [4H].
+// xg: the row's x_t @ W_ir^T, x_t @ W_iz^T [2H]; xn: x_t @ W_in^T [H]; hg: h_prev @ W_hh^T
+// [3H]; bi, bh: biases [3H]; h: running state [H], updated in place; y: h_t [H];
+// w: saved r, z, n, hn [4H].
 template <typename scalar_t, typename acc_t>
 FUSEDRNN_CPU_CLONES void gru_forward_units(
-    const scalar_t* __restrict xg, const scalar_t* __restrict hg, const acc_t* __restrict bi,
-    const acc_t* __restrict bh, acc_t* __restrict h, scalar_t* __restrict y,
-    acc_t* __restrict w, int64_t H, int64_t j0, int64_t j1) {
+    const scalar_t* __restrict xg, const scalar_t* __restrict xn, const scalar_t* __restrict hg,
+    const acc_t* __restrict bi, const acc_t* __restrict bh, acc_t* __restrict h,
+    scalar_t* __restrict y, acc_t* __restrict w, int64_t H, int64_t j0, int64_t j1) {
   for (int64_t j = j0; j < j1; ++j) {
     const acc_t hn = acc_t(hg[2 * H + j]) + bh[2 * H + j];
     const auto f = GRUCell<acc_t>::forward(
         acc_t(xg[j]) + acc_t(hg[j]) + bi[j] + bh[j],
         acc_t(xg[H + j]) + acc_t(hg[H + j]) + bi[H + j] + bh[H + j],
-        acc_t(xg[2 * H + j]) + bi[2 * H + j], hn, h[j]);
+        acc_t(xn[j]) + bi[2 * H + j], hn, h[j]);
     w[j] = f.r;
     w[H + j] = f.z;
     w[2 * H + j] = f.n;
@@ -76,6 +78,36 @@ void gru_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, con
   scalar_t* y_p = y2.mutable_data_ptr<scalar_t>();
   scalar_t* h_p = h.mutable_data_ptr<scalar_t>();
   acc_t* ws_p = ws2.mutable_data_ptr<acc_t>();
+#if FUSEDRNN_HAVE_FUSED
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (fused_available()) {
+      const Tensor w_ih_c = torch::stable::contiguous(w_ih);
+      const Tensor w_hh_c = torch::stable::contiguous(w_hh), h0_c = torch::stable::contiguous(h0);
+      // Folded, the accumulators are r, z (x and h terms), W_hn h, W_in x; else r, z, n of h.
+      auto cell = [&](int64_t s, int64_t n, int64_t j0, int64_t j1, const float* hg,
+                      const float* xg_row) {
+        const int64_t off = st.offset[reverse ? st.T - 1 - s : s];
+        float* ws_row = (save ? ws_p + off * kGRUSaved * H : ws_p) + n * kGRUSaved * H;
+        gru_forward_units(xg_row, N >= kFoldBatch ? hg + 3 * H : xg_row + 2 * H, hg,
+                          b_i.data(), b_h.data(), ha.data() + n * H, y_p + (off + n) * H,
+                          ws_row, H, j0, j1);
+      };
+      auto run = [&](auto na, auto xs, auto hs) {
+        fused_forward<decltype(na)::value, decltype(xs), decltype(hs)>(
+            st, reverse, H, x2.const_data_ptr<float>(), x2.size(1),
+            w_ih_c.const_data_ptr<float>(), w_hh_c.const_data_ptr<float>(),
+            h0_c.const_data_ptr<float>(), y_p, h_n.mutable_data_ptr<float>(), xg,
+            N >= kFoldBatch, cell);
+      };
+      if (N >= kFoldBatch) {
+        run(std::integral_constant<int, 4>{}, Slots<0, 1, 3>{}, Slots<0, 1, 2>{});
+      } else {
+        run(std::integral_constant<int, 3>{}, Slots<0, 1, 2>{}, Slots<0, 1, 2>{});
+      }
+      return;
+    }
+  }
+#endif
   for (int64_t s = 0; s < st.T; ++s) {
     const int64_t tt = reverse ? st.T - 1 - s : s;
     const int64_t B = st.batch[tt], off = st.offset[tt];
@@ -84,8 +116,9 @@ void gru_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, con
     const scalar_t* xg_p = static_cast<const scalar_t*>(xg.step(s));
     acc_t* ws_s = save ? ws_p + off * kGRUSaved * H : ws_p;
     for_each_unit_chunk(B, H, [&](int64_t n, int64_t j0, int64_t j1) {
-      gru_forward_units(xg_p + n * G, hg_p + n * G, b_i.data(), b_h.data(), ha.data() + n * H,
-                        y_p + (off + n) * H, ws_s + n * kGRUSaved * H, H, j0, j1);
+      gru_forward_units(xg_p + n * G, xg_p + n * G + 2 * H, hg_p + n * G, b_i.data(),
+                        b_h.data(), ha.data() + n * H, y_p + (off + n) * H,
+                        ws_s + n * kGRUSaved * H, H, j0, j1);
     });
     std::memcpy(h_p, y_p + off * H, B * H * sizeof(scalar_t));
   }

@@ -5,6 +5,7 @@
 // Backward: per step one fused pass and dh = dgates @ W_hh; after the loop dx, dW_ih,
 // dW_hh (and dW_hr) as large GEMMs and the bias gradient as a fixed-order reduction.
 #include "common.h"
+#include "recurrence.h"
 #include "../cells.h"
 
 namespace fusedrnn {
@@ -98,6 +99,28 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
   scalar_t* h_p = h.mutable_data_ptr<scalar_t>();
   scalar_t* m_p = m.mutable_data_ptr<scalar_t>();
   acc_t* ws_p = ws2.mutable_data_ptr<acc_t>();
+  scalar_t* cn_p = c_n.mutable_data_ptr<scalar_t>();
+#if FUSEDRNN_HAVE_FUSED
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (!w_hr && fused_available()) {
+      auto cell = [&](int64_t s, int64_t n, int64_t j0, int64_t j1, const float* hg,
+                      const float* xg_row) {
+        const int64_t off = st.offset[reverse ? st.T - 1 - s : s];
+        float* ws_row = (save ? ws_p + off * kLSTMSaved * H : ws_p) + n * kLSTMSaved * H;
+        lstm_forward_units(xg_row, hg, bias.data(), c.data() + n * H, y_p + (off + n) * H,
+                           ws_row, H, j0, j1);
+      };
+      const Tensor w_ih_c = torch::stable::contiguous(w_ih);
+      const Tensor w_hh_c = torch::stable::contiguous(w_hh), h0_c = torch::stable::contiguous(h0);
+      fused_forward<4, Slots<0, 1, 2, 3>, Slots<0, 1, 2, 3>>(st, reverse, H, x2.const_data_ptr<float>(), x2.size(1),
+                       w_ih_c.const_data_ptr<float>(), w_hh_c.const_data_ptr<float>(),
+                       h0_c.const_data_ptr<float>(), y_p, h_n.mutable_data_ptr<float>(), xg,
+                       N >= kFoldBatch, cell);
+      for (int64_t k = 0; k < N * H; ++k) cn_p[k] = c[k];
+      return;
+    }
+  }
+#endif
   for (int64_t s = 0; s < st.T; ++s) {
     const int64_t tt = reverse ? st.T - 1 - s : s;
     const int64_t B = st.batch[tt], off = st.offset[tt];
@@ -117,7 +140,6 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
     copy_rows(h_p, y_p + off * P, B * P);
   }
   torch::stable::copy_(h_n, h);
-  scalar_t* cn_p = c_n.mutable_data_ptr<scalar_t>();
   for (int64_t k = 0; k < N * H; ++k) cn_p[k] = static_cast<scalar_t>(c[k]);
 }
 

@@ -1,0 +1,292 @@
+// The fused float32 forward recurrence on AVX-512: the step GEMM h_{t-1} @ W_hh^T and the
+// cell's pointwise pass in one loop, run by workers that stay alive across the steps.
+//
+// Why: the unfused loop pays, per step, one oneDNN GEMM call (dispatcher, primitive
+// lookup, an OpenMP fork/join: about 16 us at batch 1), a second fork/join for the
+// pointwise pass, and a round trip of hg through memory. Here each worker owns a fixed set
+// of blocks of kUnits hidden units: it computes all gates of its units for the step's rows
+// with a register-blocked micro-kernel, applies the cell while those gates are in L1, and
+// meets the other workers at one spin barrier per step. A worker's slice of W_hh is the
+// same every step, so it stays in that core's cache.
+//
+// Every output element is one dot product over k in a fixed order, whatever the number of
+// workers: results are bit-identical for any thread count.
+#pragma once
+
+#include "common.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <thread>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define FUSEDRNN_HAVE_FUSED 1
+#define FUSEDRNN_AVX512 __attribute__((target("avx512f")))
+#else
+#define FUSEDRNN_HAVE_FUSED 0
+#endif
+
+namespace fusedrnn {
+
+// Hidden units per block: one 16-float vector per gate.
+constexpr int64_t kUnits = 16;
+
+// True where the fused loop runs: an x86-64 CPU with AVX-512F, checked at run time (the
+// wheel is built for baseline x86-64), unless FUSEDRNN_CPU_FUSED=0 (tests and benchmarks
+// of the other loop). Elsewhere the layer ops use the GEMM loop.
+inline bool fused_available() {
+#if FUSEDRNN_HAVE_FUSED
+  static const bool cpu = __builtin_cpu_supports("avx512f");
+  const char* env = std::getenv("FUSEDRNN_CPU_FUSED");
+  return cpu && !(env && env[0] == '0');
+#else
+  return false;
+#endif
+}
+
+#if FUSEDRNN_HAVE_FUSED
+
+// Spin barrier between steps. Workers add how many of them arrived; step s may start
+// once all have finished step s-1. Spinning (then yielding) costs less than a sleep and
+// wake-up at the microsecond scale of a batch-1 step.
+class StepBarrier {
+ public:
+  void arrive(int64_t workers) { arrived_.fetch_add(workers, std::memory_order_release); }
+  void wait(int64_t target) const {
+    for (int64_t spins = 0; arrived_.load(std::memory_order_acquire) < target; ++spins) {
+      if (spins < (1 << 16)) {
+        _mm_pause();
+      } else {
+        std::this_thread::yield();
+      }
+    }
+  }
+
+ private:
+  alignas(64) std::atomic<int64_t> arrived_{0};
+};
+
+// Runs f(w, s) for every worker w < workers and step s0 <= s < s1, steps in order, with
+// all of step s-1 finished before any of step s starts. The workers are torch's intra-op
+// threads (one parallel_for over the workers); a thread given several workers (fewer
+// threads, or a nested parallel region that runs serially) runs them in turn.
+template <typename F>
+void run_steps(int64_t workers, int64_t s0, int64_t s1, const F& f) {
+  if (workers == 1) {
+    for (int64_t s = s0; s < s1; ++s) f(int64_t{0}, s);
+    return;
+  }
+  StepBarrier barrier;
+  torch::stable::parallel_for(0, workers, 1, [&](int64_t w0, int64_t w1) {
+    for (int64_t s = s0; s < s1; ++s) {
+      if (s > s0) barrier.wait(workers * (s - s0));
+      for (int64_t w = w0; w < w1; ++w) f(w, s);
+      barrier.arrive(w1 - w0);
+    }
+  });
+}
+
+// W_hh [gates*H, K] (torch's layout) repacked for the micro-kernel: for each block of
+// kUnits units, for each k, the gates' kUnits weights in a row, [blocks][K][gates*kUnits];
+// units past H are zero.
+class PackedWeights {
+ public:
+  PackedWeights(const float* w, int64_t gates, int64_t H, int64_t K)
+      : gates_(gates), K_(K), blocks_((H + kUnits - 1) / kUnits),
+        data_(blocks_ * K * gates * kUnits + 16) {
+    float* base = data();
+    parallel_rows(blocks_ * gates, 4, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t b = i / gates, g = i % gates;
+        float* panel = base + b * K * gates * kUnits + g * kUnits;
+        for (int64_t u = 0; u < kUnits; ++u) {
+          const int64_t j = b * kUnits + u;
+          const float* row = w + (g * H + j) * K;
+          for (int64_t k = 0; k < K; ++k) panel[k * gates * kUnits + u] = j < H ? row[k] : 0.f;
+        }
+      }
+    });
+  }
+  int64_t blocks() const { return blocks_; }
+  const float* block(int64_t b) const { return data() + b * K_ * gates_ * kUnits; }
+
+ private:
+  // 64-byte aligned start inside the vector.
+  float* data() const {
+    const auto p = reinterpret_cast<uintptr_t>(data_.data());
+    return const_cast<float*>(reinterpret_cast<const float*>((p + 63) & ~uintptr_t{63}));
+  }
+  int64_t gates_, K_, blocks_;
+  std::vector<float> data_;
+};
+
+// Which accumulators a product adds into: Slots<0, 1, 3> sends the three gates of a
+// packed panel to accumulators 0, 1 and 3.
+template <int... V>
+struct Slots {
+  static constexpr int size = sizeof...(V);
+  static constexpr int at[size] = {V...};
+};
+
+// acc[r][S::at[i]] += sum_{k0 <= k < k1} a[r][k] * b[k, i*kUnits : (i+1)*kUnits], MR rows.
+template <int MR, int NA, typename S>
+FUSEDRNN_AVX512 inline __attribute__((always_inline)) void tile_product(
+    __m512 (&acc)[MR][NA], const float* const* a, const float* b, int64_t k0, int64_t k1) {
+  constexpr int NV = S::size;
+  for (int64_t k = k0; k < k1; ++k) {
+    __m512 bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_ps(b + (k * NV + v) * kUnits);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m512 av = _mm512_set1_ps(a[r][k]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][S::at[v]] = _mm512_fmadd_ps(av, bv[v], acc[r][S::at[v]]);
+    }
+  }
+}
+
+// The k loops run in chunks of this many terms; each chunk's sums start from zero and
+// are added to the partial result in c. A float dot product's rounding error grows with
+// the length of its running sum: summed whole, x W_ih^T + h W_hh^T over I + H terms erred
+// twice as much as torch.nn's GEMMs (tests/test_accuracy.py).
+constexpr int64_t kChunkK = 128;
+
+// c = acc (the first chunk) or c + acc, then acc = 0.
+template <int MR, int NA>
+FUSEDRNN_AVX512 inline __attribute__((always_inline)) void chunk_done(
+    __m512 (&acc)[MR][NA], float* c, int64_t ldc, int64_t H, __mmask16 mask, bool& first) {
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NA; ++v) {
+      float* p = c + r * ldc + v * H;
+      const __m512 sum =
+          first ? acc[r][v] : _mm512_add_ps(_mm512_maskz_loadu_ps(mask, p), acc[r][v]);
+      _mm512_mask_storeu_ps(p, mask, sum);
+      acc[r][v] = _mm512_setzero_ps();
+    }
+  }
+  first = false;
+}
+
+// For MR rows and one block of kUnits units, NA accumulators per row: the products of the
+// x rows with the packed panel bx [Kx][XS::size*kUnits] (Kx = 0: none) and of the h rows
+// with bh [Kh][HS::size*kUnits], summed into the accumulators XS and HS name, go to
+// c[r*ldc + v*H + u] for accumulator v. Lanes outside `mask` (units past H) are not
+// stored. The MR*NA accumulators stay in zmm registers within a chunk.
+template <int MR, int NA, typename XS, typename HS>
+FUSEDRNN_AVX512 void gates_tile(const float* const* ax, const float* bx, int64_t Kx,
+                                const float* const* ah, const float* bh, int64_t Kh, float* c,
+                                int64_t ldc, int64_t H, __mmask16 mask) {
+  __m512 acc[MR][NA];
+  bool first = true;
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NA; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (int64_t k0 = 0; k0 < Kx; k0 += kChunkK) {
+    tile_product<MR, NA, XS>(acc, ax, bx, k0, std::min(Kx, k0 + kChunkK));
+    chunk_done<MR, NA>(acc, c, ldc, H, mask, first);
+  }
+  for (int64_t k0 = 0; k0 < Kh || first; k0 += kChunkK) {
+    tile_product<MR, NA, HS>(acc, ah, bh, k0, std::min(Kh, k0 + kChunkK));
+    chunk_done<MR, NA>(acc, c, ldc, H, mask, first);
+  }
+}
+
+// Rows per micro-kernel call: MR*NA = 24 of the 32 zmm registers hold accumulators.
+template <int NA>
+constexpr int kTileRows = 24 / NA;
+
+template <int NA, typename XS, typename HS, int MR = kTileRows<NA>>
+FUSEDRNN_AVX512 void gates_rows(int rows, const float* const* ax, const float* bx, int64_t Kx,
+                                const float* const* ah, const float* bh, int64_t Kh, float* c,
+                                int64_t ldc, int64_t H, __mmask16 mask) {
+  if constexpr (MR > 1) {
+    if (rows < MR) {
+      return gates_rows<NA, XS, HS, MR - 1>(rows, ax, bx, Kx, ah, bh, Kh, c, ldc, H, mask);
+    }
+  }
+  gates_tile<MR, NA, XS, HS>(ax, bx, Kx, ah, bh, Kh, c, ldc, H, mask);
+}
+
+// From this batch on, the input projection is computed inside the step, from packed W_ih,
+// rather than as a oneDNN GEMM over blocks of steps: a worker's W_ih panel is then reused
+// across at least two row tiles per step, and no [rows, G] projection buffer is allocated
+// (glibc maps a fresh 8 MB block on every call: page faults took 30% of the GEMM time).
+constexpr int64_t kFoldBatch = 12;
+
+// The forward recurrence over steps [0, T) in run order (s; t = s forward, T-1-s in
+// reverse). At step s, for the step's rows n < B and each unit block [j0, j1): the NA
+// accumulators of row n are computed into hg [N, NA*H] (columns v*H + j, no biases), then
+// cell(s, n, j0, j1, hg_row, xg_row) runs the cell. With `fold` (the caller's choice:
+// batches of kFoldBatch or more) the products with x are in hg (gate g of W_ih into accumulator XS::at[g]) and xg_row is
+// a row of zeros; below, xg_row is the row's x_t W_ih^T [gates*H] from the oneDNN GEMM
+// over a block of steps (xg). W_hh's gate g goes into accumulator HS::at[g]. h_{t-1} is
+// row n of the previous step's y while that step ran it, else h0 (packed reverse).
+// Afterwards h_n[n] is row n of the last step that ran it. x [R, I],
+// w_ih [gates*H, I], w_hh [gates*H, H], h0 [N, H], y [R, H], all contiguous.
+template <int NA, typename XS, typename HS, typename Cell>
+void fused_forward(const Steps& st, bool reverse, int64_t H, const float* x, int64_t I,
+                   const float* w_ih, const float* w_hh, const float* h0, float* y, float* h_n,
+                   InputProjection& xg, bool fold, const Cell& cell) {
+  static_assert(XS::size == HS::size);
+  const int64_t N = st.N, G = HS::size * H, ldh = NA * H;
+  const PackedWeights packed_h(w_hh, HS::size, H, H);
+  const PackedWeights packed_x(w_ih, XS::size, H, fold ? I : 0);
+  std::vector<float> hg(N * ldh);
+  const std::vector<float> zeros(fold ? G : 0, 0.f);
+  std::vector<const float*> xg_step(st.T, zeros.data());
+  // Enough work per step to keep a core busy for a few microseconds, or one worker.
+  const int64_t per_step = N * G * (H + (fold ? I : 0));
+  const int64_t workers =
+      std::max<int64_t>(1, std::min<int64_t>({int64_t(torch::stable::get_num_threads()),
+                                              packed_h.blocks(), per_step / (1 << 16)}));
+  const int64_t xg_ld = fold ? 0 : G;
+  auto tt = [&](int64_t s) { return reverse ? st.T - 1 - s : s; };
+  for (int64_t s0 = 0; s0 < st.T;) {
+    int64_t s1 = st.T;
+    if (!fold) {  // the input projection of the next block of steps, as one GEMM
+      s1 = xg.block_end(s0);
+      for (int64_t s = s0; s < s1; ++s) xg_step[s] = static_cast<const float*>(xg.step(s));
+    }
+    run_steps(workers, s0, s1, [&](int64_t w, int64_t s) {
+      const int64_t t = tt(s), B = st.batch[t], off = st.offset[t];
+      const int64_t keep = st.carried(t, reverse), p = st.prev(t, reverse);
+      const int64_t nb = packed_h.blocks(), b0 = nb * w / workers, b1 = nb * (w + 1) / workers;
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t j0 = b * kUnits, j1 = std::min(H, j0 + kUnits);
+        const __mmask16 mask = static_cast<__mmask16>((1u << (j1 - j0)) - 1u);
+        for (int64_t n0 = 0; n0 < B; n0 += kTileRows<NA>) {
+          const int rows = static_cast<int>(std::min<int64_t>(kTileRows<NA>, B - n0));
+          const float *ax[kTileRows<NA>], *ah[kTileRows<NA>];
+          for (int r = 0; r < rows; ++r) {
+            const int64_t n = n0 + r;
+            ax[r] = x + (off + n) * I;
+            ah[r] = n < keep ? y + (st.offset[p] + n) * H : h0 + n * H;
+          }
+          gates_rows<NA, XS, HS>(rows, ax, packed_x.block(b), fold ? I : 0, ah,
+                                 packed_h.block(b), H, hg.data() + n0 * ldh + j0, ldh, H, mask);
+          for (int64_t n = n0; n < n0 + rows; ++n)
+            cell(s, n, j0, j1, hg.data() + n * ldh, xg_step[s] + n * xg_ld);
+        }
+      }
+    });
+    s0 = s1;
+  }
+  // h_n: forward, a row's last step is the last whose batch holds it; reverse, t = 0.
+  for (int64_t n = 0; n < N; ++n) {
+    int64_t t = 0;
+    if (!reverse) {
+      t = st.T - 1;
+      while (st.batch[t] <= n) --t;
+    }
+    std::memcpy(h_n + n * H, y + (st.offset[t] + n) * H, H * sizeof(float));
+  }
+}
+
+#endif  // FUSEDRNN_HAVE_FUSED
+
+}  // namespace fusedrnn
