@@ -349,19 +349,22 @@ def test_layer_under_no_grad_saves_nothing(cell, monkeypatch):
 @pytest.mark.parametrize("N", [1, 16, 64])
 @pytest.mark.parametrize("cell", CELLS)
 def test_bit_identical_across_thread_counts(cell, N):
-    """The fused CPU loop splits units across workers but sums every output in a fixed
-    order: one thread and two give the same bits (H=256: 16 unit blocks to share)."""
+    """The fused CPU loops split units across workers but sum every output and gradient
+    in a fixed order: one thread and two give the same bits (H=256: blocks to share)."""
     _, m = make_modules(cell, 40, 256, 1, bidirectional=True)
-    x = torch.randn(30, N, 40)
+    x = torch.randn(30, N, 40, requires_grad=True)
     threads = torch.get_num_threads()
-    outs = []
+    runs = []
     try:
         for n in (1, 2):
             torch.set_num_threads(n)
-            with torch.no_grad():
-                y, fin = m(x)
-            outs.append([y, *(fin if cell == "LSTM" else [fin])])
+            y, fin = m(x)
+            outs = [y, *(fin if cell == "LSTM" else [fin])]
+            torch.manual_seed(0)
+            grads = torch.autograd.grad(outs, [x, *m.parameters()],
+                                        [torch.randn_like(o) for o in outs])
+            runs.append([*outs, *grads])
     finally:
         torch.set_num_threads(threads)
-    for a, b in zip(*outs, strict=True):
+    for a, b in zip(*runs, strict=True):
         assert torch.equal(a, b)

@@ -163,9 +163,30 @@ void gru_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, co
 
   // Per row: dh carries dgh @ W_hh (and grad_h_n before a row's last step), dd carries
   // dh * z, the part of dh_prev that bypasses W_hh.
+  std::vector<acc_t> dd(N * H, acc_t(0));
+#if FUSEDRNN_HAVE_FUSED
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (fused_available()) {
+      const float* gy_p = gy2.const_data_ptr<float>();
+      const float* hp_p = hp.const_data_ptr<float>();
+      const float* ws_p = ws2.const_data_ptr<float>();
+      float* dgi_p = dgi.mutable_data_ptr<float>();
+      float* dgh_p = dgh.mutable_data_ptr<float>();
+      auto cell = [&](int64_t s, int64_t n, int64_t j0, int64_t j1, const float* rec) {
+        const int64_t r = st.offset[reverse ? s : st.T - 1 - s] + n;
+        gru_backward_units(gy_p + r * H, rec, hp_p + r * H, ws_p + r * kGRUSaved * H,
+                           dd.data() + n * H, dgi_p + r * G, dgh_p + r * G, H, j0, j1);
+      };
+      fused_backward(st, reverse, H, G, torch::stable::contiguous(w_hh),
+                     ghn.const_data_ptr<float>(), dgh, dh0, cell);
+      float* dh0_p = dh0.mutable_data_ptr<float>();
+      for (int64_t k = 0; k < N * H; ++k) dh0_p[k] = dd[k] + dh0_p[k];
+      return;
+    }
+  }
+#endif
   const Tensor w_hh_tc = torch::stable::contiguous(t(w_hh));  // [H, G], for linear()
   Tensor dh = torch::stable::clone(ghn);
-  std::vector<acc_t> dd(N * H, acc_t(0));
   const scalar_t* gy_p = gy2.const_data_ptr<scalar_t>();
   const scalar_t* hp_p = hp.const_data_ptr<scalar_t>();
   const scalar_t* dh_p = dh.const_data_ptr<scalar_t>();

@@ -191,21 +191,42 @@ void lstm_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, c
   using acc_t = opmath_t<scalar_t>;
   const int64_t N = st.N, H = w_hh.size(0) / 4, P = w_hh.size(1), G = 4 * H;
 
-  const Tensor w_hh_tc = torch::stable::contiguous(t(w_hh));  // [P, G], for linear()
   std::vector<acc_t> dc = to_opmath<scalar_t>(gcn);  // grad of c, carried back per row
   const std::vector<acc_t> c_first = to_opmath<scalar_t>(c0);
+  // c_{t-1} of row n at time t: saved by the previous step (rows of stride 5H), or c0.
+  const acc_t* ws_p = ws2.const_data_ptr<acc_t>();
+  auto c_prev = [&](int64_t t, int64_t n) {
+    return n < st.carried(t, reverse)
+               ? ws_p + (st.offset[st.prev(t, reverse)] + n) * kLSTMSaved * H + 4 * H
+               : c_first.data() + n * H;
+  };
+  const scalar_t* gy_p = gy2.const_data_ptr<scalar_t>();
+  scalar_t* dg_p = dgates.mutable_data_ptr<scalar_t>();
+#if FUSEDRNN_HAVE_FUSED
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (!w_hr && fused_available()) {
+      auto cell = [&](int64_t s, int64_t n, int64_t j0, int64_t j1, const float* rec) {
+        const int64_t t = reverse ? s : st.T - 1 - s, r = st.offset[t] + n;
+        lstm_backward_units(gy_p + r * H, rec, ws_p + r * kLSTMSaved * H, c_prev(t, n),
+                            dc.data() + n * H, dg_p + r * G, H, j0, j1);
+      };
+      fused_backward(st, reverse, H, G, torch::stable::contiguous(w_hh),
+                     ghn.const_data_ptr<float>(), dgates, dh0, cell);
+      float* dc0_p = dc0.mutable_data_ptr<float>();
+      for (int64_t k = 0; k < N * H; ++k) dc0_p[k] = dc[k];
+      return;
+    }
+  }
+#endif
+  const Tensor w_hh_tc = torch::stable::contiguous(t(w_hh));  // [P, G], for linear()
   Tensor dh = torch::stable::clone(ghn);  // grad of h from later steps [N,P], per row
   Tensor dm = empty_as(gy2, {w_hr ? N : 0, H});
   Tensor zeros = torch::stable::new_zeros(gy2, {w_hr ? N : 0, H});
-  const scalar_t* gy_p = gy2.const_data_ptr<scalar_t>();
-  const acc_t* ws_p = ws2.const_data_ptr<acc_t>();
-  scalar_t* dg_p = dgates.mutable_data_ptr<scalar_t>();
   scalar_t* dh_p = dh.mutable_data_ptr<scalar_t>();
   scalar_t* dha_p = dh_all.mutable_data_ptr<scalar_t>();
   for (int64_t s = 0; s < st.T; ++s) {
     const int64_t tt = reverse ? s : st.T - 1 - s;
     const int64_t B = st.batch[tt], off = st.offset[tt];
-    const int64_t keep = st.carried(tt, reverse), p = st.prev(tt, reverse);
     // The two terms the cell's dh sums: (gy, dh) without projections; with them,
     // (dm, 0) where dm = (gy + dh) @ W_hr.
     const scalar_t* a = gy_p + off * P;
@@ -219,10 +240,7 @@ void lstm_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, c
       b = zeros.const_data_ptr<scalar_t>();
     }
     for_each_unit_chunk(B, H, [&](int64_t n, int64_t j0, int64_t j1) {
-      // c_{t-1}: saved by the previous step (rows of stride 5H), or c0.
-      const acc_t* cp = n < keep ? ws_p + (st.offset[p] + n) * kLSTMSaved * H + 4 * H
-                                 : c_first.data() + n * H;
-      lstm_backward_units(a + n * H, b + n * H, ws_p + (off + n) * kLSTMSaved * H, cp,
+      lstm_backward_units(a + n * H, b + n * H, ws_p + (off + n) * kLSTMSaved * H, c_prev(tt, n),
                           dc.data() + n * H, dg_p + (off + n) * G, H, j0, j1);
     });
     Tensor dh_b = head(dh, B);

@@ -153,18 +153,19 @@ FUSEDRNN_AVX512 inline __attribute__((always_inline)) void tile_product(
 // twice as much as torch.nn's GEMMs (tests/test_accuracy.py).
 constexpr int64_t kChunkK = 128;
 
-// c = acc (the first chunk) or c + acc, then acc = 0.
+// c[r*ldc + v*ldv] = acc[r][v] (the first chunk) or c + acc, lanes in masks[v]; acc = 0.
 template <int MR, int NA>
 FUSEDRNN_AVX512 inline __attribute__((always_inline)) void chunk_done(
-    __m512 (&acc)[MR][NA], float* c, int64_t ldc, int64_t H, __mmask16 mask, bool& first) {
+    __m512 (&acc)[MR][NA], float* c, int64_t ldc, int64_t ldv, const __mmask16* masks,
+    bool& first) {
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) {
 #pragma GCC unroll 4
     for (int v = 0; v < NA; ++v) {
-      float* p = c + r * ldc + v * H;
+      float* p = c + r * ldc + v * ldv;
       const __m512 sum =
-          first ? acc[r][v] : _mm512_add_ps(_mm512_maskz_loadu_ps(mask, p), acc[r][v]);
-      _mm512_mask_storeu_ps(p, mask, sum);
+          first ? acc[r][v] : _mm512_add_ps(_mm512_maskz_loadu_ps(masks[v], p), acc[r][v]);
+      _mm512_mask_storeu_ps(p, masks[v], sum);
       acc[r][v] = _mm512_setzero_ps();
     }
   }
@@ -181,6 +182,8 @@ FUSEDRNN_AVX512 void gates_tile(const float* const* ax, const float* bx, int64_t
                                 const float* const* ah, const float* bh, int64_t Kh, float* c,
                                 int64_t ldc, int64_t H, __mmask16 mask) {
   __m512 acc[MR][NA];
+  __mmask16 masks[NA];
+  for (int v = 0; v < NA; ++v) masks[v] = mask;
   bool first = true;
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
@@ -188,11 +191,11 @@ FUSEDRNN_AVX512 void gates_tile(const float* const* ax, const float* bx, int64_t
     for (int v = 0; v < NA; ++v) acc[r][v] = _mm512_setzero_ps();
   for (int64_t k0 = 0; k0 < Kx; k0 += kChunkK) {
     tile_product<MR, NA, XS>(acc, ax, bx, k0, std::min(Kx, k0 + kChunkK));
-    chunk_done<MR, NA>(acc, c, ldc, H, mask, first);
+    chunk_done<MR, NA>(acc, c, ldc, H, masks, first);
   }
   for (int64_t k0 = 0; k0 < Kh || first; k0 += kChunkK) {
     tile_product<MR, NA, HS>(acc, ah, bh, k0, std::min(Kh, k0 + kChunkK));
-    chunk_done<MR, NA>(acc, c, ldc, H, mask, first);
+    chunk_done<MR, NA>(acc, c, ldc, H, masks, first);
   }
 }
 
@@ -284,6 +287,105 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const float* x, int
       while (st.batch[t] <= n) --t;
     }
     std::memcpy(h_n + n * H, y + (st.offset[t] + n) * H, H * sizeof(float));
+  }
+}
+
+// Units per block of the backward loop: four vectors of one gate row of W_hh, read in
+// torch's layout (rows g of W_hh [G, H] hold units contiguously: no repacking).
+constexpr int64_t kBackUnits = 4 * kUnits;
+
+// c[r*ldc + u] = sum_k a[r][k] * b[k*ldb + u] for MR rows and the kBackUnits units of a
+// block, lanes in masks[u / kUnits] (Partial: a block that ends past H, whose loads are
+// masked too, so they never read past W_hh's end). k runs in chunks of kChunkK.
+template <int MR, bool Partial>
+FUSEDRNN_AVX512 void block_tile(const float* const* a, const float* b, int64_t ldb, int64_t K,
+                                float* c, int64_t ldc, const __mmask16* masks) {
+  __m512 acc[MR][4];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_setzero_ps();
+  bool first = true;
+  for (int64_t k0 = 0; k0 < K; k0 += kChunkK) {
+    const int64_t k1 = std::min(K, k0 + kChunkK);
+    for (int64_t k = k0; k < k1; ++k) {
+      __m512 bv[4];
+#pragma GCC unroll 4
+      for (int v = 0; v < 4; ++v) {
+        bv[v] = Partial ? _mm512_maskz_loadu_ps(masks[v], b + k * ldb + v * kUnits)
+                        : _mm512_loadu_ps(b + k * ldb + v * kUnits);
+      }
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) {
+        const __m512 av = _mm512_set1_ps(a[r][k]);
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+      }
+    }
+    chunk_done<MR, 4>(acc, c, ldc, kUnits, masks, first);
+  }
+}
+
+template <bool Partial, int MR = 6>
+FUSEDRNN_AVX512 void block_rows(int rows, const float* const* a, const float* b, int64_t ldb,
+                                int64_t K, float* c, int64_t ldc, const __mmask16* masks) {
+  if constexpr (MR > 1) {
+    if (rows < MR) return block_rows<Partial, MR - 1>(rows, a, b, ldb, K, c, ldc, masks);
+  }
+  block_tile<MR, Partial>(a, b, ldb, K, c, ldc, masks);
+}
+
+// The backward recurrence over steps in backward run order (s; t = T-1-s forward, s in
+// reverse). At step s, for the step's rows n < B and each block [j0, j1) of kBackUnits
+// units: rec[n, j] = dG_{t'}[n] . W_hh[:, j], the gradient reaching h_t through the step
+// t' run just before (rows t' also ran), or ghn[n, j] for rows whose last step is t;
+// then cell(s, n, j0, j1, rec_row) runs the cell's backward, which writes row n of dG_t
+// (columns g*H + j of its units). Afterwards dh0 [N, H] = each row's dG at its first time
+// step, times W_hh. w_hh [G, H], ghn [N, H], dG [R, G], all contiguous.
+template <typename Cell>
+void fused_backward(const Steps& st, bool reverse, int64_t H, int64_t G, const Tensor& w_hh,
+                    const float* ghn, const Tensor& dG, Tensor& dh0, const Cell& cell) {
+  const int64_t N = st.N, blocks = (H + kBackUnits - 1) / kBackUnits;
+  const float* w = w_hh.const_data_ptr<float>();
+  const float* dg = dG.const_data_ptr<float>();
+  std::vector<float> rec(N * H);
+  const int64_t workers = std::max<int64_t>(
+      1, std::min<int64_t>({int64_t(torch::stable::get_num_threads()), blocks,
+                            N * G * H / (1 << 16)}));
+  auto tt = [&](int64_t s) { return reverse ? s : st.T - 1 - s; };
+  run_steps(workers, 0, st.T, [&](int64_t wk, int64_t s) {
+    const int64_t t = tt(s), B = st.batch[t];
+    const int64_t tp = s > 0 ? tt(s - 1) : -1;
+    const int64_t kept = tp >= 0 ? std::min(B, st.batch[tp]) : 0;
+    for (int64_t b = blocks * wk / workers; b < blocks * (wk + 1) / workers; ++b) {
+      const int64_t j0 = b * kBackUnits, j1 = std::min(H, j0 + kBackUnits);
+      __mmask16 masks[4];
+      for (int v = 0; v < 4; ++v) {
+        const int64_t u = std::clamp<int64_t>(j1 - j0 - v * kUnits, 0, kUnits);
+        masks[v] = static_cast<__mmask16>((1u << u) - 1u);
+      }
+      for (int64_t n0 = 0; n0 < kept; n0 += 6) {
+        const int rows = static_cast<int>(std::min<int64_t>(6, kept - n0));
+        const float* a[6];
+        for (int r = 0; r < rows; ++r) a[r] = dg + (st.offset[tp] + n0 + r) * G;
+        if (j1 - j0 == kBackUnits) {
+          block_rows<false>(rows, a, w + j0, H, G, rec.data() + n0 * H + j0, H, masks);
+        } else {
+          block_rows<true>(rows, a, w + j0, H, G, rec.data() + n0 * H + j0, H, masks);
+        }
+      }
+      for (int64_t n = 0; n < B; ++n) cell(s, n, j0, j1, n < kept ? rec.data() + n * H : ghn + n * H);
+    }
+  });
+  // dh0: a row's first time step is t = 0 forward; in reverse it is the last t whose batch
+  // holds it, so rows [batch[t+1], batch[t]) end at t.
+  const Tensor w_t = torch::stable::contiguous(t(w_hh));  // [H, G]
+  for (int64_t t = 0; t < st.T; ++t) {
+    const int64_t hi = st.batch[t];
+    const int64_t lo = reverse ? (t + 1 < st.T ? st.batch[t + 1] : 0) : (t == 0 ? 0 : hi);
+    if (lo >= hi) continue;
+    Tensor part = rows(dh0, lo, hi - lo);
+    torch::stable::copy_(part, linear(rows(dG, st.offset[t] + lo, hi - lo), w_t));
   }
 }
 
