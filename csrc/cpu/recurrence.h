@@ -290,16 +290,14 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const float* x, int
   }
 }
 
-// Units per block of the backward loop: four vectors of one gate row of W_hh, read in
-// torch's layout (rows g of W_hh [G, H] hold units contiguously: no repacking).
+// Units per block of the backward loop: four vectors of one row of W_hh.
 constexpr int64_t kBackUnits = 4 * kUnits;
 
-// c[r*ldc + u] = sum_k a[r][k] * b[k*ldb + u] for MR rows and the kBackUnits units of a
-// block, lanes in masks[u / kUnits] (Partial: a block that ends past H, whose loads are
-// masked too, so they never read past W_hh's end). k runs in chunks of kChunkK.
-template <int MR, bool Partial>
-FUSEDRNN_AVX512 void block_tile(const float* const* a, const float* b, int64_t ldb, int64_t K,
-                                float* c, int64_t ldc, const __mmask16* masks) {
+// c[r*ldc + u] = sum_k a[r][k] * b[k*kBackUnits + u] for MR rows and the kBackUnits units
+// of a block, lanes in masks[u / kUnits]. k runs in chunks of kChunkK.
+template <int MR>
+FUSEDRNN_AVX512 void block_tile(const float* const* a, const float* b, int64_t K, float* c,
+                                int64_t ldc, const __mmask16* masks) {
   __m512 acc[MR][4];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
@@ -311,10 +309,7 @@ FUSEDRNN_AVX512 void block_tile(const float* const* a, const float* b, int64_t l
     for (int64_t k = k0; k < k1; ++k) {
       __m512 bv[4];
 #pragma GCC unroll 4
-      for (int v = 0; v < 4; ++v) {
-        bv[v] = Partial ? _mm512_maskz_loadu_ps(masks[v], b + k * ldb + v * kUnits)
-                        : _mm512_loadu_ps(b + k * ldb + v * kUnits);
-      }
+      for (int v = 0; v < 4; ++v) bv[v] = _mm512_loadu_ps(b + (k * 4 + v) * kUnits);
 #pragma GCC unroll 8
       for (int r = 0; r < MR; ++r) {
         const __m512 av = _mm512_set1_ps(a[r][k]);
@@ -326,13 +321,13 @@ FUSEDRNN_AVX512 void block_tile(const float* const* a, const float* b, int64_t l
   }
 }
 
-template <bool Partial, int MR = 6>
-FUSEDRNN_AVX512 void block_rows(int rows, const float* const* a, const float* b, int64_t ldb,
-                                int64_t K, float* c, int64_t ldc, const __mmask16* masks) {
+template <int MR = 6>
+FUSEDRNN_AVX512 void block_rows(int rows, const float* const* a, const float* b, int64_t K,
+                                float* c, int64_t ldc, const __mmask16* masks) {
   if constexpr (MR > 1) {
-    if (rows < MR) return block_rows<Partial, MR - 1>(rows, a, b, ldb, K, c, ldc, masks);
+    if (rows < MR) return block_rows<MR - 1>(rows, a, b, K, c, ldc, masks);
   }
-  block_tile<MR, Partial>(a, b, ldb, K, c, ldc, masks);
+  block_tile<MR>(a, b, K, c, ldc, masks);
 }
 
 // The backward recurrence over steps in backward run order (s; t = T-1-s forward, s in
@@ -346,9 +341,25 @@ template <typename Cell>
 void fused_backward(const Steps& st, bool reverse, int64_t H, int64_t G, const Tensor& w_hh,
                     const float* ghn, const Tensor& dG, Tensor& dh0, const Cell& cell) {
   const int64_t N = st.N, blocks = (H + kBackUnits - 1) / kBackUnits;
-  const float* w = w_hh.const_data_ptr<float>();
   const float* dg = dG.const_data_ptr<float>();
   std::vector<float> rec(N * H);
+  // W_hh's rows cut into blocks, [blocks][G][kBackUnits], zero past H: each block one
+  // contiguous panel (read in place, the rows' 4H-byte stride cost TLB misses).
+  std::vector<float> panels(blocks * G * kBackUnits + 16);
+  float* packed = panels.data() + (16 - reinterpret_cast<uintptr_t>(panels.data()) / 4 % 16) % 16;
+  {
+    const float* w = w_hh.const_data_ptr<float>();
+    parallel_rows(blocks, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t j0 = b * kBackUnits, u = std::min(H - j0, kBackUnits);
+        for (int64_t g = 0; g < G; ++g) {
+          float* dst = packed + (b * G + g) * kBackUnits;
+          std::memcpy(dst, w + g * H + j0, u * sizeof(float));
+          std::fill(dst + u, dst + kBackUnits, 0.f);
+        }
+      }
+    });
+  }
   const int64_t workers = std::max<int64_t>(
       1, std::min<int64_t>({int64_t(torch::stable::get_num_threads()), blocks,
                             N * G * H / (1 << 16)}));
@@ -368,11 +379,7 @@ void fused_backward(const Steps& st, bool reverse, int64_t H, int64_t G, const T
         const int rows = static_cast<int>(std::min<int64_t>(6, kept - n0));
         const float* a[6];
         for (int r = 0; r < rows; ++r) a[r] = dg + (st.offset[tp] + n0 + r) * G;
-        if (j1 - j0 == kBackUnits) {
-          block_rows<false>(rows, a, w + j0, H, G, rec.data() + n0 * H + j0, H, masks);
-        } else {
-          block_rows<true>(rows, a, w + j0, H, G, rec.data() + n0 * H + j0, H, masks);
-        }
+        block_rows(rows, a, packed + b * G * kBackUnits, G, rec.data() + n0 * H + j0, H, masks);
       }
       for (int64_t n = 0; n < B; ++n) cell(s, n, j0, j1, n < kept ? rec.data() + n * H : ghn + n * H);
     }
