@@ -139,9 +139,9 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
   const Tensor x = torch::stable::contiguous(x_in);
   const Tensor x2 = torch::stable::reshape(x, {st.R, x.size(x.dim() - 1)});
   const ScalarType dt = x.scalar_type();
-  Tensor y2 = empty_as(x, {st.R, H});
+  Tensor y2 = large_buffer(x, {st.R, H});
   Tensor h_n = empty_as(x, {st.N, H});
-  Tensor ws2 = empty_as(x, {save ? st.R : st.N, kGRUSaved * H}, opmath_type(dt));
+  Tensor ws2 = large_buffer(x, {save ? st.R : st.N, kGRUSaved * H}, opmath_type(dt));
   dispatch_floating(dt, "gru_forward", [&](auto tag) {
     gru_forward_impl<decltype(tag)>(st, x2, w_ih, w_hh, b_ih, b_hh, h0, reverse, save, y2, h_n,
                                     ws2);
@@ -155,9 +155,9 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
 }
 
 template <typename scalar_t>
-void gru_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, const Tensor& hp,
-                       const Tensor& w_hh, const Tensor& ws2, bool reverse, Tensor& dgi,
-                       Tensor& dgh, Tensor& dh0) {
+bool gru_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, const Tensor& hp,
+                       const Tensor& w_ih, const Tensor& w_hh, const Tensor& ws2, bool reverse,
+                       Tensor& dgi, Tensor& dgh, Tensor& dx2, Tensor& dh0) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t N = st.N, H = w_hh.size(1), G = 3 * H;
 
@@ -178,10 +178,11 @@ void gru_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, co
                            dd.data() + n * H, dgi_p + r * G, dgh_p + r * G, H, j0, j1);
       };
       fused_backward(st, reverse, H, G, torch::stable::contiguous(w_hh),
-                     ghn.const_data_ptr<float>(), dgh, dh0, cell);
+                     torch::stable::contiguous(w_ih), ghn.const_data_ptr<float>(), dgh, dgi,
+                     dx2, dh0, cell);
       float* dh0_p = dh0.mutable_data_ptr<float>();
       for (int64_t k = 0; k < N * H; ++k) dh0_p[k] = dd[k] + dh0_p[k];
-      return;
+      return true;
     }
   }
 #endif
@@ -207,6 +208,7 @@ void gru_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, co
   scalar_t* dh0_p = dh0.mutable_data_ptr<scalar_t>();
   for (int64_t k = 0; k < N * H; ++k)
     dh0_p[k] = static_cast<scalar_t>(dd[k] + static_cast<acc_t>(dh_p[k]));
+  return false;
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
@@ -231,23 +233,25 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   const Tensor ghn = torch::stable::contiguous(grad_h_n);
   const Tensor hp = previous_states(y2, torch::stable::contiguous(h0), st, reverse);
 
-  Tensor dgi = empty_as(x2, {st.R, G});
-  Tensor dgh = empty_as(x2, {st.R, G});
+  Tensor dgi = large_buffer(x2, {st.R, G});
+  Tensor dgh = large_buffer(x2, {st.R, G});
   Tensor dh0 = empty_as(x2, {st.N, H});
   Tensor db_ih = empty_as(x2, {G});
   Tensor db_hh = empty_as(x2, {G});
+  Tensor dx2 = large_buffer(x2, {st.R, I});
+  bool have_dx = false;  // the fused loop computes dx as it goes
   dispatch_floating(dt, "gru_backward", [&](auto tag) {
     using scalar_t = decltype(tag);
-    gru_backward_impl<scalar_t>(st, gy2, ghn, hp, w_hh, ws2, reverse, dgi, dgh, dh0);
+    have_dx = gru_backward_impl<scalar_t>(st, gy2, ghn, hp, w_ih, w_hh, ws2, reverse, dgi, dgh,
+                                          dx2, dh0);
     column_sum<scalar_t>(dgi.const_data_ptr<scalar_t>(), st.R, G,
                          db_ih.mutable_data_ptr<scalar_t>());
     column_sum<scalar_t>(dgh.const_data_ptr<scalar_t>(), st.R, G,
                          db_hh.mutable_data_ptr<scalar_t>());
   });
-  Tensor dx = torch::stable::reshape(linear(dgi, torch::stable::contiguous(t(w_ih))),
-                                     x_in.dim() == 3
-                                                        ? std::vector<int64_t>{st.T, st.N, I}
-                                                        : std::vector<int64_t>{st.R, I});
+  if (!have_dx) dx2 = linear(dgi, torch::stable::contiguous(t(w_ih)));
+  Tensor dx = torch::stable::reshape(dx2, x_in.dim() == 3 ? std::vector<int64_t>{st.T, st.N, I}
+                                                          : std::vector<int64_t>{st.R, I});
   Tensor dw_ih = mm_tn(dgi, x2);
   Tensor dw_hh = mm_tn(dgh, hp);
   return {dx, dh0, dw_ih, dw_hh, db_ih, db_hh};

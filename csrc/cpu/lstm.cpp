@@ -165,10 +165,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
   const Tensor x = torch::stable::contiguous(x_in);
   const Tensor x2 = torch::stable::reshape(x, {st.R, x.size(x.dim() - 1)});
   const ScalarType dt = x.scalar_type();
-  Tensor y2 = empty_as(x, {st.R, P});
+  Tensor y2 = large_buffer(x, {st.R, P});
   Tensor h_n = empty_as(x, {st.N, P});
   Tensor c_n = empty_as(x, {st.N, H});
-  Tensor ws2 = empty_as(x, {save ? st.R : st.N, kLSTMSaved * H}, opmath_type(dt));
+  Tensor ws2 = large_buffer(x, {save ? st.R : st.N, kLSTMSaved * H}, opmath_type(dt));
   dispatch_floating(dt, "lstm_forward", [&](auto tag) {
     lstm_forward_impl<decltype(tag)>(st, x2, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, save,
                                      y2, h_n, c_n, ws2);
@@ -184,10 +184,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
 // gy2 [R,P]; dgates [R,4H]; with projections also dh_all [R,P] (the grad of each step's
 // h, all sources summed) for dW_hr. Returns nothing; dh0, dc0 [N,P], [N,H] filled.
 template <typename scalar_t>
-void lstm_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, const Tensor& gcn,
-                        const Tensor& c0, const Tensor& w_hh, const std::optional<Tensor>& w_hr,
-                        const Tensor& ws2, bool reverse, Tensor& dgates, Tensor& dh_all,
-                        Tensor& dh0, Tensor& dc0) {
+bool lstm_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, const Tensor& gcn,
+                        const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
+                        const std::optional<Tensor>& w_hr, const Tensor& ws2, bool reverse,
+                        Tensor& dgates, Tensor& dh_all, Tensor& dx2, Tensor& dh0, Tensor& dc0) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t N = st.N, H = w_hh.size(0) / 4, P = w_hh.size(1), G = 4 * H;
 
@@ -211,10 +211,11 @@ void lstm_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, c
                             dc.data() + n * H, dg_p + r * G, H, j0, j1);
       };
       fused_backward(st, reverse, H, G, torch::stable::contiguous(w_hh),
-                     ghn.const_data_ptr<float>(), dgates, dh0, cell);
+                     torch::stable::contiguous(w_ih), ghn.const_data_ptr<float>(), dgates,
+                     dgates, dx2, dh0, cell);
       float* dc0_p = dc0.mutable_data_ptr<float>();
       for (int64_t k = 0; k < N * H; ++k) dc0_p[k] = dc[k];
-      return;
+      return true;
     }
   }
 #endif
@@ -249,6 +250,7 @@ void lstm_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, c
   torch::stable::copy_(dh0, dh);
   scalar_t* dc0_p = dc0.mutable_data_ptr<scalar_t>();
   for (int64_t k = 0; k < N * H; ++k) dc0_p[k] = static_cast<scalar_t>(dc[k]);
+  return false;
 }
 
 // m = o * tanh(c) of every row, from the workspace: the input of the projection.
@@ -256,7 +258,7 @@ template <typename scalar_t>
 Tensor projection_inputs(const Tensor& ws2, int64_t H, const Tensor& like) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t R = ws2.size(0);
-  Tensor m = empty_as(like, {R, H});
+  Tensor m = large_buffer(like, {R, H});
   const acc_t* w = ws2.const_data_ptr<acc_t>();
   scalar_t* out = m.mutable_data_ptr<scalar_t>();
   parallel_rows(R, std::max<int64_t>(1, kPointwiseGrain / H), [&](int64_t r0, int64_t r1) {
@@ -296,24 +298,25 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   const Tensor c0 = torch::stable::contiguous(c0_in);
   const Tensor h0c = torch::stable::contiguous(h0);
 
-  Tensor dgates = empty_as(x2, {st.R, G});
-  Tensor dh_all = empty_as(x2, {w_hr ? st.R : 0, P});
+  Tensor dgates = large_buffer(x2, {st.R, G});
+  Tensor dh_all = large_buffer(x2, {w_hr ? st.R : 0, P});
   Tensor dh0 = empty_as(x2, {st.N, P});
   Tensor dc0 = empty_as(x2, {st.N, H});
   Tensor db = empty_as(x2, {G});
   Tensor dw_hr = empty_as(x2, {0});
+  Tensor dx2 = large_buffer(x2, {st.R, I});
+  bool have_dx = false;  // the fused loop computes dx as it goes
   dispatch_floating(dt, "lstm_backward", [&](auto tag) {
     using scalar_t = decltype(tag);
-    lstm_backward_impl<scalar_t>(st, gy2, ghn, gcn, c0, w_hh, w_hr, ws2, reverse, dgates, dh_all,
-                                 dh0, dc0);
+    have_dx = lstm_backward_impl<scalar_t>(st, gy2, ghn, gcn, c0, w_ih, w_hh, w_hr, ws2, reverse,
+                                           dgates, dh_all, dx2, dh0, dc0);
     column_sum<scalar_t>(dgates.const_data_ptr<scalar_t>(), st.R, G,
                          db.mutable_data_ptr<scalar_t>());
     if (w_hr) dw_hr = mm_tn(dh_all, projection_inputs<scalar_t>(ws2, H, x2));
   });
-  Tensor dx = torch::stable::reshape(linear(dgates, torch::stable::contiguous(t(w_ih))),
-                                     x_in.dim() == 3
-                                                           ? std::vector<int64_t>{st.T, st.N, I}
-                                                           : std::vector<int64_t>{st.R, I});
+  if (!have_dx) dx2 = linear(dgates, torch::stable::contiguous(t(w_ih)));
+  Tensor dx = torch::stable::reshape(dx2, x_in.dim() == 3 ? std::vector<int64_t>{st.T, st.N, I}
+                                                          : std::vector<int64_t>{st.R, I});
   Tensor dw_ih = mm_tn(dgates, x2);
   Tensor dw_hh = mm_tn(dgates, previous_states(y2, h0c, st, reverse));
   return {dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr};

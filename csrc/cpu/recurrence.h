@@ -330,58 +330,96 @@ FUSEDRNN_AVX512 void block_rows(int rows, const float* const* a, const float* b,
   block_tile<MR>(a, b, K, c, ldc, masks);
 }
 
-// The backward recurrence over steps in backward run order (s; t = T-1-s forward, s in
-// reverse). At step s, for the step's rows n < B and each block [j0, j1) of kBackUnits
-// units: rec[n, j] = dG_{t'}[n] . W_hh[:, j], the gradient reaching h_t through the step
-// t' run just before (rows t' also ran), or ghn[n, j] for rows whose last step is t;
-// then cell(s, n, j0, j1, rec_row) runs the cell's backward, which writes row n of dG_t
-// (columns g*H + j of its units). Afterwards dh0 [N, H] = each row's dG at its first time
-// step, times W_hh. w_hh [G, H], ghn [N, H], dG [R, G], all contiguous.
-template <typename Cell>
-void fused_backward(const Steps& st, bool reverse, int64_t H, int64_t G, const Tensor& w_hh,
-                    const float* ghn, const Tensor& dG, Tensor& dh0, const Cell& cell) {
-  const int64_t N = st.N, blocks = (H + kBackUnits - 1) / kBackUnits;
-  const float* dg = dG.const_data_ptr<float>();
-  std::vector<float> rec(N * H);
-  // W_hh's rows cut into blocks, [blocks][G][kBackUnits], zero past H: each block one
-  // contiguous panel (read in place, the rows' 4H-byte stride cost TLB misses).
-  std::vector<float> panels(blocks * G * kBackUnits + 16);
-  float* packed = panels.data() + (16 - reinterpret_cast<uintptr_t>(panels.data()) / 4 % 16) % 16;
-  {
-    const float* w = w_hh.const_data_ptr<float>();
+// w [G, C] (torch's layout) cut into column blocks, [blocks][G][kBackUnits], zero past C:
+// each block one contiguous panel (read in place, the rows' 4C-byte stride cost TLB
+// misses). The vector keeps 16 spare floats for a 64-byte aligned start.
+struct ColumnPanels {
+  ColumnPanels(const float* w, int64_t G, int64_t C)
+      : G_(G), blocks((C + kBackUnits - 1) / kBackUnits), data(blocks * G * kBackUnits + 16) {
+    float* base = start();
     parallel_rows(blocks, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
-        const int64_t j0 = b * kBackUnits, u = std::min(H - j0, kBackUnits);
+        const int64_t j0 = b * kBackUnits, u = std::min(C - j0, kBackUnits);
         for (int64_t g = 0; g < G; ++g) {
-          float* dst = packed + (b * G + g) * kBackUnits;
-          std::memcpy(dst, w + g * H + j0, u * sizeof(float));
+          float* dst = base + (b * G + g) * kBackUnits;
+          std::memcpy(dst, w + g * C + j0, u * sizeof(float));
           std::fill(dst + u, dst + kBackUnits, 0.f);
         }
       }
     });
   }
+  const float* block(int64_t b) const { return start() + b * G_ * kBackUnits; }
+  float* start() const {
+    const auto p = reinterpret_cast<uintptr_t>(data.data());
+    return const_cast<float*>(reinterpret_cast<const float*>((p + 63) & ~uintptr_t{63}));
+  }
+  int64_t G_, blocks;
+  std::vector<float> data;
+};
+
+// out[n, j] = a_n . panel[:, j] for rows a_n = a + (r0 + n) * G, n < rows, and the
+// units [j0, min(C, j0 + kBackUnits)) of column block b; out has row stride C.
+FUSEDRNN_AVX512 inline void rows_times_panel(const float* a, int64_t r0, int64_t rows, int64_t G,
+                                             const ColumnPanels& w, int64_t b, int64_t C,
+                                             float* out) {
+  const int64_t j0 = b * kBackUnits, j1 = std::min(C, j0 + kBackUnits);
+  __mmask16 masks[4];
+  for (int v = 0; v < 4; ++v) {
+    const int64_t u = std::clamp<int64_t>(j1 - j0 - v * kUnits, 0, kUnits);
+    masks[v] = static_cast<__mmask16>((1u << u) - 1u);
+  }
+  for (int64_t n0 = 0; n0 < rows; n0 += 6) {
+    const int m = static_cast<int>(std::min<int64_t>(6, rows - n0));
+    const float* ar[6];
+    for (int r = 0; r < m; ++r) ar[r] = a + (r0 + n0 + r) * G;
+    block_rows(m, ar, w.block(b), G, out + n0 * C + j0, C, masks);
+  }
+}
+
+// The backward recurrence over steps in backward run order (s; t = T-1-s forward, s in
+// reverse). At step s, for the step's rows n < B and each block [j0, j1) of kBackUnits
+// units: rec[n, j] = dG_{t'}[n] . W_hh[:, j], the gradient reaching h_t through the step
+// t' run just before (rows t' also ran), or ghn[n, j] for rows whose last step is t;
+// then cell(s, n, j0, j1, rec_row) runs the cell's backward, which writes row n of dG_t
+// (columns g*H + j of its units). In the same step the workers also compute the input
+// gradient of step t', dx = dX_{t'} @ W_ih, by blocks of kBackUnits columns of x (one
+// extra step for the last); dX is dG for LSTM, GRU's dG without the reset gate's split.
+// Afterwards dh0 [N, H] = each row's dG at its first time step, times W_hh.
+// w_hh [G, H], w_ih [G, I], ghn [N, H], dG, dX [R, G], dx [R, I], all contiguous.
+template <typename Cell>
+void fused_backward(const Steps& st, bool reverse, int64_t H, int64_t G, const Tensor& w_hh,
+                    const Tensor& w_ih, const float* ghn, const Tensor& dG, const Tensor& dX,
+                    Tensor& dx, Tensor& dh0, const Cell& cell) {
+  const int64_t N = st.N, I = w_ih.size(1);
+  const float* dg = dG.const_data_ptr<float>();
+  const float* dxg = dX.const_data_ptr<float>();
+  float* dx_p = dx.mutable_data_ptr<float>();
+  std::vector<float> rec(N * H);
+  const ColumnPanels wh(w_hh.const_data_ptr<float>(), G, H);
+  const ColumnPanels wi(w_ih.const_data_ptr<float>(), G, I);
+  const int64_t blocks = wh.blocks, xblocks = wi.blocks;
   const int64_t workers = std::max<int64_t>(
-      1, std::min<int64_t>({int64_t(torch::stable::get_num_threads()), blocks,
-                            N * G * H / (1 << 16)}));
+      1, std::min<int64_t>({int64_t(torch::stable::get_num_threads()), blocks + xblocks,
+                            N * G * (H + I) / (1 << 16)}));
   auto tt = [&](int64_t s) { return reverse ? s : st.T - 1 - s; };
-  run_steps(workers, 0, st.T, [&](int64_t wk, int64_t s) {
-    const int64_t t = tt(s), B = st.batch[t];
+  run_steps(workers, 0, st.T + 1, [&](int64_t wk, int64_t s) {
     const int64_t tp = s > 0 ? tt(s - 1) : -1;
-    const int64_t kept = tp >= 0 ? std::min(B, st.batch[tp]) : 0;
-    for (int64_t b = blocks * wk / workers; b < blocks * (wk + 1) / workers; ++b) {
-      const int64_t j0 = b * kBackUnits, j1 = std::min(H, j0 + kBackUnits);
-      __mmask16 masks[4];
-      for (int v = 0; v < 4; ++v) {
-        const int64_t u = std::clamp<int64_t>(j1 - j0 - v * kUnits, 0, kUnits);
-        masks[v] = static_cast<__mmask16>((1u << u) - 1u);
+    if (s < st.T) {
+      const int64_t t = tt(s), B = st.batch[t];
+      const int64_t kept = tp >= 0 ? std::min(B, st.batch[tp]) : 0;
+      for (int64_t b = blocks * wk / workers; b < blocks * (wk + 1) / workers; ++b) {
+        const int64_t j0 = b * kBackUnits, j1 = std::min(H, j0 + kBackUnits);
+        if (kept > 0) rows_times_panel(dg, st.offset[tp], kept, G, wh, b, H, rec.data());
+        for (int64_t n = 0; n < B; ++n) {
+          cell(s, n, j0, j1, n < kept ? rec.data() + n * H : ghn + n * H);
+        }
       }
-      for (int64_t n0 = 0; n0 < kept; n0 += 6) {
-        const int rows = static_cast<int>(std::min<int64_t>(6, kept - n0));
-        const float* a[6];
-        for (int r = 0; r < rows; ++r) a[r] = dg + (st.offset[tp] + n0 + r) * G;
-        block_rows(rows, a, packed + b * G * kBackUnits, G, rec.data() + n0 * H + j0, H, masks);
+    }
+    if (tp >= 0) {
+      for (int64_t b = xblocks * wk / workers; b < xblocks * (wk + 1) / workers; ++b) {
+        rows_times_panel(dxg, st.offset[tp], st.batch[tp], G, wi, b, I,
+                         dx_p + st.offset[tp] * I);
       }
-      for (int64_t n = 0; n < B; ++n) cell(s, n, j0, j1, n < kept ? rec.data() + n * H : ghn + n * H);
     }
   });
   // dh0: a row's first time step is t = 0 forward; in reverse it is the last t whose batch
