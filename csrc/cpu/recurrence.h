@@ -89,24 +89,22 @@ void run_steps(int64_t workers, int64_t s0, int64_t s1, const F& f) {
 
 // W_hh [gates*H, K] (torch's layout) repacked for the micro-kernel: for each block of
 // kUnits units, for each k, the gates' kUnits weights in a row, [blocks][K][gates*kUnits];
-// units past H are zero.
+// units past H are zero. The worker that owns a block packs it (pack(b)) at its first
+// step: no separate pass over the threads, and the panel starts out in that core's cache.
 class PackedWeights {
  public:
   PackedWeights(const float* w, int64_t gates, int64_t H, int64_t K)
-      : gates_(gates), K_(K), blocks_((H + kUnits - 1) / kUnits),
-        data_(blocks_ * K * gates * kUnits + 16) {
-    float* base = data();
-    parallel_rows(blocks_ * gates, 4, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const int64_t b = i / gates, g = i % gates;
-        float* panel = base + b * K * gates * kUnits + g * kUnits;
-        for (int64_t u = 0; u < kUnits; ++u) {
-          const int64_t j = b * kUnits + u;
-          const float* row = w + (g * H + j) * K;
-          for (int64_t k = 0; k < K; ++k) panel[k * gates * kUnits + u] = j < H ? row[k] : 0.f;
-        }
+      : w_(w), gates_(gates), H_(H), K_(K), blocks_((H + kUnits - 1) / kUnits),
+        data_(blocks_ * K * gates * kUnits + 16) {}
+  void pack(int64_t b) const {
+    for (int64_t g = 0; g < gates_; ++g) {
+      float* panel = data() + b * K_ * gates_ * kUnits + g * kUnits;
+      for (int64_t u = 0; u < kUnits; ++u) {
+        const int64_t j = b * kUnits + u;
+        const float* row = w_ + (g * H_ + j) * K_;
+        for (int64_t k = 0; k < K_; ++k) panel[k * gates_ * kUnits + u] = j < H_ ? row[k] : 0.f;
       }
-    });
+    }
   }
   int64_t blocks() const { return blocks_; }
   const float* block(int64_t b) const { return data() + b * K_ * gates_ * kUnits; }
@@ -117,7 +115,8 @@ class PackedWeights {
     const auto p = reinterpret_cast<uintptr_t>(data_.data());
     return const_cast<float*>(reinterpret_cast<const float*>((p + 63) & ~uintptr_t{63}));
   }
-  int64_t gates_, K_, blocks_;
+  const float* w_;
+  int64_t gates_, H_, K_, blocks_;
   std::vector<float> data_;
 };
 
@@ -259,6 +258,12 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const float* x, int
       const int64_t t = tt(s), B = st.batch[t], off = st.offset[t];
       const int64_t keep = st.carried(t, reverse), p = st.prev(t, reverse);
       const int64_t nb = packed_h.blocks(), b0 = nb * w / workers, b1 = nb * (w + 1) / workers;
+      if (s == 0) {
+        for (int64_t b = b0; b < b1; ++b) {
+          packed_h.pack(b);
+          if (fold) packed_x.pack(b);
+        }
+      }
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t j0 = b * kUnits, j1 = std::min(H, j0 + kUnits);
         const __mmask16 mask = static_cast<__mmask16>((1u << (j1 - j0)) - 1u);
@@ -332,28 +337,27 @@ FUSEDRNN_AVX512 void block_rows(int rows, const float* const* a, const float* b,
 
 // w [G, C] (torch's layout) cut into column blocks, [blocks][G][kBackUnits], zero past C:
 // each block one contiguous panel (read in place, the rows' 4C-byte stride cost TLB
-// misses). The vector keeps 16 spare floats for a 64-byte aligned start.
+// misses). The owner of a block packs it at its first step (pack(b)). The vector keeps
+// 16 spare floats for a 64-byte aligned start.
 struct ColumnPanels {
   ColumnPanels(const float* w, int64_t G, int64_t C)
-      : G_(G), blocks((C + kBackUnits - 1) / kBackUnits), data(blocks * G * kBackUnits + 16) {
-    float* base = start();
-    parallel_rows(blocks, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t j0 = b * kBackUnits, u = std::min(C - j0, kBackUnits);
-        for (int64_t g = 0; g < G; ++g) {
-          float* dst = base + (b * G + g) * kBackUnits;
-          std::memcpy(dst, w + g * C + j0, u * sizeof(float));
-          std::fill(dst + u, dst + kBackUnits, 0.f);
-        }
-      }
-    });
+      : w_(w), G_(G), C_(C), blocks((C + kBackUnits - 1) / kBackUnits),
+        data(blocks * G * kBackUnits + 16) {}
+  void pack(int64_t b) const {
+    const int64_t j0 = b * kBackUnits, u = std::min(C_ - j0, kBackUnits);
+    for (int64_t g = 0; g < G_; ++g) {
+      float* dst = start() + (b * G_ + g) * kBackUnits;
+      std::memcpy(dst, w_ + g * C_ + j0, u * sizeof(float));
+      std::fill(dst + u, dst + kBackUnits, 0.f);
+    }
   }
   const float* block(int64_t b) const { return start() + b * G_ * kBackUnits; }
   float* start() const {
     const auto p = reinterpret_cast<uintptr_t>(data.data());
     return const_cast<float*>(reinterpret_cast<const float*>((p + 63) & ~uintptr_t{63}));
   }
-  int64_t G_, blocks;
+  const float* w_;
+  int64_t G_, C_, blocks;
   std::vector<float> data;
 };
 
@@ -404,6 +408,10 @@ void fused_backward(const Steps& st, bool reverse, int64_t H, int64_t G, const T
   auto tt = [&](int64_t s) { return reverse ? s : st.T - 1 - s; };
   run_steps(workers, 0, st.T + 1, [&](int64_t wk, int64_t s) {
     const int64_t tp = s > 0 ? tt(s - 1) : -1;
+    if (s == 0) {
+      for (int64_t b = blocks * wk / workers; b < blocks * (wk + 1) / workers; ++b) wh.pack(b);
+      for (int64_t b = xblocks * wk / workers; b < xblocks * (wk + 1) / workers; ++b) wi.pack(b);
+    }
     if (s < st.T) {
       const int64_t t = tt(s), B = st.batch[t];
       const int64_t kept = tp >= 0 ? std::min(B, st.batch[tp]) : 0;
