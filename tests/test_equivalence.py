@@ -91,6 +91,8 @@ HALF_CASES = [
     case(2, 64, 9, 129, bf=True, nc="step"),
     case(17, 3, 6, 128, hx=False, unb=True),
     case(1, 1, 3, 1, bias=False),
+    # Batches 12..31 run the fused CPU loop (16-bit storage, float math) without folding x.
+    case(9, 20, 6, 129, bidir=True),
 ]
 
 
@@ -205,3 +207,13 @@ def test_matches_torch_gemm_loop(cell, kw, monkeypatch):
     per-step GEMM loop that CPUs without AVX-512 run."""
     monkeypatch.setenv("FUSEDRNN_CPU_FUSED", "0")
     compare_with_torch(cell, **kw, dtype=torch.float32, device="cpu")
+
+
+@pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("kw", HALF_CASES)
+def test_matches_torch_16bit_gemm_loop(cell, kw, dt, monkeypatch):
+    """16-bit storage on the CPU through the per-step GEMM loop (FUSEDRNN_CPU_FUSED=0),
+    which small batches otherwise leave to the fused loop on AVX-512 CPUs."""
+    monkeypatch.setenv("FUSEDRNN_CPU_FUSED", "0")
+    compare_with_torch(cell, **kw, dtype=dt, device="cpu")

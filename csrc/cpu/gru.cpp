@@ -14,11 +14,11 @@ constexpr int64_t kGRUSaved = 4;
 // Per-unit kernels over one row, pointers as __restrict parameters (see lstm.cpp).
 
 // xg: the row's x_t @ W_ir^T, x_t @ W_iz^T [2H]; xn: x_t @ W_in^T [H]; hg: h_prev @ W_hh^T
-// [3H]; bi, bh: biases [3H]; h: running state [H], updated in place; y: h_t [H];
+// [3H] (xn and hg in float from the fused loop, else in the storage type); bi, bh: biases [3H]; h: running state [H], updated in place; y: h_t [H];
 // w: saved r, z, n, hn [4H].
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename xn_t, typename hg_t, typename acc_t>
 FUSEDRNN_CPU_CLONES void gru_forward_units(
-    const scalar_t* __restrict xg, const scalar_t* __restrict xn, const scalar_t* __restrict hg,
+    const scalar_t* __restrict xg, const xn_t* __restrict xn, const hg_t* __restrict hg,
     const acc_t* __restrict bi, const acc_t* __restrict bh, acc_t* __restrict h,
     scalar_t* __restrict y, acc_t* __restrict w, int64_t H, int64_t j0, int64_t j1) {
   for (int64_t j = j0; j < j1; ++j) {
@@ -79,27 +79,34 @@ void gru_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, con
   scalar_t* h_p = h.mutable_data_ptr<scalar_t>();
   acc_t* ws_p = ws2.mutable_data_ptr<acc_t>();
 #if FUSEDRNN_HAVE_FUSED
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    if (fused_available()) {
+  // As in lstm.cpp: float32 at any batch, 16-bit storage at small batches.
+  constexpr bool kFloat = std::is_same_v<scalar_t, float>;
+  if constexpr (!std::is_same_v<scalar_t, double>) {
+    if (fused_available() && (kFloat || N < kFused16BitBatch)) {
+      const bool fold = kFloat && N >= kFoldBatch;
       const Tensor w_ih_c = torch::stable::contiguous(w_ih);
       const Tensor w_hh_c = torch::stable::contiguous(w_hh), h0_c = torch::stable::contiguous(h0);
       // Folded, the accumulators are r, z (x and h terms), W_hn h, W_in x; else r, z, n of h.
       auto cell = [&](int64_t s, int64_t n, int64_t j0, int64_t j1, const float* hg,
-                      const float* xg_row) {
+                      const scalar_t* xg_row) {
         const int64_t off = st.offset[reverse ? st.T - 1 - s : s];
         float* ws_row = (save ? ws_p + off * kGRUSaved * H : ws_p) + n * kGRUSaved * H;
-        gru_forward_units(xg_row, N >= kFoldBatch ? hg + 3 * H : xg_row + 2 * H, hg,
-                          b_i.data(), b_h.data(), ha.data() + n * H, y_p + (off + n) * H,
-                          ws_row, H, j0, j1);
+        if (fold) {
+          gru_forward_units(xg_row, hg + 3 * H, hg, b_i.data(), b_h.data(), ha.data() + n * H,
+                            y_p + (off + n) * H, ws_row, H, j0, j1);
+        } else {
+          gru_forward_units(xg_row, xg_row + 2 * H, hg, b_i.data(), b_h.data(),
+                            ha.data() + n * H, y_p + (off + n) * H, ws_row, H, j0, j1);
+        }
       };
       auto run = [&](auto na, auto xs, auto hs) {
         fused_forward<decltype(na)::value, decltype(xs), decltype(hs)>(
-            st, reverse, H, x2.const_data_ptr<float>(), x2.size(1),
-            w_ih_c.const_data_ptr<float>(), w_hh_c.const_data_ptr<float>(),
-            h0_c.const_data_ptr<float>(), y_p, h_n.mutable_data_ptr<float>(), xg,
-            N >= kFoldBatch, cell);
+            st, reverse, H, x2.const_data_ptr<scalar_t>(), x2.size(1),
+            w_ih_c.const_data_ptr<scalar_t>(), w_hh_c.const_data_ptr<scalar_t>(),
+            h0_c.const_data_ptr<scalar_t>(), y_p, h_n.mutable_data_ptr<scalar_t>(), xg, fold,
+            cell);
       };
-      if (N >= kFoldBatch) {
+      if (fold) {
         run(std::integral_constant<int, 4>{}, Slots<0, 1, 3>{}, Slots<0, 1, 2>{});
       } else {
         run(std::integral_constant<int, 3>{}, Slots<0, 1, 2>{}, Slots<0, 1, 2>{});

@@ -18,11 +18,12 @@ constexpr int64_t kLSTMSaved = 5;
 // restrict on parameters (not on locals loaded from a struct), and needs it to
 // vectorize these loops.
 
-// xg, hg: the row's x_t @ W_ih^T and h_prev @ W_hh^T [4H]; b = b_ih + b_hh [4H];
+// xg, hg: the row's x_t @ W_ih^T and h_prev @ W_hh^T [4H] (hg in float from the fused
+// loop, else in the storage type); b = b_ih + b_hh [4H];
 // c: cell state [H], updated in place; y: h_t [H]; w: saved i, f, g, o, c [5H].
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename hg_t, typename acc_t>
 FUSEDRNN_CPU_CLONES void lstm_forward_units(
-    const scalar_t* __restrict xg, const scalar_t* __restrict hg, const acc_t* __restrict b,
+    const scalar_t* __restrict xg, const hg_t* __restrict hg, const acc_t* __restrict b,
     acc_t* __restrict c, scalar_t* __restrict y, acc_t* __restrict w, int64_t H, int64_t j0,
     int64_t j1) {
   for (int64_t j = j0; j < j1; ++j) {
@@ -101,10 +102,12 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
   acc_t* ws_p = ws2.mutable_data_ptr<acc_t>();
   scalar_t* cn_p = c_n.mutable_data_ptr<scalar_t>();
 #if FUSEDRNN_HAVE_FUSED
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    if (!w_hr && fused_available()) {
+  // float32 at any batch; 16-bit storage at small batches (kFused16BitBatch).
+  constexpr bool kFloat = std::is_same_v<scalar_t, float>;
+  if constexpr (!std::is_same_v<scalar_t, double>) {
+    if (!w_hr && fused_available() && (kFloat || N < kFused16BitBatch)) {
       auto cell = [&](int64_t s, int64_t n, int64_t j0, int64_t j1, const float* hg,
-                      const float* xg_row) {
+                      const scalar_t* xg_row) {
         const int64_t off = st.offset[reverse ? st.T - 1 - s : s];
         float* ws_row = (save ? ws_p + off * kLSTMSaved * H : ws_p) + n * kLSTMSaved * H;
         lstm_forward_units(xg_row, hg, bias.data(), c.data() + n * H, y_p + (off + n) * H,
@@ -112,11 +115,12 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
       };
       const Tensor w_ih_c = torch::stable::contiguous(w_ih);
       const Tensor w_hh_c = torch::stable::contiguous(w_hh), h0_c = torch::stable::contiguous(h0);
-      fused_forward<4, Slots<0, 1, 2, 3>, Slots<0, 1, 2, 3>>(st, reverse, H, x2.const_data_ptr<float>(), x2.size(1),
-                       w_ih_c.const_data_ptr<float>(), w_hh_c.const_data_ptr<float>(),
-                       h0_c.const_data_ptr<float>(), y_p, h_n.mutable_data_ptr<float>(), xg,
-                       N >= kFoldBatch, cell);
-      for (int64_t k = 0; k < N * H; ++k) cn_p[k] = c[k];
+      fused_forward<4, Slots<0, 1, 2, 3>, Slots<0, 1, 2, 3>>(
+          st, reverse, H, x2.const_data_ptr<scalar_t>(), x2.size(1),
+          w_ih_c.const_data_ptr<scalar_t>(), w_hh_c.const_data_ptr<scalar_t>(),
+          h0_c.const_data_ptr<scalar_t>(), y_p, h_n.mutable_data_ptr<scalar_t>(), xg,
+          kFloat && N >= kFoldBatch, cell);
+      for (int64_t k = 0; k < N * H; ++k) cn_p[k] = static_cast<scalar_t>(c[k]);
       return;
     }
   }
