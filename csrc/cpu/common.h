@@ -15,33 +15,12 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 namespace fusedrnn {
 
 // opmath: float for float, bfloat16 and float16; double for double.
 template <typename scalar_t>
 using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-
-// A fresh buffer for a large per-call array (y, the workspace, gate gradients), backed
-// by 2 MB pages where the kernel allows it (transparent huge pages in "madvise" mode).
-// glibc maps arrays over 32 MB fresh on every call; first touching them 4 KB at a time
-// cost 20% of an LSTM training step (perf, fastrnns shape), against 1/512 the faults
-// with 2 MB pages. The advice only changes how the pages are backed.
-inline Tensor large_buffer(const Tensor& like, std::vector<int64_t> sizes,
-                           std::optional<ScalarType> dtype = std::nullopt) {
-  Tensor out = empty_as(like, std::move(sizes), dtype);
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-  const auto p = reinterpret_cast<uintptr_t>(out.data_ptr());
-  const uintptr_t lo = (p + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t hi = (p + out.numel() * out.element_size()) & ~(kHuge - 1);
-  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
-#endif
-  return out;
-}
 
 // Calls f(scalar_t{}) for the storage types torch.nn accepts on the CPU.
 template <typename F>
@@ -234,7 +213,7 @@ std::vector<opmath_t<scalar_t>> bias_vector(const std::optional<Tensor>& b, int6
 // step t] = y[same sequence, step prev(t)] or h0. y2 [R,P] and h0 [N,P] contiguous.
 inline Tensor previous_states(const Tensor& y2, const Tensor& h0, const Steps& st,
                               bool reverse) {
-  Tensor hp = large_buffer(y2, {y2.size(0), y2.size(1)});
+  Tensor hp = torch::stable::empty_like(y2);
   const int64_t P = y2.size(1);
   const size_t row_bytes = P * y2.element_size();
   const char* y = static_cast<const char*>(y2.const_data_ptr());

@@ -146,9 +146,9 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
   const Tensor x = torch::stable::contiguous(x_in);
   const Tensor x2 = torch::stable::reshape(x, {st.R, x.size(x.dim() - 1)});
   const ScalarType dt = x.scalar_type();
-  Tensor y2 = large_buffer(x, {st.R, H});
+  Tensor y2 = empty_as(x, {st.R, H});
   Tensor h_n = empty_as(x, {st.N, H});
-  Tensor ws2 = large_buffer(x, {save ? st.R : st.N, kGRUSaved * H}, opmath_type(dt));
+  Tensor ws2 = empty_as(x, {save ? st.R : st.N, kGRUSaved * H}, opmath_type(dt));
   dispatch_floating(dt, "gru_forward", [&](auto tag) {
     gru_forward_impl<decltype(tag)>(st, x2, w_ih, w_hh, b_ih, b_hh, h0, reverse, save, y2, h_n,
                                     ws2);
@@ -240,12 +240,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   const Tensor ghn = torch::stable::contiguous(grad_h_n);
   const Tensor hp = previous_states(y2, torch::stable::contiguous(h0), st, reverse);
 
-  Tensor dgi = large_buffer(x2, {st.R, G});
-  Tensor dgh = large_buffer(x2, {st.R, G});
+  Tensor dgi = empty_as(x2, {st.R, G});
+  Tensor dgh = empty_as(x2, {st.R, G});
   Tensor dh0 = empty_as(x2, {st.N, H});
   Tensor db_ih = empty_as(x2, {G});
   Tensor db_hh = empty_as(x2, {G});
-  Tensor dx2 = large_buffer(x2, {st.R, I});
+  Tensor dx2 = empty_as(x2, {st.R, I});
   bool have_dx = false;  // the fused loop computes dx as it goes
   dispatch_floating(dt, "gru_backward", [&](auto tag) {
     using scalar_t = decltype(tag);

@@ -169,10 +169,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
   const Tensor x = torch::stable::contiguous(x_in);
   const Tensor x2 = torch::stable::reshape(x, {st.R, x.size(x.dim() - 1)});
   const ScalarType dt = x.scalar_type();
-  Tensor y2 = large_buffer(x, {st.R, P});
+  Tensor y2 = empty_as(x, {st.R, P});
   Tensor h_n = empty_as(x, {st.N, P});
   Tensor c_n = empty_as(x, {st.N, H});
-  Tensor ws2 = large_buffer(x, {save ? st.R : st.N, kLSTMSaved * H}, opmath_type(dt));
+  Tensor ws2 = empty_as(x, {save ? st.R : st.N, kLSTMSaved * H}, opmath_type(dt));
   dispatch_floating(dt, "lstm_forward", [&](auto tag) {
     lstm_forward_impl<decltype(tag)>(st, x2, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, save,
                                      y2, h_n, c_n, ws2);
@@ -262,7 +262,7 @@ template <typename scalar_t>
 Tensor projection_inputs(const Tensor& ws2, int64_t H, const Tensor& like) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t R = ws2.size(0);
-  Tensor m = large_buffer(like, {R, H});
+  Tensor m = empty_as(like, {R, H});
   const acc_t* w = ws2.const_data_ptr<acc_t>();
   scalar_t* out = m.mutable_data_ptr<scalar_t>();
   parallel_rows(R, std::max<int64_t>(1, kPointwiseGrain / H), [&](int64_t r0, int64_t r1) {
@@ -302,13 +302,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   const Tensor c0 = torch::stable::contiguous(c0_in);
   const Tensor h0c = torch::stable::contiguous(h0);
 
-  Tensor dgates = large_buffer(x2, {st.R, G});
-  Tensor dh_all = large_buffer(x2, {w_hr ? st.R : 0, P});
+  Tensor dgates = empty_as(x2, {st.R, G});
+  Tensor dh_all = empty_as(x2, {w_hr ? st.R : 0, P});
   Tensor dh0 = empty_as(x2, {st.N, P});
   Tensor dc0 = empty_as(x2, {st.N, H});
   Tensor db = empty_as(x2, {G});
   Tensor dw_hr = empty_as(x2, {0});
-  Tensor dx2 = large_buffer(x2, {st.R, I});
+  Tensor dx2 = empty_as(x2, {st.R, I});
   bool have_dx = false;  // the fused loop computes dx as it goes
   dispatch_floating(dt, "lstm_backward", [&](auto tag) {
     using scalar_t = decltype(tag);
