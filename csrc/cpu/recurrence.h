@@ -1,13 +1,14 @@
-// The fused float32 forward recurrence on AVX-512: the step GEMM h_{t-1} @ W_hh^T and the
-// cell's pointwise pass in one loop, run by workers that stay alive across the steps.
+// The fused recurrence on AVX-512, forward and backward: the step's GEMM and the cell's
+// pointwise pass in one loop, run by workers that stay alive across the steps. Float
+// math; float32 storage at any batch, 16-bit storage forward at small batches.
 //
-// Why: the unfused loop pays, per step, one oneDNN GEMM call (dispatcher, primitive
-// lookup, an OpenMP fork/join: about 16 us at batch 1), a second fork/join for the
-// pointwise pass, and a round trip of hg through memory. Here each worker owns a fixed set
-// of blocks of kUnits hidden units: it computes all gates of its units for the step's rows
-// with a register-blocked micro-kernel, applies the cell while those gates are in L1, and
-// meets the other workers at one spin barrier per step. A worker's slice of W_hh is the
-// same every step, so it stays in that core's cache.
+// Why: the GEMM loop pays, per step, one oneDNN GEMM call (dispatcher, primitive lookup,
+// an OpenMP fork/join: about 16 us at batch 1), a second fork/join for the pointwise
+// pass, and a round trip of the gates through memory. Here each worker owns a fixed set
+// of blocks of hidden units: it computes all gates of its units for the step's rows with
+// a register-blocked micro-kernel, applies the cell while those gates are in L1, and
+// meets the other workers at one spin barrier per step. A worker's slice of the weights
+// is the same every step, so it stays in that core's cache.
 //
 // Every output element is one dot product over k in a fixed order, whatever the number of
 // workers: results are bit-identical for any thread count.
