@@ -184,12 +184,12 @@ bool gru_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, co
         gru_backward_units(gy_p + r * H, rec, hp_p + r * H, ws_p + r * kGRUSaved * H,
                            dd.data() + n * H, dgi_p + r * G, dgh_p + r * G, H, j0, j1);
       };
-      fused_backward(st, reverse, H, G, torch::stable::contiguous(w_hh),
+      const bool have_dx = fused_backward(st, reverse, H, G, torch::stable::contiguous(w_hh),
                      torch::stable::contiguous(w_ih), ghn.const_data_ptr<float>(), dgh, dgi,
                      dx2, dh0, cell);
       float* dh0_p = dh0.mutable_data_ptr<float>();
       for (int64_t k = 0; k < N * H; ++k) dh0_p[k] = dd[k] + dh0_p[k];
-      return true;
+      return have_dx;
     }
   }
 #endif

@@ -214,12 +214,12 @@ bool lstm_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, c
         lstm_backward_units(gy_p + r * H, rec, ws_p + r * kLSTMSaved * H, c_prev(t, n),
                             dc.data() + n * H, dg_p + r * G, H, j0, j1);
       };
-      fused_backward(st, reverse, H, G, torch::stable::contiguous(w_hh),
+      const bool have_dx = fused_backward(st, reverse, H, G, torch::stable::contiguous(w_hh),
                      torch::stable::contiguous(w_ih), ghn.const_data_ptr<float>(), dgates,
                      dgates, dx2, dh0, cell);
       float* dc0_p = dc0.mutable_data_ptr<float>();
       for (int64_t k = 0; k < N * H; ++k) dc0_p[k] = dc[k];
-      return true;
+      return have_dx;
     }
   }
 #endif
