@@ -341,18 +341,8 @@ FUSEDRNN_AVX512 void block_tile(const float* const* a, const float* b, int64_t K
     for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_setzero_ps();
   bool first = true;
   for (int64_t k0 = 0; k0 < K; k0 += kChunkK) {
-    const int64_t k1 = std::min(K, k0 + kChunkK);
-    for (int64_t k = k0; k < k1; ++k) {
-      __m512 bv[4];
-#pragma GCC unroll 4
-      for (int v = 0; v < 4; ++v) bv[v] = _mm512_loadu_ps(b + (k * 4 + v) * kUnits);
-#pragma GCC unroll 8
-      for (int r = 0; r < MR; ++r) {
-        const __m512 av = _mm512_set1_ps(a[r][k]);
-#pragma GCC unroll 4
-        for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
-      }
-    }
+    // The panel's rows are [4 vectors of 16 units], the forward panels' layout with 4 gates.
+    tile_product<MR, 4, Slots<0, 1, 2, 3>>(acc, a, b, k0, std::min(K, k0 + kChunkK));
     chunk_done<MR, 4>(acc, c, ldc, kUnits, masks, first);
   }
 }
