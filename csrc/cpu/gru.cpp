@@ -2,7 +2,7 @@
 // Same structure as lstm.cpp. W_hn h + b_hn is kept apart from W_in x + b_in for the reset gate, so
 // the recurrent GEMM's gradient (dgh) differs from the input GEMM's (dgi) in the n block.
 #include "common.h"
-#include "recurrence.h"
+#include "fused_backward.h"
 #include "../cells.h"
 
 namespace fusedrnn {
@@ -161,38 +161,17 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
           torch::stable::reshape(ws2, {st.T, st.N, kGRUSaved * H})};
 }
 
+// The GEMM loop's backward: dgi, dgh [R, G] (dX and dG) and dh0 [N, H] filled.
 template <typename scalar_t>
-bool gru_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, const Tensor& hp,
-                       const Tensor& w_ih, const Tensor& w_hh, const Tensor& ws2, bool reverse,
-                       Tensor& dgi, Tensor& dgh, Tensor& dx2, Tensor& dh0) {
+void gru_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, const Tensor& hp,
+                       const Tensor& w_hh, const Tensor& ws2, bool reverse, Tensor& dgi,
+                       Tensor& dgh, Tensor& dh0) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t N = st.N, H = w_hh.size(1), G = 3 * H;
 
   // Per row: dh carries dgh @ W_hh (and grad_h_n before a row's last step), dd carries
   // dh * z, the part of dh_prev that bypasses W_hh.
   std::vector<acc_t> dd(N * H, acc_t(0));
-#if FUSEDRNN_HAVE_FUSED
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    if (fused_available()) {
-      const float* gy_p = gy2.const_data_ptr<float>();
-      const float* hp_p = hp.const_data_ptr<float>();
-      const float* ws_p = ws2.const_data_ptr<float>();
-      float* dgi_p = dgi.mutable_data_ptr<float>();
-      float* dgh_p = dgh.mutable_data_ptr<float>();
-      auto cell = [&](int64_t s, int64_t n, int64_t j0, int64_t j1, const float* rec) {
-        const int64_t r = st.offset[reverse ? s : st.T - 1 - s] + n;
-        gru_backward_units(gy_p + r * H, rec, hp_p + r * H, ws_p + r * kGRUSaved * H,
-                           dd.data() + n * H, dgi_p + r * G, dgh_p + r * G, H, j0, j1);
-      };
-      const bool have_dx = fused_backward(st, reverse, H, G, torch::stable::contiguous(w_hh),
-                     torch::stable::contiguous(w_ih), ghn.const_data_ptr<float>(), dgh, dgi,
-                     dx2, dh0, cell);
-      float* dh0_p = dh0.mutable_data_ptr<float>();
-      for (int64_t k = 0; k < N * H; ++k) dh0_p[k] = dd[k] + dh0_p[k];
-      return have_dx;
-    }
-  }
-#endif
   const Tensor w_hh_tc = torch::stable::contiguous(t(w_hh));  // [H, G], for linear()
   Tensor dh = torch::stable::clone(ghn);
   const scalar_t* gy_p = gy2.const_data_ptr<scalar_t>();
@@ -215,8 +194,49 @@ bool gru_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, co
   scalar_t* dh0_p = dh0.mutable_data_ptr<scalar_t>();
   for (int64_t k = 0; k < N * H; ++k)
     dh0_p[k] = static_cast<scalar_t>(dd[k] + static_cast<acc_t>(dh_p[k]));
-  return false;
 }
+
+#if FUSEDRNN_HAVE_FUSED
+// The fused loop's backward (float32), every gradient in one pass (fused_backward.h).
+// All tensors contiguous; x2 [R,I], y2 [R,H], ws2 [R,4H].
+void gru_backward_fused(const Steps& st, bool reverse, const Tensor& gy2, const Tensor& ghn,
+                        const Tensor& x2, const Tensor& y2, const Tensor& h0, const Tensor& w_ih,
+                        const Tensor& w_hh, const Tensor& ws2, Tensor& dx2, Tensor& dh0,
+                        Tensor& dw_ih, Tensor& dw_hh, Tensor& db_ih, Tensor& db_hh) {
+  const int64_t N = st.N, H = w_hh.size(1), G = 3 * H;
+  // dd carries dh * z per row, the part of dh_prev that bypasses W_hh.
+  std::vector<float> dd(N * H, 0.f);
+  const float* gy_p = gy2.const_data_ptr<float>();
+  const float* ws_p = ws2.const_data_ptr<float>();
+  const float* y_p = y2.const_data_ptr<float>();
+  const float* h0_p = h0.const_data_ptr<float>();
+  auto cell = [&](int64_t s, int64_t n, int64_t j0, int64_t j1, const float* rec, float* dgh,
+                  float* dgi) {
+    const int64_t t = reverse ? s : st.T - 1 - s, r = st.offset[t] + n;
+    const float* hp = n < st.carried(t, reverse)
+                          ? y_p + (st.offset[st.prev(t, reverse)] + n) * H
+                          : h0_p + n * H;
+    gru_backward_units(gy_p + r * H, rec, hp, ws_p + r * kGRUSaved * H, dd.data() + n * H, dgi,
+                       dgh, H, j0, j1);
+  };
+  std::vector<double> db_i(G, 0.0), db_h(G, 0.0);
+  fused_backward(st, reverse, 3, H, x2.size(1), x2.const_data_ptr<float>(), y_p, h0_p,
+                 w_ih.const_data_ptr<float>(), w_hh.const_data_ptr<float>(),
+                 ghn.const_data_ptr<float>(), true,
+                 {dx2.mutable_data_ptr<float>(), dh0.mutable_data_ptr<float>(),
+                  dw_ih.mutable_data_ptr<float>(), dw_hh.mutable_data_ptr<float>(), db_i.data(),
+                  db_h.data()},
+                 cell);
+  float* dh0_p = dh0.mutable_data_ptr<float>();
+  for (int64_t k = 0; k < N * H; ++k) dh0_p[k] += dd[k];
+  float* bi = db_ih.mutable_data_ptr<float>();
+  float* bh = db_hh.mutable_data_ptr<float>();
+  for (int64_t k = 0; k < G; ++k) {
+    bi[k] = static_cast<float>(db_i[k]);
+    bh[k] = static_cast<float>(db_h[k]);
+  }
+}
+#endif
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     const Tensor& grad_y_a, const Tensor& grad_h_n_a, const Tensor& x_a, const Tensor& w_ih_a,
@@ -238,29 +258,42 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   const Tensor y2 = torch::stable::reshape(torch::stable::contiguous(y), {st.R, H});
   const Tensor ws2 = torch::stable::reshape(torch::stable::contiguous(ws), {st.R, kGRUSaved * H});
   const Tensor ghn = torch::stable::contiguous(grad_h_n);
-  const Tensor hp = previous_states(y2, torch::stable::contiguous(h0), st, reverse);
+  const Tensor h0c = torch::stable::contiguous(h0);
 
-  Tensor dgi = empty_as(x2, {st.R, G});
-  Tensor dgh = empty_as(x2, {st.R, G});
   Tensor dh0 = empty_as(x2, {st.N, H});
   Tensor db_ih = empty_as(x2, {G});
   Tensor db_hh = empty_as(x2, {G});
-  Tensor dx2 = empty_as(x2, {st.R, I});
-  bool have_dx = false;  // the fused loop computes dx as it goes
-  dispatch_floating(dt, "gru_backward", [&](auto tag) {
-    using scalar_t = decltype(tag);
-    have_dx = gru_backward_impl<scalar_t>(st, gy2, ghn, hp, w_ih, w_hh, ws2, reverse, dgi, dgh,
-                                          dx2, dh0);
-    column_sum<scalar_t>(dgi.const_data_ptr<scalar_t>(), st.R, G,
-                         db_ih.mutable_data_ptr<scalar_t>());
-    column_sum<scalar_t>(dgh.const_data_ptr<scalar_t>(), st.R, G,
-                         db_hh.mutable_data_ptr<scalar_t>());
-  });
-  if (!have_dx) dx2 = linear(dgi, torch::stable::contiguous(t(w_ih)));
+  Tensor dx2, dw_ih, dw_hh;
+  bool fused = false;
+#if FUSEDRNN_HAVE_FUSED
+  if (dt == ScalarType::Float && fused_available() && st.T > 0) {
+    dx2 = empty_as(x2, {st.R, I});
+    dw_ih = empty_as(x2, {G, I});
+    dw_hh = empty_as(x2, {G, H});
+    gru_backward_fused(st, reverse, gy2, ghn, x2, y2, h0c, torch::stable::contiguous(w_ih),
+                       torch::stable::contiguous(w_hh), ws2, dx2, dh0, dw_ih, dw_hh, db_ih,
+                       db_hh);
+    fused = true;
+  }
+#endif
+  if (!fused) {
+    const Tensor hp = previous_states(y2, h0c, st, reverse);
+    Tensor dgi = empty_as(x2, {st.R, G});
+    Tensor dgh = empty_as(x2, {st.R, G});
+    dispatch_floating(dt, "gru_backward", [&](auto tag) {
+      using scalar_t = decltype(tag);
+      gru_backward_impl<scalar_t>(st, gy2, ghn, hp, w_hh, ws2, reverse, dgi, dgh, dh0);
+      column_sum<scalar_t>(dgi.const_data_ptr<scalar_t>(), st.R, G,
+                           db_ih.mutable_data_ptr<scalar_t>());
+      column_sum<scalar_t>(dgh.const_data_ptr<scalar_t>(), st.R, G,
+                           db_hh.mutable_data_ptr<scalar_t>());
+    });
+    dx2 = linear(dgi, torch::stable::contiguous(t(w_ih)));
+    dw_ih = mm_tn(dgi, x2);
+    dw_hh = mm_tn(dgh, hp);
+  }
   Tensor dx = torch::stable::reshape(dx2, x_in.dim() == 3 ? std::vector<int64_t>{st.T, st.N, I}
                                                           : std::vector<int64_t>{st.R, I});
-  Tensor dw_ih = mm_tn(dgi, x2);
-  Tensor dw_hh = mm_tn(dgh, hp);
   return {dx, dh0, dw_ih, dw_hh, db_ih, db_hh};
 }
 

@@ -5,7 +5,7 @@
 // Backward: per step one fused pass and dh = dgates @ W_hh; after the loop dx, dW_ih,
 // dW_hh (and dW_hr) as large GEMMs and the bias gradient as a fixed-order reduction.
 #include "common.h"
-#include "recurrence.h"
+#include "fused_backward.h"
 #include "../cells.h"
 
 namespace fusedrnn {
@@ -185,13 +185,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
           torch::stable::reshape(ws2, {st.T, st.N, kLSTMSaved * H})};
 }
 
-// gy2 [R,P]; dgates [R,4H]; with projections also dh_all [R,P] (the grad of each step's
-// h, all sources summed) for dW_hr. Returns nothing; dh0, dc0 [N,P], [N,H] filled.
+// The GEMM loop's backward. gy2 [R,P]; dgates [R,4H]; with projections also dh_all [R,P]
+// (the grad of each step's h, all sources summed) for dW_hr. dh0, dc0 [N,P], [N,H] filled.
 template <typename scalar_t>
-bool lstm_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, const Tensor& gcn,
-                        const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
-                        const std::optional<Tensor>& w_hr, const Tensor& ws2, bool reverse,
-                        Tensor& dgates, Tensor& dh_all, Tensor& dx2, Tensor& dh0, Tensor& dc0) {
+void lstm_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, const Tensor& gcn,
+                        const Tensor& c0, const Tensor& w_hh, const std::optional<Tensor>& w_hr,
+                        const Tensor& ws2, bool reverse, Tensor& dgates, Tensor& dh_all,
+                        Tensor& dh0, Tensor& dc0) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t N = st.N, H = w_hh.size(0) / 4, P = w_hh.size(1), G = 4 * H;
 
@@ -206,23 +206,6 @@ bool lstm_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, c
   };
   const scalar_t* gy_p = gy2.const_data_ptr<scalar_t>();
   scalar_t* dg_p = dgates.mutable_data_ptr<scalar_t>();
-#if FUSEDRNN_HAVE_FUSED
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    if (!w_hr && fused_available()) {
-      auto cell = [&](int64_t s, int64_t n, int64_t j0, int64_t j1, const float* rec) {
-        const int64_t t = reverse ? s : st.T - 1 - s, r = st.offset[t] + n;
-        lstm_backward_units(gy_p + r * H, rec, ws_p + r * kLSTMSaved * H, c_prev(t, n),
-                            dc.data() + n * H, dg_p + r * G, H, j0, j1);
-      };
-      const bool have_dx = fused_backward(st, reverse, H, G, torch::stable::contiguous(w_hh),
-                     torch::stable::contiguous(w_ih), ghn.const_data_ptr<float>(), dgates,
-                     dgates, dx2, dh0, cell);
-      float* dc0_p = dc0.mutable_data_ptr<float>();
-      for (int64_t k = 0; k < N * H; ++k) dc0_p[k] = dc[k];
-      return have_dx;
-    }
-  }
-#endif
   const Tensor w_hh_tc = torch::stable::contiguous(t(w_hh));  // [P, G], for linear()
   Tensor dh = torch::stable::clone(ghn);  // grad of h from later steps [N,P], per row
   Tensor dm = empty_as(gy2, {w_hr ? N : 0, H});
@@ -254,8 +237,46 @@ bool lstm_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, c
   torch::stable::copy_(dh0, dh);
   scalar_t* dc0_p = dc0.mutable_data_ptr<scalar_t>();
   for (int64_t k = 0; k < N * H; ++k) dc0_p[k] = static_cast<scalar_t>(dc[k]);
-  return false;
 }
+
+#if FUSEDRNN_HAVE_FUSED
+// The fused loop's backward (float32, no projections), every gradient in one pass
+// (fused_backward.h). All tensors contiguous; x2 [R,I], y2 [R,H], ws2 [R,5H].
+void lstm_backward_fused(const Steps& st, bool reverse, const Tensor& gy2, const Tensor& ghn,
+                         const Tensor& gcn, const Tensor& c0, const Tensor& x2, const Tensor& y2,
+                         const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
+                         const Tensor& ws2, Tensor& dx2, Tensor& dh0, Tensor& dc0,
+                         Tensor& dw_ih, Tensor& dw_hh, Tensor& db) {
+  const int64_t N = st.N, H = w_hh.size(1), G = 4 * H;
+  std::vector<float> dc = to_opmath<float>(gcn);  // grad of c, carried back per row
+  const std::vector<float> c_first = to_opmath<float>(c0);
+  const float* ws_p = ws2.const_data_ptr<float>();
+  const float* gy_p = gy2.const_data_ptr<float>();
+  auto cell = [&](int64_t s, int64_t n, int64_t j0, int64_t j1, const float* rec, float* dg,
+                  float*) {
+    const int64_t t = reverse ? s : st.T - 1 - s, r = st.offset[t] + n;
+    // c_{t-1}: saved by the previous step, or c0
+    const float* cp = n < st.carried(t, reverse)
+                          ? ws_p + (st.offset[st.prev(t, reverse)] + n) * kLSTMSaved * H + 4 * H
+                          : c_first.data() + n * H;
+    lstm_backward_units(gy_p + r * H, rec, ws_p + r * kLSTMSaved * H, cp, dc.data() + n * H, dg,
+                        H, j0, j1);
+  };
+  std::vector<double> db_sum(G, 0.0);
+  fused_backward(st, reverse, 4, H, x2.size(1), x2.const_data_ptr<float>(),
+                 y2.const_data_ptr<float>(), h0.const_data_ptr<float>(),
+                 w_ih.const_data_ptr<float>(), w_hh.const_data_ptr<float>(),
+                 ghn.const_data_ptr<float>(), false,
+                 {dx2.mutable_data_ptr<float>(), dh0.mutable_data_ptr<float>(),
+                  dw_ih.mutable_data_ptr<float>(), dw_hh.mutable_data_ptr<float>(),
+                  db_sum.data(), nullptr},
+                 cell);
+  float* dc0_p = dc0.mutable_data_ptr<float>();
+  for (int64_t k = 0; k < N * H; ++k) dc0_p[k] = dc[k];
+  float* db_p = db.mutable_data_ptr<float>();
+  for (int64_t k = 0; k < G; ++k) db_p[k] = static_cast<float>(db_sum[k]);
+}
+#endif
 
 // m = o * tanh(c) of every row, from the workspace: the input of the projection.
 template <typename scalar_t>
@@ -302,27 +323,40 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   const Tensor c0 = torch::stable::contiguous(c0_in);
   const Tensor h0c = torch::stable::contiguous(h0);
 
-  Tensor dgates = empty_as(x2, {st.R, G});
-  Tensor dh_all = empty_as(x2, {w_hr ? st.R : 0, P});
   Tensor dh0 = empty_as(x2, {st.N, P});
   Tensor dc0 = empty_as(x2, {st.N, H});
   Tensor db = empty_as(x2, {G});
   Tensor dw_hr = empty_as(x2, {0});
-  Tensor dx2 = empty_as(x2, {st.R, I});
-  bool have_dx = false;  // the fused loop computes dx as it goes
-  dispatch_floating(dt, "lstm_backward", [&](auto tag) {
-    using scalar_t = decltype(tag);
-    have_dx = lstm_backward_impl<scalar_t>(st, gy2, ghn, gcn, c0, w_ih, w_hh, w_hr, ws2, reverse,
-                                           dgates, dh_all, dx2, dh0, dc0);
-    column_sum<scalar_t>(dgates.const_data_ptr<scalar_t>(), st.R, G,
-                         db.mutable_data_ptr<scalar_t>());
-    if (w_hr) dw_hr = mm_tn(dh_all, projection_inputs<scalar_t>(ws2, H, x2));
-  });
-  if (!have_dx) dx2 = linear(dgates, torch::stable::contiguous(t(w_ih)));
+  Tensor dx2, dw_ih, dw_hh;
+  bool fused = false;
+#if FUSEDRNN_HAVE_FUSED
+  if (dt == ScalarType::Float && !w_hr && fused_available() && st.T > 0) {
+    dx2 = empty_as(x2, {st.R, I});
+    dw_ih = empty_as(x2, {G, I});
+    dw_hh = empty_as(x2, {G, P});
+    lstm_backward_fused(st, reverse, gy2, ghn, gcn, c0, x2, y2, h0c,
+                        torch::stable::contiguous(w_ih), torch::stable::contiguous(w_hh), ws2,
+                        dx2, dh0, dc0, dw_ih, dw_hh, db);
+    fused = true;
+  }
+#endif
+  if (!fused) {
+    Tensor dgates = empty_as(x2, {st.R, G});
+    Tensor dh_all = empty_as(x2, {w_hr ? st.R : 0, P});
+    dispatch_floating(dt, "lstm_backward", [&](auto tag) {
+      using scalar_t = decltype(tag);
+      lstm_backward_impl<scalar_t>(st, gy2, ghn, gcn, c0, w_hh, w_hr, ws2, reverse, dgates,
+                                   dh_all, dh0, dc0);
+      column_sum<scalar_t>(dgates.const_data_ptr<scalar_t>(), st.R, G,
+                           db.mutable_data_ptr<scalar_t>());
+      if (w_hr) dw_hr = mm_tn(dh_all, projection_inputs<scalar_t>(ws2, H, x2));
+    });
+    dx2 = linear(dgates, torch::stable::contiguous(t(w_ih)));
+    dw_ih = mm_tn(dgates, x2);
+    dw_hh = mm_tn(dgates, previous_states(y2, h0c, st, reverse));
+  }
   Tensor dx = torch::stable::reshape(dx2, x_in.dim() == 3 ? std::vector<int64_t>{st.T, st.N, I}
                                                           : std::vector<int64_t>{st.R, I});
-  Tensor dw_ih = mm_tn(dgates, x2);
-  Tensor dw_hh = mm_tn(dgates, previous_states(y2, h0c, st, reverse));
   return {dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr};
 }
 

@@ -157,16 +157,15 @@ FUSEDRNN_AVX512 inline __attribute__((always_inline)) void tile_product(
 // twice as much as torch.nn's GEMMs (tests/test_accuracy.py).
 constexpr int64_t kChunkK = 128;
 
-// c[r*ldc + v*ldv] = acc[r][v] (the first chunk) or c + acc, lanes in masks[v]; acc = 0.
+// c[r][v*ldv] = acc[r][v] (the first chunk) or c + acc, lanes in masks[v]; acc = 0.
 template <int MR, int NA>
 FUSEDRNN_AVX512 inline __attribute__((always_inline)) void chunk_done(
-    __m512 (&acc)[MR][NA], float* c, int64_t ldc, int64_t ldv, const __mmask16* masks,
-    bool& first) {
+    __m512 (&acc)[MR][NA], float* const* c, int64_t ldv, const __mmask16* masks, bool& first) {
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) {
 #pragma GCC unroll 4
     for (int v = 0; v < NA; ++v) {
-      float* p = c + r * ldc + v * ldv;
+      float* p = c[r] + v * ldv;
       const __m512 sum =
           first ? acc[r][v] : _mm512_add_ps(_mm512_maskz_loadu_ps(masks[v], p), acc[r][v]);
       _mm512_mask_storeu_ps(p, masks[v], sum);
@@ -188,6 +187,8 @@ FUSEDRNN_AVX512 void gates_tile(const float* const* ax, const float* bx, int64_t
   __m512 acc[MR][NA];
   __mmask16 masks[NA];
   for (int v = 0; v < NA; ++v) masks[v] = mask;
+  float* cr[MR];
+  for (int r = 0; r < MR; ++r) cr[r] = c + r * ldc;
   bool first = true;
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
@@ -195,11 +196,11 @@ FUSEDRNN_AVX512 void gates_tile(const float* const* ax, const float* bx, int64_t
     for (int v = 0; v < NA; ++v) acc[r][v] = _mm512_setzero_ps();
   for (int64_t k0 = 0; k0 < Kx; k0 += kChunkK) {
     tile_product<MR, NA, XS>(acc, ax, bx, k0, std::min(Kx, k0 + kChunkK));
-    chunk_done<MR, NA>(acc, c, ldc, H, masks, first);
+    chunk_done<MR, NA>(acc, cr, H, masks, first);
   }
   for (int64_t k0 = 0; k0 < Kh || first; k0 += kChunkK) {
     tile_product<MR, NA, HS>(acc, ah, bh, k0, std::min(Kh, k0 + kChunkK));
-    chunk_done<MR, NA>(acc, c, ldc, H, masks, first);
+    chunk_done<MR, NA>(acc, cr, H, masks, first);
   }
 }
 
@@ -324,149 +325,6 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, 
     }
     std::memcpy(h_n + n * H, y + (st.offset[t] + n) * H, H * sizeof(scalar_t));
   }
-}
-
-// Units per block of the backward loop: four vectors of one row of W_hh.
-constexpr int64_t kBackUnits = 4 * kUnits;
-
-// c[r*ldc + u] = sum_k a[r][k] * b[k*kBackUnits + u] for MR rows and the kBackUnits units
-// of a block, lanes in masks[u / kUnits]. k runs in chunks of kChunkK.
-template <int MR>
-FUSEDRNN_AVX512 void block_tile(const float* const* a, const float* b, int64_t K, float* c,
-                                int64_t ldc, const __mmask16* masks) {
-  __m512 acc[MR][4];
-#pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_setzero_ps();
-  bool first = true;
-  for (int64_t k0 = 0; k0 < K; k0 += kChunkK) {
-    // The panel's rows are [4 vectors of 16 units], the forward panels' layout with 4 gates.
-    tile_product<MR, 4, Slots<0, 1, 2, 3>>(acc, a, b, k0, std::min(K, k0 + kChunkK));
-    chunk_done<MR, 4>(acc, c, ldc, kUnits, masks, first);
-  }
-}
-
-template <int MR = 6>
-FUSEDRNN_AVX512 void block_rows(int rows, const float* const* a, const float* b, int64_t K,
-                                float* c, int64_t ldc, const __mmask16* masks) {
-  if constexpr (MR > 1) {
-    if (rows < MR) return block_rows<MR - 1>(rows, a, b, K, c, ldc, masks);
-  }
-  block_tile<MR>(a, b, K, c, ldc, masks);
-}
-
-// w [G, C] (torch's layout) cut into column blocks, [blocks][G][kBackUnits], zero past C:
-// each block one contiguous panel (read in place, the rows' 4C-byte stride cost TLB
-// misses). The owner of a block packs it at its first step (pack(b)). The vector keeps
-// 16 spare floats for a 64-byte aligned start.
-struct ColumnPanels {
-  ColumnPanels(const float* w, int64_t G, int64_t C)
-      : w_(w), G_(G), C_(C), blocks((C + kBackUnits - 1) / kBackUnits),
-        data(blocks * G * kBackUnits + 16) {}
-  void pack(int64_t b) const {
-    const int64_t j0 = b * kBackUnits, u = std::min(C_ - j0, kBackUnits);
-    for (int64_t g = 0; g < G_; ++g) {
-      float* dst = start() + (b * G_ + g) * kBackUnits;
-      std::memcpy(dst, w_ + g * C_ + j0, u * sizeof(float));
-      std::fill(dst + u, dst + kBackUnits, 0.f);
-    }
-  }
-  const float* block(int64_t b) const { return start() + b * G_ * kBackUnits; }
-  float* start() const {
-    const auto p = reinterpret_cast<uintptr_t>(data.data());
-    return const_cast<float*>(reinterpret_cast<const float*>((p + 63) & ~uintptr_t{63}));
-  }
-  const float* w_;
-  int64_t G_, C_, blocks;
-  std::vector<float> data;
-};
-
-// out[n, j] = a_n . panel[:, j] for rows a_n = a + (r0 + n) * G, n < rows, and the
-// units [j0, min(C, j0 + kBackUnits)) of column block b; out has row stride C.
-FUSEDRNN_AVX512 inline void rows_times_panel(const float* a, int64_t r0, int64_t rows, int64_t G,
-                                             const ColumnPanels& w, int64_t b, int64_t C,
-                                             float* out) {
-  const int64_t j0 = b * kBackUnits, j1 = std::min(C, j0 + kBackUnits);
-  __mmask16 masks[4];
-  for (int v = 0; v < 4; ++v) {
-    const int64_t u = std::clamp<int64_t>(j1 - j0 - v * kUnits, 0, kUnits);
-    masks[v] = static_cast<__mmask16>((1u << u) - 1u);
-  }
-  for (int64_t n0 = 0; n0 < rows; n0 += 6) {
-    const int m = static_cast<int>(std::min<int64_t>(6, rows - n0));
-    const float* ar[6];
-    for (int r = 0; r < m; ++r) ar[r] = a + (r0 + n0 + r) * G;
-    block_rows(m, ar, w.block(b), G, out + n0 * C + j0, C, masks);
-  }
-}
-
-// The backward recurrence over steps in backward run order (s; t = T-1-s forward, s in
-// reverse). At step s, for the step's rows n < B and each block [j0, j1) of kBackUnits
-// units: rec[n, j] = dG_{t'}[n] . W_hh[:, j], the gradient reaching h_t through the step
-// t' run just before (rows t' also ran), or ghn[n, j] for rows whose last step is t;
-// then cell(s, n, j0, j1, rec_row) runs the cell's backward, which writes row n of dG_t
-// (columns g*H + j of its units). In the same step the workers also compute the input
-// gradient of step t', dx = dX_{t'} @ W_ih, by blocks of kBackUnits columns of x (one
-// extra step for the last); dX is dG for LSTM, GRU's dG without the reset gate's split.
-// Below kFoldBatch rows it does not (returns false: the caller runs one GEMM after the
-// loop): W_hh's and W_ih's panels together overflow a core's L2, and a GEMV per step
-// costs more than one [T*N, G] x [G, I] GEMM (T=200, H=256, batch 1: LSTM backward
-// 2.54 -> 1.77 ms, GRU 1.74 -> 1.40 ms when dx left the loop).
-// Afterwards dh0 [N, H] = each row's dG at its first time step, times W_hh.
-// w_hh [G, H], w_ih [G, I], ghn [N, H], dG, dX [R, G], dx [R, I], all contiguous.
-template <typename Cell>
-bool fused_backward(const Steps& st, bool reverse, int64_t H, int64_t G, const Tensor& w_hh,
-                    const Tensor& w_ih, const float* ghn, const Tensor& dG, const Tensor& dX,
-                    Tensor& dx, Tensor& dh0, const Cell& cell) {
-  const int64_t N = st.N, I = w_ih.size(1);
-  const float* dg = dG.const_data_ptr<float>();
-  const float* dxg = dX.const_data_ptr<float>();
-  float* dx_p = dx.mutable_data_ptr<float>();
-  std::vector<float> rec(N * H);
-  const ColumnPanels wh(w_hh.const_data_ptr<float>(), G, H);
-  const bool with_dx = N >= kFoldBatch;
-  const ColumnPanels wi(w_ih.const_data_ptr<float>(), G, with_dx ? I : 0);
-  const int64_t blocks = wh.blocks, xblocks = wi.blocks;
-  const int64_t workers = std::max<int64_t>(
-      1, std::min<int64_t>({int64_t(torch::stable::get_num_threads()), blocks + xblocks,
-                            N * G * (H + I) / (1 << 16)}));
-  auto tt = [&](int64_t s) { return reverse ? s : st.T - 1 - s; };
-  run_steps(workers, 0, st.T + (with_dx ? 1 : 0), [&](int64_t wk, int64_t s) {
-    const int64_t tp = s > 0 ? tt(s - 1) : -1;
-    if (s == 0) {
-      for (int64_t b = blocks * wk / workers; b < blocks * (wk + 1) / workers; ++b) wh.pack(b);
-      for (int64_t b = xblocks * wk / workers; b < xblocks * (wk + 1) / workers; ++b) wi.pack(b);
-    }
-    if (s < st.T) {
-      const int64_t t = tt(s), B = st.batch[t];
-      const int64_t kept = tp >= 0 ? std::min(B, st.batch[tp]) : 0;
-      for (int64_t b = blocks * wk / workers; b < blocks * (wk + 1) / workers; ++b) {
-        const int64_t j0 = b * kBackUnits, j1 = std::min(H, j0 + kBackUnits);
-        if (kept > 0) rows_times_panel(dg, st.offset[tp], kept, G, wh, b, H, rec.data());
-        for (int64_t n = 0; n < B; ++n) {
-          cell(s, n, j0, j1, n < kept ? rec.data() + n * H : ghn + n * H);
-        }
-      }
-    }
-    if (tp >= 0 && with_dx) {
-      for (int64_t b = xblocks * wk / workers; b < xblocks * (wk + 1) / workers; ++b) {
-        rows_times_panel(dxg, st.offset[tp], st.batch[tp], G, wi, b, I,
-                         dx_p + st.offset[tp] * I);
-      }
-    }
-  });
-  // dh0: a row's first time step is t = 0 forward; in reverse it is the last t whose batch
-  // holds it, so rows [batch[t+1], batch[t]) end at t.
-  const Tensor w_t = torch::stable::contiguous(t(w_hh));  // [H, G]
-  for (int64_t t = 0; t < st.T; ++t) {
-    const int64_t hi = st.batch[t];
-    const int64_t lo = reverse ? (t + 1 < st.T ? st.batch[t + 1] : 0) : (t == 0 ? 0 : hi);
-    if (lo >= hi) continue;
-    Tensor part = rows(dh0, lo, hi - lo);
-    torch::stable::copy_(part, linear(rows(dG, st.offset[t] + lo, hi - lo), w_t));
-  }
-  return with_dx;
 }
 
 #endif  // FUSEDRNN_HAVE_FUSED

@@ -1,0 +1,300 @@
+// The fused backward recurrence on AVX-512 (float32): per step the recurrent product
+// dG_{t'} W_hh, the cell's backward, and, every chunk of about kChunkK rows, the weight
+// and bias gradients of the chunk's rows and its input gradient dx. Run by the workers of
+// recurrence.h, one spin barrier per step.
+//
+// Why the weight gradients are in the loop: as GEMMs after it they needed every step's
+// dG, a [T*N, G] buffer (52 MB at the fastrnns shape) that the allocator maps fresh and
+// page-faults in on every call, plus a copy of the previous states and a pass for the
+// bias; oneDNN ran the two transposed products at about 340 GFLOP/s. In the loop, dG
+// lives in a ring of a few steps that stays in cache, and each worker adds its own units'
+// rows of dW_ih, dW_hh and db: no sums across workers, so results stay bit-identical for
+// any thread count.
+#pragma once
+
+#include "recurrence.h"
+
+namespace fusedrnn {
+
+#if FUSEDRNN_HAVE_FUSED
+
+// Units per block of the backward loop: four vectors.
+constexpr int64_t kBackUnits = 4 * kUnits;
+
+// Lane masks of the four vectors of columns [c0, min(C, c0 + kBackUnits)).
+inline void block_masks(int64_t c0, int64_t C, __mmask16* masks) {
+  for (int v = 0; v < 4; ++v) {
+    const int64_t u = std::clamp<int64_t>(C - c0 - v * kUnits, 0, kUnits);
+    masks[v] = static_cast<__mmask16>((1u << u) - 1u);
+  }
+}
+
+// c[r][u] = sum_k a[r][k] * b[k*kBackUnits + u] for MR rows and the kBackUnits units of a
+// block, lanes in masks[u / kUnits]. k runs in chunks of kChunkK.
+template <int MR>
+FUSEDRNN_AVX512 void block_tile(const float* const* a, const float* b, int64_t K,
+                                float* const* c, const __mmask16* masks) {
+  __m512 acc[MR][4];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_setzero_ps();
+  bool first = true;
+  for (int64_t k0 = 0; k0 < K; k0 += kChunkK) {
+    // The panel's rows are [4 vectors of 16 units], the forward panels' layout with 4 gates.
+    tile_product<MR, 4, Slots<0, 1, 2, 3>>(acc, a, b, k0, std::min(K, k0 + kChunkK));
+    chunk_done<MR, 4>(acc, c, kUnits, masks, first);
+  }
+}
+
+template <int MR = 6>
+FUSEDRNN_AVX512 void block_rows(int rows, const float* const* a, const float* b, int64_t K,
+                                float* const* c, const __mmask16* masks) {
+  if constexpr (MR > 1) {
+    if (rows < MR) return block_rows<MR - 1>(rows, a, b, K, c, masks);
+  }
+  block_tile<MR>(a, b, K, c, masks);
+}
+
+// w [G, C] (torch's layout) cut into column blocks, [blocks][G][kBackUnits], zero past C:
+// each block one contiguous panel (read in place, the rows' 4C-byte stride cost TLB
+// misses). The owner of a block packs it at its first step (pack(b)). The vector keeps
+// 16 spare floats for a 64-byte aligned start.
+struct ColumnPanels {
+  ColumnPanels(const float* w, int64_t G, int64_t C)
+      : w_(w), G_(G), C_(C), blocks((C + kBackUnits - 1) / kBackUnits),
+        data(blocks * G * kBackUnits + 16) {}
+  void pack(int64_t b) const {
+    const int64_t j0 = b * kBackUnits, u = std::min(C_ - j0, kBackUnits);
+    for (int64_t g = 0; g < G_; ++g) {
+      float* dst = start() + (b * G_ + g) * kBackUnits;
+      std::memcpy(dst, w_ + g * C_ + j0, u * sizeof(float));
+      std::fill(dst + u, dst + kBackUnits, 0.f);
+    }
+  }
+  const float* block(int64_t b) const { return start() + b * G_ * kBackUnits; }
+  float* start() const {
+    const auto p = reinterpret_cast<uintptr_t>(data.data());
+    return const_cast<float*>(reinterpret_cast<const float*>((p + 63) & ~uintptr_t{63}));
+  }
+  const float* w_;
+  int64_t G_, C_, blocks;
+  std::vector<float> data;
+};
+
+// out_row(n)[j] = a_row(n) . w[:, j] for rows n < rows and the columns j of block b of w
+// (a_row(n) has w's G entries).
+template <typename A, typename O>
+FUSEDRNN_AVX512 void rows_times_panel(int64_t rows, const A& a_row, const O& out_row,
+                                      const ColumnPanels& w, int64_t b) {
+  const int64_t j0 = b * kBackUnits;
+  __mmask16 masks[4];
+  block_masks(j0, w.C_, masks);
+  for (int64_t n0 = 0; n0 < rows; n0 += 6) {
+    const int m = static_cast<int>(std::min<int64_t>(6, rows - n0));
+    const float* ar[6];
+    float* cr[6];
+    for (int r = 0; r < m; ++r) {
+      ar[r] = a_row(n0 + r);
+      cr[r] = out_row(n0 + r) + j0;
+    }
+    block_rows(m, ar, w.block(b), w.G_, cr, masks);
+  }
+}
+
+// The weight-gradient tile: for MR rows i of dW and four vectors of columns q,
+// c[i*ldc + q*kUnits + u] = (first ? 0 : c) + sum_{k < K} a[k][ac + i] * b[k][bc + q*kUnits + u],
+// lanes in masks[q]. a[k] is row k of dG (or dX), b[k] the same row's x (or h_{t-1}).
+// k runs in chunks of kChunkK, each chunk's sums added to c, as in the forward.
+template <int MR, bool kFull>
+FUSEDRNN_AVX512 void outer_tile(const float* const* a, int64_t ac, const float* const* b,
+                                int64_t bc, int64_t K, float* c, int64_t ldc,
+                                const __mmask16* masks, bool first) {
+  __m512 acc[MR][4];
+  float* cr[MR];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    cr[i] = c + i * ldc;
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; ++q) acc[i][q] = _mm512_setzero_ps();
+  }
+  // The sums this tile adds to, fetched while the products run (they come from L3).
+  if (!first) {
+    for (int i = 0; i < MR; ++i)
+      for (int q = 0; q < 4; ++q) _mm_prefetch(reinterpret_cast<const char*>(cr[i] + q * kUnits), _MM_HINT_T0);
+  }
+  for (int64_t k0 = 0; k0 < K; k0 += kChunkK) {
+    for (int64_t k = k0; k < std::min(K, k0 + kChunkK); ++k) {
+      const float* bk = b[k] + bc;
+      const float* ak = a[k] + ac;
+      __m512 bv[4];
+#pragma GCC unroll 4
+      for (int q = 0; q < 4; ++q) {
+        bv[q] = kFull ? _mm512_loadu_ps(bk + q * kUnits)
+                      : _mm512_maskz_loadu_ps(masks[q], bk + q * kUnits);
+      }
+#pragma GCC unroll 8
+      for (int i = 0; i < MR; ++i) {
+        const __m512 av = _mm512_set1_ps(ak[i]);
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; ++q) acc[i][q] = _mm512_fmadd_ps(av, bv[q], acc[i][q]);
+      }
+    }
+    chunk_done<MR, 4>(acc, cr, kUnits, masks, first);
+  }
+}
+
+template <int MR = 6>
+FUSEDRNN_AVX512 void outer_rows(int rows, const float* const* a, int64_t ac,
+                                const float* const* b, int64_t bc, int64_t K, float* c,
+                                int64_t ldc, const __mmask16* masks, bool first) {
+  if constexpr (MR > 1) {
+    if (rows < MR) return outer_rows<MR - 1>(rows, a, ac, b, bc, K, c, ldc, masks, first);
+  }
+  if (masks[3] == 0xffff) {
+    outer_tile<MR, true>(a, ac, b, bc, K, c, ldc, masks, first);
+  } else {
+    outer_tile<MR, false>(a, ac, b, bc, K, c, ldc, masks, first);
+  }
+}
+
+// One chunk's share of a weight gradient, for the units [j0, j1) of every gate v:
+// dw[v*H + j, :C] (+)= sum_k g[k][v*H + j] * src[k][:C] (first: = instead of +=) and,
+// with db, db[v*H + j] += sum_k g[k][v*H + j] in double, over the chunk's K rows.
+FUSEDRNN_AVX512 inline void weight_update(int64_t K, const float* const* g,
+                                          const float* const* src, int64_t C, int64_t gates,
+                                          int64_t H, int64_t j0, int64_t j1, float* dw,
+                                          double* db, bool first) {
+  for (int64_t c0 = 0; c0 < C; c0 += kBackUnits) {
+    __mmask16 masks[4];
+    block_masks(c0, C, masks);
+    for (int64_t v = 0; v < gates; ++v) {
+      for (int64_t i0 = j0; i0 < j1; i0 += 6) {
+        const int m = static_cast<int>(std::min<int64_t>(6, j1 - i0));
+        outer_rows(m, g, v * H + i0, src, c0, K, dw + (v * H + i0) * C + c0, C, masks, first);
+      }
+    }
+  }
+  if (db == nullptr) return;
+  for (int64_t v = 0; v < gates; ++v) {
+    double sum[kBackUnits] = {};
+    for (int64_t k = 0; k < K; ++k) {
+      const float* row = g[k] + v * H;
+      for (int64_t j = j0; j < j1; ++j) sum[j - j0] += row[j];
+    }
+    for (int64_t j = j0; j < j1; ++j) db[v * H + j] += sum[j - j0];
+  }
+}
+
+// The gradients the backward loop writes, contiguous float: dx [R, I]; dh0 [N, H], the
+// recurrent part (dG at a row's first step times W_hh); dw_ih [G, I], dw_hh [G, H]; and,
+// added to in double, db_x and db_h [G]: the column sums of dX and of dG (db_h null when
+// dX is dG).
+struct BackwardGrads {
+  float *dx, *dh0, *dw_ih, *dw_hh;
+  double *db_x, *db_h;
+};
+
+// The backward recurrence over steps in backward run order (s; t = T-1-s forward, s in
+// reverse). At step s, for the step's rows n < B and each block [j0, j1) of kBackUnits
+// units: rec[n, j] = dG_{t'}[n] . W_hh[:, j], the gradient reaching h_t through the step
+// t' run just before (rows t' also ran), or ghn[n, j] for rows whose last step is t; then
+// cell(s, n, j0, j1, rec_row, dg_row, dx_row) runs the cell's backward, which writes the
+// columns g*H + j of its units of row n of dG_t into dg_row and of dX_t into dx_row (dX,
+// the gradient of x W_ih^T, is dG for LSTM, GRU's dG without the reset gate's split; with
+// split false the two rows are one). Rows of t' that step t does not continue start at t'
+// (packed, reverse): their dG . W_hh goes to dh0, as every row's does after the last step.
+// Steps run in chunks of at least kChunkK rows; at a chunk's last step each worker adds
+// the chunk's share of dW_ih (dX^T x), dW_hh (dG^T h_{t-1}) and the biases for its units,
+// and at the next step the workers compute the chunk's dx = dX W_ih by column blocks.
+// dG and dX live in a ring of (longest chunk + 1) steps. Every sum has a fixed order.
+// x [R, I], y [R, H], h0 [N, H], w_ih [G, I], w_hh [G, H], ghn [N, H], all contiguous.
+template <typename Cell>
+void fused_backward(const Steps& st, bool reverse, int64_t gates, int64_t H, int64_t I,
+                    const float* x, const float* y, const float* h0, const float* w_ih,
+                    const float* w_hh, const float* ghn, bool split, const BackwardGrads& out,
+                    const Cell& cell) {
+  const int64_t N = st.N, T = st.T, G = gates * H;
+  auto tt = [&](int64_t s) { return reverse ? s : T - 1 - s; };
+  // row0[s]: the first row of step s in run order. A step that closes a chunk has
+  // opens[s] = the chunk's first step, others -1.
+  std::vector<int64_t> row0(T + 1, 0), opens(T, -1);
+  for (int64_t s = 0; s < T; ++s) row0[s + 1] = row0[s] + st.batch[tt(s)];
+  int64_t longest = 1;
+  for (int64_t s = 0; s < T;) {
+    const int64_t s0 = s;
+    while (s < T && row0[s] - row0[s0] < kChunkK) ++s;
+    opens[s - 1] = s0;
+    longest = std::max(longest, s - s0);
+  }
+  const int64_t slots = longest + 1;
+  std::vector<float> ring((split ? 2 : 1) * slots * N * G);
+  float* const dx_ring = ring.data() + (split ? slots * N * G : 0);
+  // Per row in run order: its x and h_{t-1} rows, its dG and dX ring rows, its dx row.
+  std::vector<const float*> xs(st.R), hs(st.R);
+  std::vector<float*> gs(st.R), gxs(st.R), dxs(st.R);
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = tt(s), keep = st.carried(t, reverse), p = st.prev(t, reverse);
+    for (int64_t n = 0; n < st.batch[t]; ++n) {
+      const int64_t k = row0[s] + n, r = st.offset[t] + n, slot = (s % slots) * N + n;
+      xs[k] = x + r * I;
+      hs[k] = n < keep ? y + (st.offset[p] + n) * H : h0 + n * H;
+      gs[k] = ring.data() + slot * G;
+      gxs[k] = dx_ring + slot * G;
+      dxs[k] = out.dx + r * I;
+    }
+  }
+  std::vector<float> rec(N * H);
+  const ColumnPanels wh(w_hh, G, H), wi(w_ih, G, I);
+  const int64_t blocks = wh.blocks, xblocks = wi.blocks;
+  const int64_t workers = std::max<int64_t>(
+      1, std::min<int64_t>({int64_t(torch::stable::get_num_threads()), blocks + xblocks,
+                            N * G * (H + I) / (1 << 16)}));
+  run_steps(workers, 0, T + 1, [&](int64_t wk, int64_t s) {
+    const int64_t b0 = blocks * wk / workers, b1 = blocks * (wk + 1) / workers;
+    const int64_t x0 = xblocks * wk / workers, x1 = xblocks * (wk + 1) / workers;
+    if (s == 0) {
+      for (int64_t b = b0; b < b1; ++b) wh.pack(b);
+      for (int64_t b = x0; b < x1; ++b) wi.pack(b);
+    }
+    const int64_t B = s < T ? st.batch[tt(s)] : 0;
+    const int64_t kept = s > 0 ? std::min(B, st.batch[tt(s - 1)]) : 0;
+    if (s > 0) {  // dG of the step before times W_hh: this step's rec, or dh0 rows
+      auto a_row = [&](int64_t n) -> const float* { return gs[row0[s - 1] + n]; };
+      auto out_row = [&](int64_t n) { return n < kept ? rec.data() + n * H : out.dh0 + n * H; };
+      for (int64_t b = b0; b < b1; ++b) {
+        rows_times_panel(st.batch[tt(s - 1)], a_row, out_row, wh, b);
+      }
+    }
+    if (s < T) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t j0 = b * kBackUnits, j1 = std::min(H, j0 + kBackUnits);
+        for (int64_t n = 0; n < B; ++n) {
+          const int64_t k = row0[s] + n;
+          cell(s, n, j0, j1, n < kept ? rec.data() + n * H : ghn + n * H, gs[k], gxs[k]);
+        }
+      }
+      if (opens[s] >= 0) {  // the chunk's weight and bias gradients, for this worker's units
+        const int64_t k0 = row0[opens[s]], K = row0[s + 1] - k0;
+        const bool first = opens[s] == 0;
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t j0 = b * kBackUnits, j1 = std::min(H, j0 + kBackUnits);
+          weight_update(K, gxs.data() + k0, xs.data() + k0, I, gates, H, j0, j1, out.dw_ih,
+                        out.db_x, first);
+          weight_update(K, gs.data() + k0, hs.data() + k0, H, gates, H, j0, j1, out.dw_hh,
+                        out.db_h, first);
+        }
+      }
+    }
+    if (s > 0 && opens[s - 1] >= 0) {  // dx of the chunk the step before closed
+      const int64_t k0 = row0[opens[s - 1]];
+      auto a_row = [&](int64_t i) -> const float* { return gxs[k0 + i]; };
+      auto out_row = [&](int64_t i) { return dxs[k0 + i]; };
+      for (int64_t b = x0; b < x1; ++b) rows_times_panel(row0[s] - k0, a_row, out_row, wi, b);
+    }
+  });
+}
+
+#endif  // FUSEDRNN_HAVE_FUSED
+
+}  // namespace fusedrnn
