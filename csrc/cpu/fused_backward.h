@@ -58,12 +58,11 @@ FUSEDRNN_AVX512 void block_rows(int rows, const float* const* a, const float* b,
 
 // w [G, C] (torch's layout) cut into column blocks, [blocks][G][kBackUnits], zero past C:
 // each block one contiguous panel (read in place, the rows' 4C-byte stride cost TLB
-// misses). The owner of a block packs it at its first step (pack(b)). The vector keeps
-// 16 spare floats for a 64-byte aligned start.
+// misses). The owner of a block packs it at its first step (pack(b)).
 struct ColumnPanels {
   ColumnPanels(const float* w, int64_t G, int64_t C)
       : w_(w), G_(G), C_(C), blocks((C + kBackUnits - 1) / kBackUnits),
-        data(blocks * G * kBackUnits + 16) {}
+        data(blocks * G * kBackUnits) {}
   void pack(int64_t b) const {
     const int64_t j0 = b * kBackUnits, u = std::min(C_ - j0, kBackUnits);
     for (int64_t g = 0; g < G_; ++g) {
@@ -73,13 +72,10 @@ struct ColumnPanels {
     }
   }
   const float* block(int64_t b) const { return start() + b * G_ * kBackUnits; }
-  float* start() const {
-    const auto p = reinterpret_cast<uintptr_t>(data.data());
-    return const_cast<float*>(reinterpret_cast<const float*>((p + 63) & ~uintptr_t{63}));
-  }
+  float* start() const { return data.data(); }
   const float* w_;
   int64_t G_, C_, blocks;
-  std::vector<float> data;
+  Scratch data;
 };
 
 // out_row(n)[j] = a_row(n) . w[:, j] for rows n < rows and the columns j of block b of w
@@ -228,7 +224,7 @@ void fused_backward(const Steps& st, bool reverse, int64_t gates, int64_t H, int
     longest = std::max(longest, s - s0);
   }
   const int64_t slots = longest + 1;
-  std::vector<float> ring((split ? 2 : 1) * slots * N * G);
+  const Scratch ring((split ? 2 : 1) * slots * N * G);
   float* const dx_ring = ring.data() + (split ? slots * N * G : 0);
   // Per row in run order: its x and h_{t-1} rows, its dG and dX ring rows, its dx row.
   std::vector<const float*> xs(st.R), hs(st.R);
@@ -244,15 +240,20 @@ void fused_backward(const Steps& st, bool reverse, int64_t gates, int64_t H, int
       dxs[k] = out.dx + r * I;
     }
   }
-  std::vector<float> rec(N * H);
+  const Scratch rec(N * H);
   const ColumnPanels wh(w_hh, G, H), wi(w_ih, G, I);
   const int64_t blocks = wh.blocks, xblocks = wi.blocks;
   const int64_t workers = std::max<int64_t>(
       1, std::min<int64_t>({int64_t(torch::stable::get_num_threads()), blocks + xblocks,
                             N * G * (H + I) / (1 << 16)}));
+  // dx rows are written a step after their own (see Prefault).
+  const Prefault prefault(
+      T, [&](int64_t s) { return st.offset[tt(s)]; }, [&](int64_t s) { return st.batch[tt(s)]; },
+      {{out.dx, I * int64_t(sizeof(float))}});
   run_steps(workers, 0, T + 1, [&](int64_t wk, int64_t s) {
     const int64_t b0 = blocks * wk / workers, b1 = blocks * (wk + 1) / workers;
     const int64_t x0 = xblocks * wk / workers, x1 = xblocks * (wk + 1) / workers;
+    if (s < T) prefault.at_step(s, wk, workers);
     if (s == 0) {
       for (int64_t b = b0; b < b1; ++b) wh.pack(b);
       for (int64_t b = x0; b < x1; ++b) wi.pack(b);

@@ -104,7 +104,7 @@ void gru_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, con
             st, reverse, H, x2.const_data_ptr<scalar_t>(), x2.size(1),
             w_ih_c.const_data_ptr<scalar_t>(), w_hh_c.const_data_ptr<scalar_t>(),
             h0_c.const_data_ptr<scalar_t>(), y_p, h_n.mutable_data_ptr<scalar_t>(), xg, fold,
-            cell);
+            save ? ws_p : nullptr, kGRUSaved * H, cell);
       };
       if (fold) {
         run(std::integral_constant<int, 4>{}, Slots<0, 1, 3>{}, Slots<0, 1, 2>{});

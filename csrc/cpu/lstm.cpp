@@ -119,7 +119,7 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
           st, reverse, H, x2.const_data_ptr<scalar_t>(), x2.size(1),
           w_ih_c.const_data_ptr<scalar_t>(), w_hh_c.const_data_ptr<scalar_t>(),
           h0_c.const_data_ptr<scalar_t>(), y_p, h_n.mutable_data_ptr<scalar_t>(), xg,
-          kFloat && N >= kFoldBatch, cell);
+          kFloat && N >= kFoldBatch, save ? ws_p : nullptr, kLSTMSaved * H, cell);
       for (int64_t k = 0; k < N * H; ++k) cn_p[k] = static_cast<scalar_t>(c[k]);
       return;
     }

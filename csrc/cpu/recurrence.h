@@ -18,7 +18,13 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <memory>
 #include <thread>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -88,6 +94,83 @@ void run_steps(int64_t workers, int64_t s0, int64_t s1, const F& f) {
   });
 }
 
+// The first touch of the outputs written row by row ([R, width] arrays: y, the workspace,
+// dx). They are fresh allocations, and the workers split every row by units, so both
+// write into every page: each page then faults once per worker, and the faults contend
+// on the page-table lock (at T=50, N=256, H=1024, a training forward faulted in 610 MB
+// for its 315 MB of outputs). Instead the steps form groups of at least kGroupBytes of
+// output; at a group's first step each worker maps in its page-aligned share of the next
+// group's rows with MADV_POPULATE_WRITE, which faults pages in as a write would but
+// leaves their contents alone (Linux 5.14+; elsewhere, or where it fails, a no-op).
+class Prefault {
+ public:
+  static constexpr int64_t kGroupBytes = 1 << 20;
+
+  // Steps in run order: step s holds rows [first(s), first(s) + count(s)).
+  template <typename First, typename Count>
+  Prefault(int64_t steps, const First& first, const Count& count,
+           std::vector<std::pair<void*, int64_t>> arrays)  // base, bytes per row
+      : arrays_(std::move(arrays)), group_of_(steps) {
+    int64_t width = 0;
+    for (const auto& a : arrays_) width += a.second;
+    for (int64_t s = 0; s < steps;) {
+      int64_t lo = first(s), hi = lo;
+      const int64_t s0 = s;
+      while (s < steps && (s == s0 || (hi - lo) * width < kGroupBytes)) {
+        lo = std::min(lo, first(s));
+        hi = std::max(hi, first(s) + count(s));
+        group_of_[s++] = static_cast<int64_t>(rows_.size());
+      }
+      rows_.push_back({lo, hi});
+      starts_.push_back(s0);
+    }
+  }
+
+  // Worker w of `workers` at step s: at step 0 its share of groups 0 and 1, at a later
+  // group's first step its share of the group after.
+  void at_step(int64_t s, int64_t w, int64_t workers) const {
+    if (arrays_.empty() || group_of_.empty() || starts_[group_of_[s]] != s) return;
+    const int64_t g = group_of_[s];
+    if (s == 0) populate(0, w, workers);
+    if (g + 1 < static_cast<int64_t>(rows_.size())) populate(g + 1, w, workers);
+  }
+
+ private:
+  void populate(int64_t g, int64_t w, int64_t workers) const {
+#if defined(__linux__) && defined(MADV_POPULATE_WRITE)
+    static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+    for (const auto& [base, row_bytes] : arrays_) {
+      const uintptr_t b = reinterpret_cast<uintptr_t>(base);
+      const uintptr_t lo = (b + rows_[g].first * row_bytes) / page;
+      const uintptr_t hi = (b + rows_[g].second * row_bytes + page - 1) / page;
+      const uintptr_t p0 = lo + (hi - lo) * w / workers, p1 = lo + (hi - lo) * (w + 1) / workers;
+      if (p1 > p0) madvise(reinterpret_cast<void*>(p0 * page), (p1 - p0) * page, MADV_POPULATE_WRITE);
+    }
+#else
+    (void)g, (void)w, (void)workers;
+#endif
+  }
+
+  std::vector<std::pair<void*, int64_t>> arrays_;
+  std::vector<int64_t> group_of_, starts_;
+  std::vector<std::pair<int64_t, int64_t>> rows_;
+};
+
+// n floats, uninitialized and 64-byte aligned: scratch that is written before it is read.
+// (std::vector would zero it: a memset, and every page of a fresh mapping faulted in by
+// the calling thread rather than by the worker that uses it.)
+class Scratch {
+ public:
+  explicit Scratch(int64_t n) : raw_(new float[n + 16]) {}
+  float* data() const {
+    const auto p = reinterpret_cast<uintptr_t>(raw_.get());
+    return reinterpret_cast<float*>((p + 63) & ~uintptr_t{63});
+  }
+
+ private:
+  std::unique_ptr<float[]> raw_;
+};
+
 // W_hh [gates*H, K] (torch's layout, any storage type) repacked in float for the
 // micro-kernel: for each block of
 // kUnits units, for each k, the gates' kUnits weights in a row, [blocks][K][gates*kUnits];
@@ -98,7 +181,7 @@ class PackedWeights {
  public:
   PackedWeights(const src_t* w, int64_t gates, int64_t H, int64_t K)
       : w_(w), gates_(gates), H_(H), K_(K), blocks_((H + kUnits - 1) / kUnits),
-        data_(blocks_ * K * gates * kUnits + 16) {}
+        data_(blocks_ * K * gates * kUnits) {}
   void pack(int64_t b) const {
     for (int64_t g = 0; g < gates_; ++g) {
       float* panel = data() + b * K_ * gates_ * kUnits + g * kUnits;
@@ -115,14 +198,10 @@ class PackedWeights {
   const float* block(int64_t b) const { return data() + b * K_ * gates_ * kUnits; }
 
  private:
-  // 64-byte aligned start inside the vector.
-  float* data() const {
-    const auto p = reinterpret_cast<uintptr_t>(data_.data());
-    return const_cast<float*>(reinterpret_cast<const float*>((p + 63) & ~uintptr_t{63}));
-  }
+  float* data() const { return data_.data(); }
   const src_t* w_;
   int64_t gates_, H_, K_, blocks_;
-  std::vector<float> data_;
+  Scratch data_;
 };
 
 // Which accumulators a product adds into: Slots<0, 1, 3> sends the three gates of a
@@ -235,7 +314,8 @@ constexpr int64_t kFused16BitBatch = 32;
 // The forward recurrence over steps [0, T) in run order (s; t = s forward, T-1-s in
 // reverse). At step s, for the step's rows n < B and each unit block [j0, j1): the NA
 // accumulators of row n are computed into hg [N, NA*H] (columns v*H + j, no biases), then
-// cell(s, n, j0, j1, hg_row, xg_row) runs the cell. With `fold` (the caller's choice:
+// cell(s, n, j0, j1, hg_row, xg_row) runs the cell. ws [R, ws_width] (or null) is the
+// saved workspace the cell writes, for Prefault. With `fold` (the caller's choice:
 // batches of kFoldBatch or more) the products with x are in hg (gate g of W_ih into accumulator XS::at[g]) and xg_row is
 // a row of zeros; below, xg_row is the row's x_t W_ih^T [gates*H] from the oneDNN GEMM
 // over a block of steps (xg). W_hh's gate g goes into accumulator HS::at[g]. h_{t-1} is
@@ -245,7 +325,8 @@ constexpr int64_t kFused16BitBatch = 32;
 template <int NA, typename XS, typename HS, typename scalar_t, typename Cell>
 void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, int64_t I,
                    const scalar_t* w_ih, const scalar_t* w_hh, const scalar_t* h0, scalar_t* y,
-                   scalar_t* h_n, InputProjection& xg, bool fold, const Cell& cell) {
+                   scalar_t* h_n, InputProjection& xg, bool fold, float* ws, int64_t ws_width,
+                   const Cell& cell) {
   static_assert(XS::size == HS::size);
   // 16-bit storage: h_{t-1} is read from float copies of the rounded y rows (two
   // buffers, by step parity), h0 from a float copy; x is never folded in.
@@ -254,7 +335,7 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, 
   const int64_t N = st.N, G = HS::size * H, ldh = NA * H;
   const PackedWeights<scalar_t> packed_h(w_hh, HS::size, H, H);
   const PackedWeights<scalar_t> packed_x(w_ih, XS::size, H, fold ? I : 0);
-  std::vector<float> hg(N * ldh);
+  const Scratch hg(N * ldh);
   std::vector<float> h_float(kFloat ? 0 : 3 * N * H);  // h0, then the two step buffers
   for (int64_t k = 0; k < (kFloat ? 0 : N * H); ++k) h_float[k] = static_cast<float>(h0[k]);
   const std::vector<scalar_t> zeros(fold ? G : 0, scalar_t(0));
@@ -266,6 +347,11 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, 
                                               packed_h.blocks(), per_step / (1 << 16)}));
   const int64_t xg_ld = fold ? 0 : G;
   auto tt = [&](int64_t s) { return reverse ? st.T - 1 - s : s; };
+  std::vector<std::pair<void*, int64_t>> outputs{{y, H * int64_t(sizeof(scalar_t))}};
+  if (ws != nullptr) outputs.push_back({ws, ws_width * int64_t(sizeof(float))});
+  const Prefault prefault(
+      st.T, [&](int64_t s) { return st.offset[tt(s)]; },
+      [&](int64_t s) { return st.batch[tt(s)]; }, std::move(outputs));
   // Row n of h_{t-1} at step s, and the float copy step s writes (16-bit storage).
   auto h_prev = [&](int64_t s, int64_t n, int64_t keep, int64_t p) -> const float* {
     if constexpr (kFloat) {
@@ -284,6 +370,7 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, 
       const int64_t t = tt(s), B = st.batch[t], off = st.offset[t];
       const int64_t keep = st.carried(t, reverse), p = st.prev(t, reverse);
       const int64_t nb = packed_h.blocks(), b0 = nb * w / workers, b1 = nb * (w + 1) / workers;
+      prefault.at_step(s, w, workers);
       if (s == 0) {
         for (int64_t b = b0; b < b1; ++b) {
           packed_h.pack(b);
