@@ -133,3 +133,28 @@ def test_input_projection_in_blocks(cell, packed):
     assert rows > 1024
     for name, e_ours, e_torch, _, bound in compare(theirs, ours, x, None, generator=g):
         assert e_ours <= bound, f"{name}: rel err {e_ours:.2e} > bound {bound:.2e} (torch.nn {e_torch:.2e})"
+
+
+@pytest.mark.parametrize(
+    "N,lengths_hi,H",
+    [(50, 60, 20), (1, 400, 7), (200, 6, 33)],
+    ids=["N50-several-steps-per-chunk", "N1-128-steps-per-chunk", "N200-one-step-per-chunk"],
+)
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_backward_chunks(cell, packed, N, lengths_hi, H):
+    """float32: the CPU backward adds the weight and bias gradients chunk by chunk (whole
+    steps, at least 128 rows) from a ring of a few steps' gate gradients. Many chunks,
+    ring wrap-around, batches that shrink and grow between chunks (packed, both
+    directions), and rows whose first step ends mid-chunk (dh0 of reverse packed)."""
+    theirs, ours = make_modules(cell, 3, H, 1, bidirectional=True, dtype=torch.float32)
+    g = torch.Generator().manual_seed(5)
+    lengths = torch.randint(1, lengths_hi, (N,), generator=g)
+    lengths[0] = lengths_hi  # the longest
+    T = int(lengths.max())
+    padded = torch.randn(T, N, 3, generator=g)
+    x = pack_padded_sequence(padded, lengths, enforce_sorted=False) if packed else padded
+    rows = int(lengths.sum()) if packed else T * N
+    assert rows > 3 * 128
+    for name, e_ours, e_torch, _, bound in compare(theirs, ours, x, None, generator=g):
+        assert e_ours <= bound, f"{name}: rel err {e_ours:.2e} > bound {bound:.2e} (torch.nn {e_torch:.2e})"
