@@ -112,6 +112,17 @@ constexpr int64_t kUnitChunk = 256;
 #define FUSEDRNN_CPU_CLONES
 #endif
 
+// f(std::bool_constant<a>{}, std::bool_constant<b>{}): two run-time flags as template
+// arguments of a per-unit kernel, so that its loop has no branch.
+template <typename F>
+void with_flags(bool a, bool b, const F& f) {
+  if (a) {
+    b ? f(std::true_type{}, std::true_type{}) : f(std::true_type{}, std::false_type{});
+  } else {
+    b ? f(std::false_type{}, std::true_type{}) : f(std::false_type{}, std::false_type{});
+  }
+}
+
 template <typename F>
 void parallel_rows(int64_t n, int64_t grain, const F& f) {
   if (n <= grain) {

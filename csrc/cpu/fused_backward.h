@@ -99,13 +99,13 @@ FUSEDRNN_AVX512 void rows_times_panel(int64_t rows, const A& a_row, const O& out
 }
 
 // The weight-gradient tile: for MR rows i of dW and four vectors of columns q,
-// c[i*ldc + q*kUnits + u] = (first ? 0 : c) + sum_{k < K} a[k][ac + i] * b[k][bc + q*kUnits + u],
-// lanes in masks[q]. a[k] is row k of dG (or dX), b[k] the same row's x (or h_{t-1}).
-// k runs in chunks of kChunkK, each chunk's sums added to c, as in the forward.
-template <int MR, bool kFull>
-FUSEDRNN_AVX512 void outer_tile(const float* const* a, int64_t ac, const float* const* b,
-                                int64_t bc, int64_t K, float* c, int64_t ldc,
-                                const __mmask16* masks, bool first) {
+// c[i*ldc + q*kUnits + u] = (first ? 0 : c) + sum_{k < K} a[k][ac + i] * b[k*kBackUnits + q*kUnits + u],
+// lanes in masks[q]. a[k] is row k of dG (or dX); b is the panel of the same rows' x (or
+// h_{t-1}) columns, [K][kBackUnits]. k runs in chunks of kChunkK, each chunk's sums added
+// to c, as in the forward.
+template <int MR>
+FUSEDRNN_AVX512 void outer_tile(const float* const* a, int64_t ac, const float* b, int64_t K,
+                                float* c, int64_t ldc, const __mmask16* masks, bool first) {
   __m512 acc[MR][4];
   float* cr[MR];
 #pragma GCC unroll 8
@@ -121,14 +121,10 @@ FUSEDRNN_AVX512 void outer_tile(const float* const* a, int64_t ac, const float* 
   }
   for (int64_t k0 = 0; k0 < K; k0 += kChunkK) {
     for (int64_t k = k0; k < std::min(K, k0 + kChunkK); ++k) {
-      const float* bk = b[k] + bc;
       const float* ak = a[k] + ac;
       __m512 bv[4];
 #pragma GCC unroll 4
-      for (int q = 0; q < 4; ++q) {
-        bv[q] = kFull ? _mm512_loadu_ps(bk + q * kUnits)
-                      : _mm512_maskz_loadu_ps(masks[q], bk + q * kUnits);
-      }
+      for (int q = 0; q < 4; ++q) bv[q] = _mm512_load_ps(b + k * kBackUnits + q * kUnits);
 #pragma GCC unroll 8
       for (int i = 0; i < MR; ++i) {
         const __m512 av = _mm512_set1_ps(ak[i]);
@@ -141,33 +137,41 @@ FUSEDRNN_AVX512 void outer_tile(const float* const* a, int64_t ac, const float* 
 }
 
 template <int MR = 6>
-FUSEDRNN_AVX512 void outer_rows(int rows, const float* const* a, int64_t ac,
-                                const float* const* b, int64_t bc, int64_t K, float* c,
-                                int64_t ldc, const __mmask16* masks, bool first) {
+FUSEDRNN_AVX512 void outer_rows(int rows, const float* const* a, int64_t ac, const float* b,
+                                int64_t K, float* c, int64_t ldc, const __mmask16* masks,
+                                bool first) {
   if constexpr (MR > 1) {
-    if (rows < MR) return outer_rows<MR - 1>(rows, a, ac, b, bc, K, c, ldc, masks, first);
+    if (rows < MR) return outer_rows<MR - 1>(rows, a, ac, b, K, c, ldc, masks, first);
   }
-  if (masks[3] == 0xffff) {
-    outer_tile<MR, true>(a, ac, b, bc, K, c, ldc, masks, first);
-  } else {
-    outer_tile<MR, false>(a, ac, b, bc, K, c, ldc, masks, first);
-  }
+  outer_tile<MR>(a, ac, b, K, c, ldc, masks, first);
 }
 
 // One chunk's share of a weight gradient, for the units [j0, j1) of every gate v:
 // dw[v*H + j, :C] (+)= sum_k g[k][v*H + j] * src[k][:C] (first: = instead of +=) and,
-// with db, db[v*H + j] += sum_k g[k][v*H + j] in double, over the chunk's K rows.
+// with db, db[v*H + j] += sum_k g[k][v*H + j] in double, over the chunk's K rows. The
+// src rows' columns are copied block by block into a contiguous panel (zero past C).
 FUSEDRNN_AVX512 inline void weight_update(int64_t K, const float* const* g,
                                           const float* const* src, int64_t C, int64_t gates,
                                           int64_t H, int64_t j0, int64_t j1, float* dw,
                                           double* db, bool first) {
+  thread_local std::vector<float> panel_buf;
+  if (static_cast<int64_t>(panel_buf.size()) < K * kBackUnits + 16) {
+    panel_buf.resize(K * kBackUnits + 16);
+  }
+  float* panel = reinterpret_cast<float*>(
+      (reinterpret_cast<uintptr_t>(panel_buf.data()) + 63) & ~uintptr_t{63});
   for (int64_t c0 = 0; c0 < C; c0 += kBackUnits) {
     __mmask16 masks[4];
     block_masks(c0, C, masks);
+    const int64_t w = std::min(C - c0, kBackUnits);
+    for (int64_t k = 0; k < K; ++k) {
+      std::memcpy(panel + k * kBackUnits, src[k] + c0, w * sizeof(float));
+      std::fill(panel + k * kBackUnits + w, panel + (k + 1) * kBackUnits, 0.f);
+    }
     for (int64_t v = 0; v < gates; ++v) {
       for (int64_t i0 = j0; i0 < j1; i0 += 6) {
         const int m = static_cast<int>(std::min<int64_t>(6, j1 - i0));
-        outer_rows(m, g, v * H + i0, src, c0, K, dw + (v * H + i0) * C + c0, C, masks, first);
+        outer_rows(m, g, v * H + i0, panel, K, dw + (v * H + i0) * C + c0, C, masks, first);
       }
     }
   }

@@ -21,21 +21,26 @@ constexpr int64_t kLSTMSaved = 5;
 // xg, hg: the row's x_t @ W_ih^T and h_prev @ W_hh^T [4H] (hg in float from the fused
 // loop, else in the storage type); b = b_ih + b_hh [4H];
 // c: cell state [H], updated in place; y: h_t [H]; w: saved i, f, g, o, c [5H].
-template <typename scalar_t, typename hg_t, typename acc_t>
+// kXg false: xg is not read (the fused loop folded x into hg); kSave false: w is not
+// written (inference).
+template <bool kXg, bool kSave, typename scalar_t, typename hg_t, typename acc_t>
 FUSEDRNN_CPU_CLONES void lstm_forward_units(
     const scalar_t* __restrict xg, const hg_t* __restrict hg, const acc_t* __restrict b,
     acc_t* __restrict c, scalar_t* __restrict y, acc_t* __restrict w, int64_t H, int64_t j0,
     int64_t j1) {
+  auto x = [&](int64_t k) { return kXg ? acc_t(xg[k]) : acc_t(0); };
   for (int64_t j = j0; j < j1; ++j) {
     const auto f = LSTMCell<acc_t>::forward(
-        acc_t(xg[j]) + acc_t(hg[j]) + b[j], acc_t(xg[H + j]) + acc_t(hg[H + j]) + b[H + j],
-        acc_t(xg[2 * H + j]) + acc_t(hg[2 * H + j]) + b[2 * H + j],
-        acc_t(xg[3 * H + j]) + acc_t(hg[3 * H + j]) + b[3 * H + j], c[j]);
-    w[j] = f.i;
-    w[H + j] = f.f;
-    w[2 * H + j] = f.g;
-    w[3 * H + j] = f.o;
-    w[4 * H + j] = f.c;
+        x(j) + acc_t(hg[j]) + b[j], x(H + j) + acc_t(hg[H + j]) + b[H + j],
+        x(2 * H + j) + acc_t(hg[2 * H + j]) + b[2 * H + j],
+        x(3 * H + j) + acc_t(hg[3 * H + j]) + b[3 * H + j], c[j]);
+    if constexpr (kSave) {
+      w[j] = f.i;
+      w[H + j] = f.f;
+      w[2 * H + j] = f.g;
+      w[3 * H + j] = f.o;
+      w[4 * H + j] = f.c;
+    }
     c[j] = f.c;
     y[j] = static_cast<scalar_t>(f.h);
   }
@@ -106,12 +111,15 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
   constexpr bool kFloat = std::is_same_v<scalar_t, float>;
   if constexpr (!std::is_same_v<scalar_t, double>) {
     if (!w_hr && fused_available() && (kFloat || N < kFused16BitBatch)) {
+      const bool fold = kFloat && N >= kFoldBatch;
       auto cell = [&](int64_t s, int64_t n, int64_t j0, int64_t j1, const float* hg,
                       const scalar_t* xg_row) {
         const int64_t off = st.offset[reverse ? st.T - 1 - s : s];
-        float* ws_row = (save ? ws_p + off * kLSTMSaved * H : ws_p) + n * kLSTMSaved * H;
-        lstm_forward_units(xg_row, hg, bias.data(), c.data() + n * H, y_p + (off + n) * H,
-                           ws_row, H, j0, j1);
+        float* ws_row = save ? ws_p + (off + n) * kLSTMSaved * H : nullptr;
+        with_flags(!fold, save, [&](auto with_xg, auto with_ws) {
+          lstm_forward_units<with_xg, with_ws>(xg_row, hg, bias.data(), c.data() + n * H,
+                                               y_p + (off + n) * H, ws_row, H, j0, j1);
+        });
       };
       const Tensor w_ih_c = torch::stable::contiguous(w_ih);
       const Tensor w_hh_c = torch::stable::contiguous(w_hh), h0_c = torch::stable::contiguous(h0);
@@ -119,7 +127,7 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
           st, reverse, H, x2.const_data_ptr<scalar_t>(), x2.size(1),
           w_ih_c.const_data_ptr<scalar_t>(), w_hh_c.const_data_ptr<scalar_t>(),
           h0_c.const_data_ptr<scalar_t>(), y_p, h_n.mutable_data_ptr<scalar_t>(), xg,
-          kFloat && N >= kFoldBatch, save ? ws_p : nullptr, kLSTMSaved * H, cell);
+          fold, save ? ws_p : nullptr, kLSTMSaved * H, cell);
       for (int64_t k = 0; k < N * H; ++k) cn_p[k] = static_cast<scalar_t>(c[k]);
       return;
     }
@@ -134,7 +142,7 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
     acc_t* ws_s = save ? ws_p + off * kLSTMSaved * H : ws_p;
     scalar_t* out = w_hr ? m_p : y_p + off * H;  // rows of m, or of y (P = H)
     for_each_unit_chunk(B, H, [&](int64_t n, int64_t j0, int64_t j1) {
-      lstm_forward_units(xg_p + n * G, hg_p + n * G, bias.data(), c.data() + n * H,
+      lstm_forward_units<true, true>(xg_p + n * G, hg_p + n * G, bias.data(), c.data() + n * H,
                          out + n * H, ws_s + n * kLSTMSaved * H, H, j0, j1);
     });
     if (w_hr) {
