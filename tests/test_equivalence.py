@@ -217,3 +217,12 @@ def test_matches_torch_16bit_gemm_loop(cell, kw, dt, monkeypatch):
     which small batches otherwise leave to the fused loop on AVX-512 CPUs."""
     monkeypatch.setenv("FUSEDRNN_CPU_FUSED", "0")
     compare_with_torch(cell, **kw, dtype=dt, device="cpu")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("kw", HALF_CASES)
+def test_matches_torch_bf16_float_products(cell, kw, monkeypatch):
+    """bfloat16 in the fused loop with float products (FUSEDRNN_CPU_BF16_DOT=0), what
+    AVX-512 CPUs without AVX512-BF16 run; with it, bf16 runs on vdpbf16ps."""
+    monkeypatch.setenv("FUSEDRNN_CPU_BF16_DOT", "0")
+    compare_with_torch(cell, **kw, dtype=torch.bfloat16, device="cpu")

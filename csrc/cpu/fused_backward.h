@@ -75,7 +75,7 @@ struct ColumnPanels {
   float* start() const { return data.data(); }
   const float* w_;
   int64_t G_, C_, blocks;
-  Scratch data;
+  Scratch<> data;
 };
 
 // out_row(n)[j] = a_row(n) . w[:, j] for rows n < rows and the columns j of block b of w

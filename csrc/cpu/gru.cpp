@@ -83,11 +83,13 @@ void gru_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, con
   scalar_t* h_p = h.mutable_data_ptr<scalar_t>();
   acc_t* ws_p = ws2.mutable_data_ptr<acc_t>();
 #if FUSEDRNN_HAVE_FUSED
-  // As in lstm.cpp: float32 at any batch, 16-bit storage at small batches.
+  // As in lstm.cpp: float32 and (AVX512-BF16) bfloat16 at any batch, other 16-bit
+  // storage at small batches.
   constexpr bool kFloat = std::is_same_v<scalar_t, float>;
   if constexpr (!std::is_same_v<scalar_t, double>) {
-    if (fused_available() && (kFloat || N < kFused16BitBatch)) {
-      const bool fold = kFloat && N >= kFoldBatch;
+    const bool pairs = std::is_same_v<scalar_t, c10::BFloat16> && bf16_dot_available();
+    if (fused_available() && (kFloat || pairs || N < kFused16BitBatch)) {
+      const bool fold = (kFloat || pairs) && N >= kFoldBatch;
       const Tensor w_ih_c = torch::stable::contiguous(w_ih);
       const Tensor w_hh_c = torch::stable::contiguous(w_hh), h0_c = torch::stable::contiguous(h0);
       // Folded, the accumulators are r, z (x and h terms), W_hn h, W_in x; else r, z, n of h.
@@ -108,11 +110,13 @@ void gru_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, con
         });
       };
       auto run = [&](auto na, auto xs, auto hs) {
-        fused_forward<decltype(na)::value, decltype(xs), decltype(hs)>(
-            st, reverse, H, x2.const_data_ptr<scalar_t>(), x2.size(1),
-            w_ih_c.const_data_ptr<scalar_t>(), w_hh_c.const_data_ptr<scalar_t>(),
-            h0_c.const_data_ptr<scalar_t>(), y_p, h_n.mutable_data_ptr<scalar_t>(), xg, fold,
-            save ? ws_p : nullptr, kGRUSaved * H, cell);
+        with_pairs<scalar_t>(pairs, [&](auto kPairs) {
+          fused_forward<decltype(na)::value, decltype(xs), decltype(hs), kPairs>(
+              st, reverse, H, x2.const_data_ptr<scalar_t>(), x2.size(1),
+              w_ih_c.const_data_ptr<scalar_t>(), w_hh_c.const_data_ptr<scalar_t>(),
+              h0_c.const_data_ptr<scalar_t>(), y_p, h_n.mutable_data_ptr<scalar_t>(), xg, fold,
+              save ? ws_p : nullptr, kGRUSaved * H, cell);
+        });
       };
       if (fold) {
         run(std::integral_constant<int, 4>{}, Slots<0, 1, 3>{}, Slots<0, 1, 2>{});

@@ -107,11 +107,13 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
   acc_t* ws_p = ws2.mutable_data_ptr<acc_t>();
   scalar_t* cn_p = c_n.mutable_data_ptr<scalar_t>();
 #if FUSEDRNN_HAVE_FUSED
-  // float32 at any batch; 16-bit storage at small batches (kFused16BitBatch).
+  // float32 and (on AVX512-BF16) bfloat16 at any batch; other 16-bit storage at small
+  // batches (kFused16BitBatch).
   constexpr bool kFloat = std::is_same_v<scalar_t, float>;
   if constexpr (!std::is_same_v<scalar_t, double>) {
-    if (!w_hr && fused_available() && (kFloat || N < kFused16BitBatch)) {
-      const bool fold = kFloat && N >= kFoldBatch;
+    const bool pairs = std::is_same_v<scalar_t, c10::BFloat16> && bf16_dot_available();
+    if (!w_hr && fused_available() && (kFloat || pairs || N < kFused16BitBatch)) {
+      const bool fold = (kFloat || pairs) && N >= kFoldBatch;
       auto cell = [&](int64_t s, int64_t n, int64_t j0, int64_t j1, const float* hg,
                       const scalar_t* xg_row) {
         const int64_t off = st.offset[reverse ? st.T - 1 - s : s];
@@ -123,11 +125,13 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
       };
       const Tensor w_ih_c = torch::stable::contiguous(w_ih);
       const Tensor w_hh_c = torch::stable::contiguous(w_hh), h0_c = torch::stable::contiguous(h0);
-      fused_forward<4, Slots<0, 1, 2, 3>, Slots<0, 1, 2, 3>>(
-          st, reverse, H, x2.const_data_ptr<scalar_t>(), x2.size(1),
-          w_ih_c.const_data_ptr<scalar_t>(), w_hh_c.const_data_ptr<scalar_t>(),
-          h0_c.const_data_ptr<scalar_t>(), y_p, h_n.mutable_data_ptr<scalar_t>(), xg,
-          fold, save ? ws_p : nullptr, kLSTMSaved * H, cell);
+      with_pairs<scalar_t>(pairs, [&](auto kPairs) {
+        fused_forward<4, Slots<0, 1, 2, 3>, Slots<0, 1, 2, 3>, kPairs>(
+            st, reverse, H, x2.const_data_ptr<scalar_t>(), x2.size(1),
+            w_ih_c.const_data_ptr<scalar_t>(), w_hh_c.const_data_ptr<scalar_t>(),
+            h0_c.const_data_ptr<scalar_t>(), y_p, h_n.mutable_data_ptr<scalar_t>(), xg, fold,
+            save ? ws_p : nullptr, kLSTMSaved * H, cell);
+      });
       for (int64_t k = 0; k < N * H; ++k) cn_p[k] = static_cast<scalar_t>(c[k]);
       return;
     }

@@ -30,6 +30,7 @@
 #include <immintrin.h>
 #define FUSEDRNN_HAVE_FUSED 1
 #define FUSEDRNN_AVX512 __attribute__((target("avx512f")))
+#define FUSEDRNN_AVX512_BF16 __attribute__((target("avx512f,avx512bf16")))
 #else
 #define FUSEDRNN_HAVE_FUSED 0
 #endif
@@ -47,6 +48,19 @@ inline bool fused_available() {
   static const bool cpu = __builtin_cpu_supports("avx512f");
   const char* env = std::getenv("FUSEDRNN_CPU_FUSED");
   return cpu && !(env && env[0] == '0');
+#else
+  return false;
+#endif
+}
+
+// True where bfloat16 storage runs the fused loop on bf16 products (vdpbf16ps,
+// AVX512-BF16: Zen 4 and later, Cooper Lake, Sapphire Rapids and later), unless
+// FUSEDRNN_CPU_BF16_DOT=0 (tests of the float products that other AVX-512 CPUs run).
+inline bool bf16_dot_available() {
+#if FUSEDRNN_HAVE_FUSED
+  static const bool cpu = __builtin_cpu_supports("avx512bf16");
+  const char* env = std::getenv("FUSEDRNN_CPU_BF16_DOT");
+  return cpu && !(env && env[0] == '0') && fused_available();
 #else
   return false;
 #endif
@@ -156,52 +170,62 @@ class Prefault {
   std::vector<std::pair<int64_t, int64_t>> rows_;
 };
 
-// n floats, uninitialized and 64-byte aligned: scratch that is written before it is read.
+// n values, uninitialized and 64-byte aligned: scratch that is written before it is read.
 // (std::vector would zero it: a memset, and every page of a fresh mapping faulted in by
 // the calling thread rather than by the worker that uses it.)
+template <typename T = float>
 class Scratch {
  public:
-  explicit Scratch(int64_t n) : raw_(new float[n + 16]) {}
-  float* data() const {
+  explicit Scratch(int64_t n) : raw_(new T[n + 64 / sizeof(T)]) {}
+  T* data() const {
     const auto p = reinterpret_cast<uintptr_t>(raw_.get());
-    return reinterpret_cast<float*>((p + 63) & ~uintptr_t{63});
+    return reinterpret_cast<T*>((p + 63) & ~uintptr_t{63});
   }
 
  private:
-  std::unique_ptr<float[]> raw_;
+  std::unique_ptr<T[]> raw_;
 };
 
-// W_hh [gates*H, K] (torch's layout, any storage type) repacked in float for the
-// micro-kernel: for each block of
-// kUnits units, for each k, the gates' kUnits weights in a row, [blocks][K][gates*kUnits];
-// units past H are zero. The worker that owns a block packs it (pack(b)) at its first
+// W_hh [gates*H, K] (torch's layout, any storage type) repacked for the micro-kernel: for
+// each block of kUnits units, for each k, the gates' kUnits weights in a row,
+// [blocks][K][gates*kUnits] in float; with kPairs (bfloat16 storage, bf16 products) in
+// bf16 pairs of consecutive k instead, [blocks][ceil(K/2)][gates*kUnits][2]. Units past
+// H (and k past K) are zero. The worker that owns a block packs it (pack(b)) at its first
 // step: no separate pass over the threads, and the panel starts out in that core's cache.
-template <typename src_t>
+template <typename src_t, bool kPairs = false>
 class PackedWeights {
  public:
+  using value_t = std::conditional_t<kPairs, uint16_t, float>;
   PackedWeights(const src_t* w, int64_t gates, int64_t H, int64_t K)
       : w_(w), gates_(gates), H_(H), K_(K), blocks_((H + kUnits - 1) / kUnits),
-        data_(blocks_ * K * gates * kUnits) {}
+        stride_((kPairs ? (K + 1) / 2 * 2 : K) * gates * kUnits), data_(blocks_ * stride_) {}
+  // Writes in order, k outer: the block's gates*kUnits source rows are read a cache line
+  // at a time across consecutive k.
   void pack(int64_t b) const {
-    for (int64_t g = 0; g < gates_; ++g) {
-      float* panel = data() + b * K_ * gates_ * kUnits + g * kUnits;
-      for (int64_t u = 0; u < kUnits; ++u) {
-        const int64_t j = b * kUnits + u;
-        const src_t* row = w_ + (g * H_ + j) * K_;
-        for (int64_t k = 0; k < K_; ++k) {
-          panel[k * gates_ * kUnits + u] = j < H_ ? static_cast<float>(row[k]) : 0.f;
+    constexpr int64_t kStep = kPairs ? 2 : 1;
+    value_t* dst = block(b);
+    for (int64_t k = 0; k < K_; k += kStep) {
+      for (int64_t g = 0; g < gates_; ++g) {
+        for (int64_t u = 0; u < kUnits; ++u, dst += kStep) {
+          const int64_t j = b * kUnits + u;
+          const src_t* row = w_ + (g * H_ + j) * K_;
+          if constexpr (kPairs) {
+            dst[0] = j < H_ ? row[k].x : 0;
+            dst[1] = j < H_ && k + 1 < K_ ? row[k + 1].x : 0;
+          } else {
+            dst[0] = j < H_ ? static_cast<float>(row[k]) : 0.f;
+          }
         }
       }
     }
   }
   int64_t blocks() const { return blocks_; }
-  const float* block(int64_t b) const { return data() + b * K_ * gates_ * kUnits; }
+  value_t* block(int64_t b) const { return data_.data() + b * stride_; }
 
  private:
-  float* data() const { return data_.data(); }
   const src_t* w_;
-  int64_t gates_, H_, K_, blocks_;
-  Scratch data_;
+  int64_t gates_, H_, K_, blocks_, stride_;
+  Scratch<value_t> data_;
 };
 
 // Which accumulators a product adds into: Slots<0, 1, 3> sends the three gates of a
@@ -283,20 +307,84 @@ FUSEDRNN_AVX512 void gates_tile(const float* const* ax, const float* bx, int64_t
   }
 }
 
+// The bfloat16 form of tile_product, on pairs p of consecutive k (a row's elements 2p and
+// 2p+1, in the low and high half of 32 bits) and a kPairs panel: vdpbf16ps adds both
+// products to each float accumulator. kTail: the pair holds only k = 2p (K odd).
+template <int MR, int NA, typename S, bool kTail>
+FUSEDRNN_AVX512_BF16 inline __attribute__((always_inline)) void tile_pairs(
+    __m512 (&acc)[MR][NA], const uint16_t* const* a, const uint16_t* b, int64_t p0, int64_t p1) {
+  constexpr int NV = S::size;
+  for (int64_t p = p0; p < p1; ++p) {
+    __m512i bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_si512(b + (p * NV + v) * 2 * kUnits);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      uint32_t pair = a[r][2 * p];
+      if constexpr (!kTail) std::memcpy(&pair, a[r] + 2 * p, sizeof(pair));
+      const __m512i av = _mm512_set1_epi32(static_cast<int>(pair));
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) {
+        acc[r][S::at[v]] = _mm512_dpbf16_ps(acc[r][S::at[v]], (__m512bh)av, (__m512bh)bv[v]);
+      }
+    }
+  }
+}
+
+// The products of K columns of the rows a with the panel b in chunks of kChunkK (bf16).
+template <int MR, int NA, typename S>
+FUSEDRNN_AVX512_BF16 inline __attribute__((always_inline)) void pairs_product(
+    __m512 (&acc)[MR][NA], const uint16_t* const* a, const uint16_t* b, int64_t K,
+    float* const* c, int64_t ldv, const __mmask16* masks, bool& first) {
+  const int64_t full = K / 2, pairs = (K + 1) / 2;
+  for (int64_t p0 = 0; p0 < pairs; p0 += kChunkK / 2) {
+    const int64_t p1 = std::min(pairs, p0 + kChunkK / 2);
+    tile_pairs<MR, NA, S, false>(acc, a, b, p0, std::min(p1, full));
+    if (p1 > full) tile_pairs<MR, NA, S, true>(acc, a, b, full, p1);
+    chunk_done<MR, NA>(acc, c, ldv, masks, first);
+  }
+}
+
+// gates_tile for bfloat16 rows and kPairs panels.
+template <int MR, int NA, typename XS, typename HS>
+FUSEDRNN_AVX512_BF16 void gates_tile_pairs(const uint16_t* const* ax, const uint16_t* bx,
+                                           int64_t Kx, const uint16_t* const* ah,
+                                           const uint16_t* bh, int64_t Kh, float* c,
+                                           int64_t ldc, int64_t H, __mmask16 mask) {
+  __m512 acc[MR][NA];
+  __mmask16 masks[NA];
+  for (int v = 0; v < NA; ++v) masks[v] = mask;
+  float* cr[MR];
+  for (int r = 0; r < MR; ++r) cr[r] = c + r * ldc;
+  bool first = true;
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NA; ++v) acc[r][v] = _mm512_setzero_ps();
+  pairs_product<MR, NA, XS>(acc, ax, bx, Kx, cr, H, masks, first);
+  pairs_product<MR, NA, HS>(acc, ah, bh, Kh, cr, H, masks, first);
+}
+
 // Rows per micro-kernel call: MR*NA = 24 of the 32 zmm registers hold accumulators.
 template <int NA>
 constexpr int kTileRows = 24 / NA;
 
-template <int NA, typename XS, typename HS, int MR = kTileRows<NA>>
-FUSEDRNN_AVX512 void gates_rows(int rows, const float* const* ax, const float* bx, int64_t Kx,
-                                const float* const* ah, const float* bh, int64_t Kh, float* c,
+// gates_tile (float rows and panels) or gates_tile_pairs (bfloat16) for 1..kTileRows rows.
+template <int NA, typename XS, typename HS, typename in_t, int MR = kTileRows<NA>>
+FUSEDRNN_AVX512 void gates_rows(int rows, const in_t* const* ax, const in_t* bx, int64_t Kx,
+                                const in_t* const* ah, const in_t* bh, int64_t Kh, float* c,
                                 int64_t ldc, int64_t H, __mmask16 mask) {
   if constexpr (MR > 1) {
     if (rows < MR) {
-      return gates_rows<NA, XS, HS, MR - 1>(rows, ax, bx, Kx, ah, bh, Kh, c, ldc, H, mask);
+      return gates_rows<NA, XS, HS, in_t, MR - 1>(rows, ax, bx, Kx, ah, bh, Kh, c, ldc, H,
+                                                  mask);
     }
   }
-  gates_tile<MR, NA, XS, HS>(ax, bx, Kx, ah, bh, Kh, c, ldc, H, mask);
+  if constexpr (std::is_same_v<in_t, float>) {
+    gates_tile<MR, NA, XS, HS>(ax, bx, Kx, ah, bh, Kh, c, ldc, H, mask);
+  } else {
+    gates_tile_pairs<MR, NA, XS, HS>(ax, bx, Kx, ah, bh, Kh, c, ldc, H, mask);
+  }
 }
 
 // From this batch on, the input projection is computed inside the step, from packed W_ih,
@@ -311,33 +399,51 @@ constexpr int64_t kFoldBatch = 12;
 // GEMMs, whose peak is twice float's.
 constexpr int64_t kFused16BitBatch = 32;
 
+// Blocks per call of the cell in the forward loop (64 units).
+constexpr int64_t kCellBlocks = 4;
+
+// f(std::bool_constant<pairs>{}) for bfloat16 storage, f(std::false_type{}) otherwise:
+// fused_forward's kPairs, chosen at run time (bf16_dot_available).
+template <typename scalar_t, typename F>
+void with_pairs(bool pairs, const F& f) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    if (pairs) return f(std::true_type{});
+  }
+  f(std::false_type{});
+}
+
 // The forward recurrence over steps [0, T) in run order (s; t = s forward, T-1-s in
 // reverse). At step s, for the step's rows n < B and each unit block [j0, j1): the NA
 // accumulators of row n are computed into hg [N, NA*H] (columns v*H + j, no biases), then
 // cell(s, n, j0, j1, hg_row, xg_row) runs the cell. ws [R, ws_width] (or null) is the
-// saved workspace the cell writes, for Prefault. With `fold` (the caller's choice:
-// batches of kFoldBatch or more) the products with x are in hg (gate g of W_ih into accumulator XS::at[g]) and xg_row is
+// saved workspace the cell writes, for Prefault. kPairs (bfloat16 storage): bf16
+// products of the rows in place (tile_pairs), float sums. With `fold` (the caller's choice:
+// float32 or kPairs, batches of kFoldBatch or more) the products with x are in hg (gate g of W_ih into accumulator XS::at[g]) and xg_row is
 // a row of zeros; below, xg_row is the row's x_t W_ih^T [gates*H] from the oneDNN GEMM
 // over a block of steps (xg). W_hh's gate g goes into accumulator HS::at[g]. h_{t-1} is
 // row n of the previous step's y while that step ran it, else h0 (packed reverse).
 // Afterwards h_n[n] is row n of the last step that ran it. x [R, I],
 // w_ih [gates*H, I], w_hh [gates*H, H], h0 [N, H], y [R, H], all contiguous.
-template <int NA, typename XS, typename HS, typename scalar_t, typename Cell>
+template <int NA, typename XS, typename HS, bool kPairs, typename scalar_t, typename Cell>
 void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, int64_t I,
                    const scalar_t* w_ih, const scalar_t* w_hh, const scalar_t* h0, scalar_t* y,
                    scalar_t* h_n, InputProjection& xg, bool fold, float* ws, int64_t ws_width,
                    const Cell& cell) {
   static_assert(XS::size == HS::size);
+  static_assert(!kPairs || std::is_same_v<scalar_t, c10::BFloat16>);
+  // Rows enter the products as float (float32) or in place as bf16 (kPairs). Other
   // 16-bit storage: h_{t-1} is read from float copies of the rounded y rows (two
   // buffers, by step parity), h0 from a float copy; x is never folded in.
   constexpr bool kFloat = std::is_same_v<scalar_t, float>;
-  STD_TORCH_CHECK(kFloat || !fold, "fusedrnn: only float32 folds the input projection");
+  constexpr bool kInPlace = kFloat || kPairs;
+  using in_t = std::conditional_t<kPairs, uint16_t, float>;
+  STD_TORCH_CHECK(kInPlace || !fold, "fusedrnn: float16 does not fold the input projection");
   const int64_t N = st.N, G = HS::size * H, ldh = NA * H;
-  const PackedWeights<scalar_t> packed_h(w_hh, HS::size, H, H);
-  const PackedWeights<scalar_t> packed_x(w_ih, XS::size, H, fold ? I : 0);
+  const PackedWeights<scalar_t, kPairs> packed_h(w_hh, HS::size, H, H);
+  const PackedWeights<scalar_t, kPairs> packed_x(w_ih, XS::size, H, fold ? I : 0);
   const Scratch hg(N * ldh);
-  std::vector<float> h_float(kFloat ? 0 : 3 * N * H);  // h0, then the two step buffers
-  for (int64_t k = 0; k < (kFloat ? 0 : N * H); ++k) h_float[k] = static_cast<float>(h0[k]);
+  std::vector<float> h_float(kInPlace ? 0 : 3 * N * H);  // h0, then the two step buffers
+  for (int64_t k = 0; k < (kInPlace ? 0 : N * H); ++k) h_float[k] = static_cast<float>(h0[k]);
   const std::vector<scalar_t> zeros(fold ? G : 0, scalar_t(0));
   std::vector<const scalar_t*> xg_step(st.T, zeros.data());
   // Enough work per step to keep a core busy for a few microseconds, or one worker.
@@ -353,9 +459,9 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, 
       st.T, [&](int64_t s) { return st.offset[tt(s)]; },
       [&](int64_t s) { return st.batch[tt(s)]; }, std::move(outputs));
   // Row n of h_{t-1} at step s, and the float copy step s writes (16-bit storage).
-  auto h_prev = [&](int64_t s, int64_t n, int64_t keep, int64_t p) -> const float* {
-    if constexpr (kFloat) {
-      return n < keep ? y + (st.offset[p] + n) * H : h0 + n * H;
+  auto h_prev = [&](int64_t s, int64_t n, int64_t keep, int64_t p) -> const in_t* {
+    if constexpr (kInPlace) {
+      return reinterpret_cast<const in_t*>(n < keep ? y + (st.offset[p] + n) * H : h0 + n * H);
     } else {
       return h_float.data() + (n < keep ? (1 + (s - 1) % 2) * N * H : 0) + n * H;
     }
@@ -377,26 +483,33 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, 
           if (fold) packed_x.pack(b);
         }
       }
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t j0 = b * kUnits, j1 = std::min(H, j0 + kUnits);
-        const __mmask16 mask = static_cast<__mmask16>((1u << (j1 - j0)) - 1u);
-        for (int64_t n0 = 0; n0 < B; n0 += kTileRows<NA>) {
+      // The cell runs per group of kCellBlocks blocks, over all the step's rows: longer
+      // vector loops, a quarter of the calls; the group's gates are still in L2.
+      for (int64_t g0 = b0; g0 < b1; g0 += kCellBlocks) {
+        const int64_t g1 = std::min(b1, g0 + kCellBlocks);
+        for (int64_t b = g0; b < g1; ++b) {
+          const int64_t j0 = b * kUnits, j1 = std::min(H, j0 + kUnits);
+          const __mmask16 mask = static_cast<__mmask16>((1u << (j1 - j0)) - 1u);
+          for (int64_t n0 = 0; n0 < B; n0 += kTileRows<NA>) {
           const int rows = static_cast<int>(std::min<int64_t>(kTileRows<NA>, B - n0));
-          const float *ax[kTileRows<NA>], *ah[kTileRows<NA>];
+          const in_t *ax[kTileRows<NA>], *ah[kTileRows<NA>];
           for (int r = 0; r < rows; ++r) {
             const int64_t n = n0 + r;
-            if constexpr (kFloat) ax[r] = x + (off + n) * I;
+            if constexpr (kInPlace) ax[r] = reinterpret_cast<const in_t*>(x + (off + n) * I);
             ah[r] = h_prev(s, n0 + r, keep, p);
           }
-          gates_rows<NA, XS, HS>(rows, ax, packed_x.block(b), fold ? I : 0, ah,
-                                 packed_h.block(b), H, hg.data() + n0 * ldh + j0, ldh, H, mask);
-          for (int64_t n = n0; n < n0 + rows; ++n) {
-            cell(s, n, j0, j1, hg.data() + n * ldh, xg_step[s] + n * xg_ld);
-            if constexpr (!kFloat) {
-              float* next = h_float.data() + (1 + s % 2) * N * H + n * H;
-              const scalar_t* yn = y + (off + n) * H;
-              for (int64_t j = j0; j < j1; ++j) next[j] = static_cast<float>(yn[j]);
-            }
+          gates_rows<NA, XS, HS, in_t>(rows, ax, packed_x.block(b), fold ? I : 0, ah,
+                                       packed_h.block(b), H, hg.data() + n0 * ldh + j0, ldh, H,
+                                       mask);
+          }
+        }
+        const int64_t j0 = g0 * kUnits, j1 = std::min(H, g1 * kUnits);
+        for (int64_t n = 0; n < B; ++n) {
+          cell(s, n, j0, j1, hg.data() + n * ldh, xg_step[s] + n * xg_ld);
+          if constexpr (!kInPlace) {
+            float* next = h_float.data() + (1 + s % 2) * N * H + n * H;
+            const scalar_t* yn = y + (off + n) * H;
+            for (int64_t j = j0; j < j1; ++j) next[j] = static_cast<float>(yn[j]);
           }
         }
       }
