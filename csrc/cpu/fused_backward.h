@@ -31,30 +31,35 @@ inline void block_masks(int64_t c0, int64_t C, __mmask16* masks) {
 
 // c[r][u] = sum_k a[r][k] * b[k*kBackUnits + u] for MR rows and the kBackUnits units of a
 // block, lanes in masks[u / kUnits]. k runs in chunks of kChunkK.
+// The k in [k0, k1) only, added to c unless `first`.
 template <int MR>
-FUSEDRNN_AVX512 void block_tile(const float* const* a, const float* b, int64_t K,
-                                float* const* c, const __mmask16* masks) {
+FUSEDRNN_AVX512 void block_tile(const float* const* a, const float* b, int64_t k0, int64_t k1,
+                                float* const* c, const __mmask16* masks, bool first) {
   __m512 acc[MR][4];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
     for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_setzero_ps();
-  bool first = true;
-  for (int64_t k0 = 0; k0 < K; k0 += kChunkK) {
+  for (int64_t k = k0; k < k1; k += kChunkK) {
     // The panel's rows are [4 vectors of 16 units], the forward panels' layout with 4 gates.
-    tile_product<MR, 4, Slots<0, 1, 2, 3>>(acc, a, b, k0, std::min(K, k0 + kChunkK));
+    tile_product<MR, 4, Slots<0, 1, 2, 3>>(acc, a, b, k, std::min(k1, k + kChunkK));
     chunk_done<MR, 4>(acc, c, kUnits, masks, first);
   }
 }
 
 template <int MR = 6>
-FUSEDRNN_AVX512 void block_rows(int rows, const float* const* a, const float* b, int64_t K,
-                                float* const* c, const __mmask16* masks) {
+FUSEDRNN_AVX512 void block_rows(int rows, const float* const* a, const float* b, int64_t k0,
+                                int64_t k1, float* const* c, const __mmask16* masks,
+                                bool first) {
   if constexpr (MR > 1) {
-    if (rows < MR) return block_rows<MR - 1>(rows, a, b, K, c, masks);
+    if (rows < MR) return block_rows<MR - 1>(rows, a, b, k0, k1, c, masks, first);
   }
-  block_tile<MR>(a, b, K, c, masks);
+  block_tile<MR>(a, b, k0, k1, c, masks, first);
 }
+
+// Panel rows (k) per pass over the row tiles: 256 KB of panel, which stays in L2 while
+// every row tile reads it (at G = 4H = 4096 a whole panel is 1 MB, a core's L2).
+constexpr int64_t kPanelRows = 1024;
 
 // w [G, C] (torch's layout) cut into column blocks, [blocks][G][kBackUnits], zero past C:
 // each block one contiguous panel (read in place, the rows' 4C-byte stride cost TLB
@@ -86,15 +91,18 @@ FUSEDRNN_AVX512 void rows_times_panel(int64_t rows, const A& a_row, const O& out
   const int64_t j0 = b * kBackUnits;
   __mmask16 masks[4];
   block_masks(j0, w.C_, masks);
-  for (int64_t n0 = 0; n0 < rows; n0 += 6) {
-    const int m = static_cast<int>(std::min<int64_t>(6, rows - n0));
-    const float* ar[6];
-    float* cr[6];
-    for (int r = 0; r < m; ++r) {
-      ar[r] = a_row(n0 + r);
-      cr[r] = out_row(n0 + r) + j0;
+  for (int64_t k0 = 0; k0 < w.G_; k0 += kPanelRows) {
+    const int64_t k1 = std::min(w.G_, k0 + kPanelRows);
+    for (int64_t n0 = 0; n0 < rows; n0 += 6) {
+      const int m = static_cast<int>(std::min<int64_t>(6, rows - n0));
+      const float* ar[6];
+      float* cr[6];
+      for (int r = 0; r < m; ++r) {
+        ar[r] = a_row(n0 + r);
+        cr[r] = out_row(n0 + r) + j0;
+      }
+      block_rows(m, ar, w.block(b), k0, k1, cr, masks, k0 == 0);
     }
-    block_rows(m, ar, w.block(b), w.G_, cr, masks);
   }
 }
 
