@@ -141,12 +141,21 @@ constexpr int64_t kReduceChunk = 1024;
 // In float, one GEMM accumulates all K terms in float; here the rows are cut into
 // chunks of kReduceChunk whose products are summed in double, so the error grows with
 // the chunk, not with T*N. The extra adds cost M*P per chunk against 2*M*P*kReduceChunk
-// flops. Other dtypes: float64 needs none of it, and 16-bit GEMMs already accumulate
-// in float inside one call (chunk outputs would each be rounded to 16 bits).
+// flops. float64 needs none of it. 16-bit operands are widened to float and take the
+// float path: oneDNN's 16-bit GEMM (AMX on Sapphire Rapids) splits K across threads for
+// some shapes, so its sums changed with the thread count.
 inline Tensor mm_tn(const Tensor& a_in, const Tensor& b_in) {
   Tensor a = a_in, b = b_in;  // narrow takes non-const handles
   const int64_t K = a.size(0), M = a.size(1), P = b.size(1);
-  if (a.scalar_type() != ScalarType::Float) return mm(t(a), b);
+  if (a.scalar_type() == ScalarType::Double) return mm(t(a), b);
+  if (a.scalar_type() != ScalarType::Float) {
+    Tensor af = empty_as(a, {K, M}, ScalarType::Float), bf = empty_as(b, {K, P}, ScalarType::Float);
+    torch::stable::copy_(af, a);
+    torch::stable::copy_(bf, b);
+    Tensor out = empty_as(a, {M, P});
+    torch::stable::copy_(out, mm_tn(af, bf));
+    return out;
+  }
   // Short sums: oneDNN (MKL's sgemm took 12% of a batch-1 training step). Up to a chunk,
   // MKL, whose sum over 800 rows errs 3x less than oneDNN's (tests/test_accuracy.py).
   if (K <= 256) return linear(t(a), t(b));
