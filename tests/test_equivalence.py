@@ -219,10 +219,13 @@ def test_matches_torch_16bit_gemm_loop(cell, kw, dt, monkeypatch):
     compare_with_torch(cell, **kw, dtype=dt, device="cpu")
 
 
+@pytest.mark.parametrize("dot", ["0", "1"], ids=["float-products", "bf16-products"])
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("kw", HALF_CASES)
-def test_matches_torch_bf16_float_products(cell, kw, monkeypatch):
-    """bfloat16 in the fused loop with float products (FUSEDRNN_CPU_BF16_DOT=0), what
-    AVX-512 CPUs without AVX512-BF16 run; with it, bf16 runs on vdpbf16ps."""
-    monkeypatch.setenv("FUSEDRNN_CPU_BF16_DOT", "0")
+def test_matches_torch_bf16_products(cell, kw, dot, monkeypatch):
+    """bfloat16 in the fused loop with float products (FUSEDRNN_CPU_BF16_DOT=0: AVX-512
+    CPUs without AVX512-BF16, and AMX CPUs below batch 32) and with bf16 products on
+    vdpbf16ps (=1: the default on AVX512-BF16 CPUs without AMX; where the CPU lacks
+    AVX512-BF16 this runs float products again)."""
+    monkeypatch.setenv("FUSEDRNN_CPU_BF16_DOT", dot)
     compare_with_torch(cell, **kw, dtype=torch.bfloat16, device="cpu")

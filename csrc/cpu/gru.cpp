@@ -83,12 +83,12 @@ void gru_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, con
   scalar_t* h_p = h.mutable_data_ptr<scalar_t>();
   acc_t* ws_p = ws2.mutable_data_ptr<acc_t>();
 #if FUSEDRNN_HAVE_FUSED
-  // As in lstm.cpp: float32 and (AVX512-BF16) bfloat16 at any batch, other 16-bit
-  // storage at small batches.
+  // As in lstm.cpp: float32 at any batch, bfloat16 on bf16 products (AVX512-BF16 without
+  // AMX) at any batch, other 16-bit storage at small steps (fused_16bit).
   constexpr bool kFloat = std::is_same_v<scalar_t, float>;
   if constexpr (!std::is_same_v<scalar_t, double>) {
     const bool pairs = std::is_same_v<scalar_t, c10::BFloat16> && bf16_dot_available();
-    if (fused_available() && (kFloat || pairs || N < kFused16BitBatch)) {
+    if (fused_available() && (kFloat || pairs || fused_16bit<scalar_t>(N, 3 * H, H))) {
       const bool fold = (kFloat || pairs) && N >= kFoldBatch;
       const Tensor w_ih_c = torch::stable::contiguous(w_ih);
       const Tensor w_hh_c = torch::stable::contiguous(w_hh), h0_c = torch::stable::contiguous(h0);

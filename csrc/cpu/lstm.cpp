@@ -107,12 +107,12 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
   acc_t* ws_p = ws2.mutable_data_ptr<acc_t>();
   scalar_t* cn_p = c_n.mutable_data_ptr<scalar_t>();
 #if FUSEDRNN_HAVE_FUSED
-  // float32 and (on AVX512-BF16) bfloat16 at any batch; other 16-bit storage at small
-  // batches (kFused16BitBatch).
+  // float32 at any batch, bfloat16 on bf16 products (AVX512-BF16 without AMX) at any
+  // batch, other 16-bit storage at small steps (fused_16bit).
   constexpr bool kFloat = std::is_same_v<scalar_t, float>;
   if constexpr (!std::is_same_v<scalar_t, double>) {
     const bool pairs = std::is_same_v<scalar_t, c10::BFloat16> && bf16_dot_available();
-    if (!w_hr && fused_available() && (kFloat || pairs || N < kFused16BitBatch)) {
+    if (!w_hr && fused_available() && (kFloat || pairs || fused_16bit<scalar_t>(N, G, H))) {
       const bool fold = (kFloat || pairs) && N >= kFoldBatch;
       auto cell = [&](int64_t s, int64_t n, int64_t j0, int64_t j1, const float* hg,
                       const scalar_t* xg_row) {

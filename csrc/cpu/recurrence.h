@@ -27,6 +27,7 @@
 #endif
 
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define FUSEDRNN_HAVE_FUSED 1
 #define FUSEDRNN_AVX512 __attribute__((target("avx512f")))
@@ -53,14 +54,33 @@ inline bool fused_available() {
 #endif
 }
 
+// True where the CPU has AMX-BF16 (Sapphire Rapids and later): CPUID.(7,0):EDX bit 22.
+// oneDNN's bfloat16 GEMMs run on its tiles there, at several times the vector units' rate.
+inline bool amx_bf16_available() {
+#if FUSEDRNN_HAVE_FUSED
+  static const bool amx = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    return __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 22 & 1u);
+  }();
+  return amx;
+#else
+  return false;
+#endif
+}
+
 // True where bfloat16 storage runs the fused loop on bf16 products (vdpbf16ps,
-// AVX512-BF16: Zen 4 and later, Cooper Lake, Sapphire Rapids and later), unless
-// FUSEDRNN_CPU_BF16_DOT=0 (tests of the float products that other AVX-512 CPUs run).
+// AVX512-BF16: Zen 4 and later, Cooper Lake, Sapphire Rapids and later). Not by default
+// on AMX CPUs: there vdpbf16ps issues at half the rate of a float FMA (no gain over float
+// products) and oneDNN's bfloat16 GEMMs run on AMX, so bfloat16 takes the float-product
+// fused loop below kFused16BitBatch and the GEMM loop above (measured on a 2-core
+// Sapphire Rapids: T=100, N=64, H=512 LSTM inference 0.28x -> 0.98x torch.nn).
+// FUSEDRNN_CPU_BF16_DOT=0 / =1 turn it off / on wherever the CPU has AVX512-BF16 (tests).
 inline bool bf16_dot_available() {
 #if FUSEDRNN_HAVE_FUSED
   static const bool cpu = __builtin_cpu_supports("avx512bf16");
   const char* env = std::getenv("FUSEDRNN_CPU_BF16_DOT");
-  return cpu && !(env && env[0] == '0') && fused_available();
+  const bool on = env && env[0] ? env[0] != '0' : !amx_bf16_available();
+  return cpu && on && fused_available();
 #else
   return false;
 #endif
@@ -400,6 +420,24 @@ constexpr int64_t kFoldBatch = 12;
 // GEMMs, whose peak is twice float's. bfloat16 with AVX512-BF16 runs it at any batch
 // (bf16 products, kPairs): at T=100, N=64, H=512, LSTM inference went 0.80x -> 0.95x.
 constexpr int64_t kFused16BitBatch = 32;
+
+// On AMX CPUs bfloat16 without bf16 products runs the fused loop (float products) while
+// a step's recurrent product has fewer than this many multiply-adds (N*G*H), and the GEMM
+// loop on oneDNN's AMX GEMMs above: their fixed cost (~45 us a step) loses to the fused
+// loop at small products, and their AMX rate wins at large ones. Measured on a 2-core
+// Sapphire Rapids (T=256, H=768: LSTM crosses near N=4..8, GRU near N=8; T=200, H=256:
+// the fused loop still 1.3x..4x faster at N=16).
+constexpr int64_t kAmxFusedMacs = 10'000'000;
+
+// Whether 16-bit storage without bf16 products runs the fused loop (float products) for
+// a step of N rows, G = gates*H columns.
+template <typename scalar_t>
+bool fused_16bit(int64_t N, int64_t G, int64_t H) {
+  if (std::is_same_v<scalar_t, c10::BFloat16> && amx_bf16_available()) {
+    return N * G * H < kAmxFusedMacs;
+  }
+  return N < kFused16BitBatch;
+}
 
 // Blocks per call of the cell in the forward loop (64 units).
 constexpr int64_t kCellBlocks = 4;
