@@ -229,3 +229,11 @@ def test_matches_torch_bf16_products(cell, kw, dot, monkeypatch):
     AVX512-BF16 this runs float products again)."""
     monkeypatch.setenv("FUSEDRNN_CPU_BF16_DOT", dot)
     compare_with_torch(cell, **kw, dtype=torch.bfloat16, device="cpu")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("N", [50, 280])
+def test_matches_torch_fused_row_groups(cell, N):
+    """The fused forward's row grouping: N=50 runs two groups (48 + 2 rows, tails of a
+    group and of a tile); N=280 with I=H=512 has over 1 MB of step rows, one tile a group."""
+    compare_with_torch(cell, T=3, N=N, I=512, H=512, bidirectional=True)
