@@ -83,6 +83,12 @@ struct ColumnPanels {
   Scratch<> data;
 };
 
+// Rows per group of rows_times_panel: as in the forward (kGroupRows), each k chunk of the
+// panel is read by all of a group's row tiles while it is in L1, unless the rows are large.
+inline int64_t backward_group_rows(int64_t rows, int64_t K) {
+  return rows * K * int64_t(sizeof(float)) > kGroupRowsBytes ? 6 : kGroupRows;
+}
+
 // out_row(n)[j] = a_row(n) . w[:, j] for rows n < rows and the columns j of block b of w
 // (a_row(n) has w's G entries).
 template <typename A, typename O>
@@ -91,17 +97,24 @@ FUSEDRNN_AVX512 void rows_times_panel(int64_t rows, const A& a_row, const O& out
   const int64_t j0 = b * kBackUnits;
   __mmask16 masks[4];
   block_masks(j0, w.C_, masks);
+  const int64_t group = backward_group_rows(rows, w.G_);
   for (int64_t k0 = 0; k0 < w.G_; k0 += kPanelRows) {
     const int64_t k1 = std::min(w.G_, k0 + kPanelRows);
-    for (int64_t n0 = 0; n0 < rows; n0 += 6) {
-      const int m = static_cast<int>(std::min<int64_t>(6, rows - n0));
-      const float* ar[6];
-      float* cr[6];
-      for (int r = 0; r < m; ++r) {
-        ar[r] = a_row(n0 + r);
-        cr[r] = out_row(n0 + r) + j0;
+    for (int64_t m0 = 0; m0 < rows; m0 += group) {
+      const int64_t m1 = std::min(rows, m0 + group);
+      for (int64_t c0 = k0; c0 < k1; c0 += kChunkK) {
+        const int64_t c1 = std::min(k1, c0 + kChunkK);
+        for (int64_t n0 = m0; n0 < m1; n0 += 6) {
+          const int m = static_cast<int>(std::min<int64_t>(6, m1 - n0));
+          const float* ar[6];
+          float* cr[6];
+          for (int r = 0; r < m; ++r) {
+            ar[r] = a_row(n0 + r);
+            cr[r] = out_row(n0 + r) + j0;
+          }
+          block_rows(m, ar, w.block(b), c0, c1, cr, masks, c0 == 0);
+        }
       }
-      block_rows(m, ar, w.block(b), k0, k1, cr, masks, k0 == 0);
     }
   }
 }
