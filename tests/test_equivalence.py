@@ -237,3 +237,13 @@ def test_matches_torch_fused_row_groups(cell, N):
     """The fused forward's row grouping: N=50 runs two groups (48 + 2 rows, tails of a
     group and of a tile); N=280 with I=H=512 has over 1 MB of step rows, one tile a group."""
     compare_with_torch(cell, T=3, N=N, I=512, H=512, bidirectional=True)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("kw", HALF_CASES)
+def test_matches_torch_bf16_weight_grads_without_amx(cell, kw, monkeypatch):
+    """bfloat16 weight gradients through the float path (FUSEDRNN_CPU_AMX=0), what CPUs
+    without AMX run; the other bfloat16 tests take the AMX kernel (csrc/cpu/amx.h) on
+    CPUs that have it."""
+    monkeypatch.setenv("FUSEDRNN_CPU_AMX", "0")
+    compare_with_torch(cell, **kw, dtype=torch.bfloat16, device="cpu")

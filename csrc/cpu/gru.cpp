@@ -2,6 +2,7 @@
 // Same structure as lstm.cpp. W_hn h + b_hn is kept apart from W_in x + b_in for the reset gate, so
 // the recurrent GEMM's gradient (dgh) differs from the input GEMM's (dgi) in the n block.
 #include "common.h"
+#include "amx.h"
 #include "fused_backward.h"
 #include "../cells.h"
 
@@ -301,8 +302,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
                            db_hh.mutable_data_ptr<scalar_t>());
     });
     dx2 = linear(dgi, torch::stable::contiguous(t(w_ih)));
-    dw_ih = mm_tn(dgi, x2);
-    dw_hh = mm_tn(dgh, hp);
+    dw_ih = weight_grad(dgi, x2);
+    dw_hh = weight_grad(dgh, hp);
   }
   Tensor dx = torch::stable::reshape(dx2, x_in.dim() == 3 ? std::vector<int64_t>{st.T, st.N, I}
                                                           : std::vector<int64_t>{st.R, I});

@@ -5,6 +5,7 @@
 // Backward: per step one fused pass and dh = dgates @ W_hh; after the loop dx, dW_ih,
 // dW_hh (and dW_hr) as large GEMMs and the bias gradient as a fixed-order reduction.
 #include "common.h"
+#include "amx.h"
 #include "fused_backward.h"
 #include "../cells.h"
 
@@ -361,11 +362,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
                                    dh_all, dh0, dc0);
       column_sum<scalar_t>(dgates.const_data_ptr<scalar_t>(), st.R, G,
                            db.mutable_data_ptr<scalar_t>());
-      if (w_hr) dw_hr = mm_tn(dh_all, projection_inputs<scalar_t>(ws2, H, x2));
+      if (w_hr) dw_hr = weight_grad(dh_all, projection_inputs<scalar_t>(ws2, H, x2));
     });
     dx2 = linear(dgates, torch::stable::contiguous(t(w_ih)));
-    dw_ih = mm_tn(dgates, x2);
-    dw_hh = mm_tn(dgates, previous_states(y2, h0c, st, reverse));
+    dw_ih = weight_grad(dgates, x2);
+    dw_hh = weight_grad(dgates, previous_states(y2, h0c, st, reverse));
   }
   Tensor dx = torch::stable::reshape(dx2, x_in.dim() == 3 ? std::vector<int64_t>{st.T, st.N, I}
                                                           : std::vector<int64_t>{st.R, I});
