@@ -234,8 +234,10 @@ def test_matches_torch_bf16_products(cell, kw, dot, monkeypatch):
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("N", [50, 280])
 def test_matches_torch_fused_row_groups(cell, N):
-    """The fused forward's row grouping: N=50 runs two groups (48 + 2 rows, tails of a
-    group and of a tile); N=280 with I=H=512 has over 1 MB of step rows, one tile a group."""
+    """Row grouping of the fused loops: N=50 runs two groups (48 + 2 rows, tails of a
+    group and of a tile), and its backward's dx (150-row chunks, over 1 MB of dG rows)
+    one tile a group; N=280 with I=H=512 has over 1 MB of step rows, so float32 takes
+    the per-step GEMM loop (fused_rows_fit)."""
     compare_with_torch(cell, T=3, N=N, I=512, H=512, bidirectional=True)
 
 

@@ -89,7 +89,8 @@ void gru_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, con
   constexpr bool kFloat = std::is_same_v<scalar_t, float>;
   if constexpr (!std::is_same_v<scalar_t, double>) {
     const bool pairs = std::is_same_v<scalar_t, c10::BFloat16> && bf16_dot_available();
-    if (fused_available() && (kFloat || pairs || fused_16bit<scalar_t>(N, 3 * H, H))) {
+    const bool fit = kFloat && fused_rows_fit(N, x2.size(1), H);
+    if (fused_available() && (fit || pairs || fused_16bit<scalar_t>(N, 3 * H, H))) {
       const bool fold = (kFloat || pairs) && N >= kFoldBatch;
       const Tensor w_ih_c = torch::stable::contiguous(w_ih);
       const Tensor w_hh_c = torch::stable::contiguous(w_hh), h0_c = torch::stable::contiguous(h0);
@@ -279,7 +280,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   Tensor dx2, dw_ih, dw_hh;
   bool fused = false;
 #if FUSEDRNN_HAVE_FUSED
-  if (dt == ScalarType::Float && fused_available() && st.T > 0) {
+  if (dt == ScalarType::Float && fused_available() && st.T > 0 &&
+      fused_rows_fit(st.N, I, H)) {
     dx2 = empty_as(x2, {st.R, I});
     dw_ih = empty_as(x2, {G, I});
     dw_hh = empty_as(x2, {G, H});

@@ -113,7 +113,8 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
   constexpr bool kFloat = std::is_same_v<scalar_t, float>;
   if constexpr (!std::is_same_v<scalar_t, double>) {
     const bool pairs = std::is_same_v<scalar_t, c10::BFloat16> && bf16_dot_available();
-    if (!w_hr && fused_available() && (kFloat || pairs || fused_16bit<scalar_t>(N, G, H))) {
+    const bool fit = kFloat && fused_rows_fit(N, x2.size(1), H);
+    if (!w_hr && fused_available() && (fit || pairs || fused_16bit<scalar_t>(N, G, H))) {
       const bool fold = (kFloat || pairs) && N >= kFoldBatch;
       auto cell = [&](int64_t s, int64_t n, int64_t j0, int64_t j1, const float* hg,
                       const scalar_t* xg_row) {
@@ -343,7 +344,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   Tensor dx2, dw_ih, dw_hh;
   bool fused = false;
 #if FUSEDRNN_HAVE_FUSED
-  if (dt == ScalarType::Float && !w_hr && fused_available() && st.T > 0) {
+  if (dt == ScalarType::Float && !w_hr && fused_available() && st.T > 0 &&
+      fused_rows_fit(st.N, I, H)) {
     dx2 = empty_as(x2, {st.R, I});
     dw_ih = empty_as(x2, {G, I});
     dw_hh = empty_as(x2, {G, P});

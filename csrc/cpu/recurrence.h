@@ -485,11 +485,25 @@ bool fused_16bit(int64_t N, int64_t G, int64_t H) {
 // the group's row tiles, so the chunk of panel (kChunkK x 64 floats, 32 KB) is read from
 // L1 by every tile rather than streamed from L2 by each. Paired timings on a 2-core
 // Sapphire Rapids, LSTM inference: T=100, N=64, H=512 124 -> 112 ms and T=256, N=16,
-// H=768 259 -> 246 ms. When the step's rows are over kGroupRowsBytes (T=50, N=256,
-// H=1024: 2 MB, L3-resident) the short row segments defeated the prefetchers (922 ->
-// 1065 ms), so there the group is one tile, each streaming its rows whole.
+// H=768 259 -> 246 ms. (At T=50, N=256, H=1024 grouping cost 15%: the short row segments
+// of 2 MB of rows defeated the prefetchers; float32 no longer runs the fused loop there,
+// see fused_rows_fit.)
 constexpr int64_t kGroupRows = 48;
+
+// The backward's row groups fall back to one tile past this many bytes of rows.
 constexpr int64_t kGroupRowsBytes = 1 << 20;
+
+// float32 runs the fused loops while a step's rows (x and h_{t-1}) fit in this many bytes,
+// so they stay in a core's L2 across the unit blocks. Above it the per-step GEMM loop
+// (oneDNN's cache-blocked GEMMs) was faster. Paired on the 2-core Sapphire Rapids at
+// T=50, N=256, I=H=1024 (2 MB of rows): LSTM inference 1354 -> 1215 ms, training 5429 ->
+// 4729 ms, GRU training 3713 -> 3062 ms; at N=64 and 128, H=512 (0.25, 0.5 MB) the
+// fused loop stays ahead (LSTM training 1120 vs 1227 ms at N=128).
+constexpr int64_t kFusedRowsBytes = 1 << 20;
+
+inline bool fused_rows_fit(int64_t N, int64_t I, int64_t H) {
+  return N * (I + H) * int64_t(sizeof(float)) <= kFusedRowsBytes;
+}
 
 // Blocks per call of the cell in the forward loop (64 units).
 constexpr int64_t kCellBlocks = 4;
@@ -558,9 +572,7 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, 
       return h_float.data() + (n < keep ? (1 + (s - 1) % 2) * N * H : 0) + n * H;
     }
   };
-  // Rows per group (see kGroupRows); one tile a group when the step's rows are large.
-  const int64_t group_rows =
-      N * ((fold ? I : 0) + H) * int64_t(sizeof(in_t)) > kGroupRowsBytes ? kTileRows<NA> : kGroupRows;
+  const int64_t group_rows = kGroupRows;
   for (int64_t s0 = 0; s0 < st.T;) {
     int64_t s1 = st.T;
     if (!fold) {  // the input projection of the next block of steps, as one GEMM
