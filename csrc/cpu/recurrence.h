@@ -15,6 +15,7 @@
 #pragma once
 
 #include "common.h"
+#include "tiles.h"
 
 #include <atomic>
 #include <cstdlib>
@@ -26,20 +27,8 @@
 #include <unistd.h>
 #endif
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <cpuid.h>
-#include <immintrin.h>
-#define FUSEDRNN_HAVE_FUSED 1
-#define FUSEDRNN_AVX512 __attribute__((target("avx512f")))
-#define FUSEDRNN_AVX512_BF16 __attribute__((target("avx512f,avx512bf16")))
-#else
-#define FUSEDRNN_HAVE_FUSED 0
-#endif
 
 namespace fusedrnn {
-
-// Hidden units per block: one 16-float vector per gate.
-constexpr int64_t kUnits = 16;
 
 // True where the fused loop runs: an x86-64 CPU with AVX-512F, checked at run time (the
 // wheel is built for baseline x86-64), unless FUSEDRNN_CPU_FUSED=0 (tests and benchmarks
@@ -72,7 +61,7 @@ inline bool amx_bf16_available() {
 // AVX512-BF16: Zen 4 and later, Cooper Lake, Sapphire Rapids and later). Not by default
 // on AMX CPUs: there vdpbf16ps issues at half the rate of a float FMA (no gain over float
 // products) and oneDNN's bfloat16 GEMMs run on AMX, so bfloat16 takes the float-product
-// fused loop below kFused16BitBatch and the GEMM loop above (measured on a 2-core
+// fused loop at small steps and the GEMM loop above (fused_16bit; measured on a 2-core
 // Sapphire Rapids: T=100, N=64, H=512 LSTM inference 0.28x -> 0.98x torch.nn).
 // FUSEDRNN_CPU_BF16_DOT=0 / =1 turn it off / on wherever the CPU has AVX512-BF16 (tests).
 inline bool bf16_dot_available() {
@@ -248,207 +237,6 @@ class PackedWeights {
   Scratch<value_t> data_;
 };
 
-// Which accumulators a product adds into: Slots<0, 1, 3> sends the three gates of a
-// packed panel to accumulators 0, 1 and 3.
-template <int... V>
-struct Slots {
-  static constexpr int size = sizeof...(V);
-  static constexpr int at[size] = {V...};
-};
-
-// acc[r][S::at[i]] += sum_{k0 <= k < k1} a[r][k] * b[k, i*kUnits : (i+1)*kUnits], MR rows.
-template <int MR, int NA, typename S>
-FUSEDRNN_AVX512 inline __attribute__((always_inline)) void tile_product(
-    __m512 (&acc)[MR][NA], const float* const* a, const float* b, int64_t k0, int64_t k1) {
-  constexpr int NV = S::size;
-  for (int64_t k = k0; k < k1; ++k) {
-    __m512 bv[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_ps(b + (k * NV + v) * kUnits);
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
-      const __m512 av = _mm512_set1_ps(a[r][k]);
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[r][S::at[v]] = _mm512_fmadd_ps(av, bv[v], acc[r][S::at[v]]);
-    }
-  }
-}
-
-// The k loops run in chunks of this many terms; each chunk's sums start from zero and
-// are added to the partial result in c. A float dot product's rounding error grows with
-// the length of its running sum: summed whole, x W_ih^T + h W_hh^T over I + H terms erred
-// twice as much as torch.nn's GEMMs (tests/test_accuracy.py).
-constexpr int64_t kChunkK = 128;
-
-// c[r][v*ldv] = acc[r][v] (the first chunk) or c + acc, lanes in masks[v]; acc = 0.
-template <int MR, int NA>
-FUSEDRNN_AVX512 inline __attribute__((always_inline)) void chunk_done(
-    __m512 (&acc)[MR][NA], float* const* c, int64_t ldv, const __mmask16* masks, bool& first) {
-#pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r) {
-#pragma GCC unroll 4
-    for (int v = 0; v < NA; ++v) {
-      float* p = c[r] + v * ldv;
-      const __m512 sum =
-          first ? acc[r][v] : _mm512_add_ps(_mm512_maskz_loadu_ps(masks[v], p), acc[r][v]);
-      _mm512_mask_storeu_ps(p, masks[v], sum);
-      acc[r][v] = _mm512_setzero_ps();
-    }
-  }
-  first = false;
-}
-
-// For MR rows and one block of kUnits units, NA accumulators per row: the products of the
-// x rows with the packed panel bx [Kx][XS::size*kUnits] (Kx = 0: none) and of the h rows
-// with bh [Kh][HS::size*kUnits], summed into the accumulators XS and HS name, go to
-// c[r*ldc + v*H + u] for accumulator v. Lanes outside `mask` (units past H) are not
-// stored. The MR*NA accumulators stay in zmm registers within a chunk.
-template <int MR, int NA, typename XS, typename HS>
-FUSEDRNN_AVX512 void gates_tile(const float* const* ax, const float* bx, int64_t Kx,
-                                const float* const* ah, const float* bh, int64_t Kh, float* c,
-                                int64_t ldc, int64_t H, __mmask16 mask) {
-  __m512 acc[MR][NA];
-  __mmask16 masks[NA];
-  for (int v = 0; v < NA; ++v) masks[v] = mask;
-  float* cr[MR];
-  for (int r = 0; r < MR; ++r) cr[r] = c + r * ldc;
-  bool first = true;
-#pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < NA; ++v) acc[r][v] = _mm512_setzero_ps();
-  for (int64_t k0 = 0; k0 < Kx; k0 += kChunkK) {
-    tile_product<MR, NA, XS>(acc, ax, bx, k0, std::min(Kx, k0 + kChunkK));
-    chunk_done<MR, NA>(acc, cr, H, masks, first);
-  }
-  for (int64_t k0 = 0; k0 < Kh || first; k0 += kChunkK) {
-    tile_product<MR, NA, HS>(acc, ah, bh, k0, std::min(Kh, k0 + kChunkK));
-    chunk_done<MR, NA>(acc, cr, H, masks, first);
-  }
-}
-
-// The bfloat16 form of tile_product, on pairs p of consecutive k (a row's elements 2p and
-// 2p+1, in the low and high half of 32 bits) and a kPairs panel: vdpbf16ps adds both
-// products to each float accumulator. kTail: the pair holds only k = 2p (K odd).
-template <int MR, int NA, typename S, bool kTail>
-FUSEDRNN_AVX512_BF16 inline __attribute__((always_inline)) void tile_pairs(
-    __m512 (&acc)[MR][NA], const uint16_t* const* a, const uint16_t* b, int64_t p0, int64_t p1) {
-  constexpr int NV = S::size;
-  for (int64_t p = p0; p < p1; ++p) {
-    __m512i bv[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_si512(b + (p * NV + v) * 2 * kUnits);
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
-      uint32_t pair = a[r][2 * p];
-      if constexpr (!kTail) std::memcpy(&pair, a[r] + 2 * p, sizeof(pair));
-      const __m512i av = _mm512_set1_epi32(static_cast<int>(pair));
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) {
-        acc[r][S::at[v]] = _mm512_dpbf16_ps(acc[r][S::at[v]], (__m512bh)av, (__m512bh)bv[v]);
-      }
-    }
-  }
-}
-
-// tile_pairs over the pairs of columns [k0, k1) (k0 even) of rows with K columns.
-template <int MR, int NA, typename S>
-FUSEDRNN_AVX512_BF16 inline void chunk_pairs(__m512 (&acc)[MR][NA], const uint16_t* const* a,
-                                             const uint16_t* b, int64_t K, int64_t k0,
-                                             int64_t k1) {
-  const int64_t full = K / 2, p0 = k0 / 2, p1 = (k1 + 1) / 2;
-  tile_pairs<MR, NA, S, false>(acc, a, b, p0, std::min(p1, full));
-  if (p1 > full) tile_pairs<MR, NA, S, true>(acc, a, b, full, p1);
-}
-
-// The products of K columns of the rows a with the panel b in chunks of kChunkK (bf16).
-template <int MR, int NA, typename S>
-FUSEDRNN_AVX512_BF16 inline __attribute__((always_inline)) void pairs_product(
-    __m512 (&acc)[MR][NA], const uint16_t* const* a, const uint16_t* b, int64_t K,
-    float* const* c, int64_t ldv, const __mmask16* masks, bool& first) {
-  const int64_t full = K / 2, pairs = (K + 1) / 2;
-  for (int64_t p0 = 0; p0 < pairs; p0 += kChunkK / 2) {
-    const int64_t p1 = std::min(pairs, p0 + kChunkK / 2);
-    tile_pairs<MR, NA, S, false>(acc, a, b, p0, std::min(p1, full));
-    if (p1 > full) tile_pairs<MR, NA, S, true>(acc, a, b, full, p1);
-    chunk_done<MR, NA>(acc, c, ldv, masks, first);
-  }
-}
-
-// gates_tile for bfloat16 rows and kPairs panels.
-template <int MR, int NA, typename XS, typename HS>
-FUSEDRNN_AVX512_BF16 void gates_tile_pairs(const uint16_t* const* ax, const uint16_t* bx,
-                                           int64_t Kx, const uint16_t* const* ah,
-                                           const uint16_t* bh, int64_t Kh, float* c,
-                                           int64_t ldc, int64_t H, __mmask16 mask) {
-  __m512 acc[MR][NA];
-  __mmask16 masks[NA];
-  for (int v = 0; v < NA; ++v) masks[v] = mask;
-  float* cr[MR];
-  for (int r = 0; r < MR; ++r) cr[r] = c + r * ldc;
-  bool first = true;
-#pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < NA; ++v) acc[r][v] = _mm512_setzero_ps();
-  pairs_product<MR, NA, XS>(acc, ax, bx, Kx, cr, H, masks, first);
-  pairs_product<MR, NA, HS>(acc, ah, bh, Kh, cr, H, masks, first);
-}
-
-// Rows per micro-kernel call: MR*NA = 24 of the 32 zmm registers hold accumulators.
-template <int NA>
-constexpr int kTileRows = 24 / NA;
-
-// gates_tile (float rows and panels) or gates_tile_pairs (bfloat16) for 1..kTileRows rows.
-template <int NA, typename XS, typename HS, typename in_t, int MR = kTileRows<NA>>
-FUSEDRNN_AVX512 void gates_rows(int rows, const in_t* const* ax, const in_t* bx, int64_t Kx,
-                                const in_t* const* ah, const in_t* bh, int64_t Kh, float* c,
-                                int64_t ldc, int64_t H, __mmask16 mask) {
-  if constexpr (MR > 1) {
-    if (rows < MR) {
-      return gates_rows<NA, XS, HS, in_t, MR - 1>(rows, ax, bx, Kx, ah, bh, Kh, c, ldc, H,
-                                                  mask);
-    }
-  }
-  if constexpr (std::is_same_v<in_t, float>) {
-    gates_tile<MR, NA, XS, HS>(ax, bx, Kx, ah, bh, Kh, c, ldc, H, mask);
-  } else {
-    gates_tile_pairs<MR, NA, XS, HS>(ax, bx, Kx, ah, bh, Kh, c, ldc, H, mask);
-  }
-}
-
-// One chunk [k0, k1) of the products of `rows` (1..kTileRows) rows a with the panel b
-// (K columns in all; float, or bf16 pairs for uint16_t), for one block of kUnits units:
-// c[r*ldc + v*H + u] = acc[r][v] if `first` (every accumulator, products or not), else
-// c + acc. Called chunk by chunk for every row tile, the chunk's 32 KB of panel stays in
-// L1 across the tiles (whole-K tiles streamed a block's 256 KB panel from L2 per tile).
-template <int NA, typename S, typename in_t, int MR = kTileRows<NA>>
-FUSEDRNN_AVX512 void chunk_rows(int rows, const in_t* const* a, const in_t* b, int64_t K,
-                                int64_t k0, int64_t k1, float* c, int64_t ldc, int64_t H,
-                                __mmask16 mask, bool first) {
-  if constexpr (MR > 1) {
-    if (rows < MR) {
-      return chunk_rows<NA, S, in_t, MR - 1>(rows, a, b, K, k0, k1, c, ldc, H, mask, first);
-    }
-  }
-  __m512 acc[MR][NA];
-  __mmask16 masks[NA];
-  float* cr[MR];
-#pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r) {
-    cr[r] = c + r * ldc;
-#pragma GCC unroll 4
-    for (int v = 0; v < NA; ++v) acc[r][v] = _mm512_setzero_ps();
-  }
-  for (int v = 0; v < NA; ++v) masks[v] = mask;
-  if constexpr (std::is_same_v<in_t, float>) {
-    tile_product<MR, NA, S>(acc, a, b, k0, k1);
-  } else {
-    chunk_pairs<MR, NA, S>(acc, a, b, K, k0, k1);
-  }
-  chunk_done<MR, NA>(acc, cr, H, masks, first);
-}
-
 // From this batch on, the input projection is computed inside the step, from packed W_ih,
 // rather than as a oneDNN GEMM over blocks of steps: a worker's W_ih panel is then reused
 // across at least two row tiles per step, and no [rows, G] projection buffer is allocated
@@ -572,7 +360,6 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, 
       return h_float.data() + (n < keep ? (1 + (s - 1) % 2) * N * H : 0) + n * H;
     }
   };
-  const int64_t group_rows = kGroupRows;
   for (int64_t s0 = 0; s0 < st.T;) {
     int64_t s1 = st.T;
     if (!fold) {  // the input projection of the next block of steps, as one GEMM
@@ -608,7 +395,7 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, 
             for (int64_t k0 = 0; k0 < K; k0 += kChunkK) {
               const int64_t k1 = std::min(K, k0 + kChunkK);
               for (int64_t n0 = m0; n0 < m1; n0 += kTileRows<NA>) {
-                const int rows = static_cast<int>(std::min<int64_t>(kTileRows<NA>, B - n0));
+                const int rows = static_cast<int>(std::min<int64_t>(kTileRows<NA>, m1 - n0));
                 const in_t* a[kTileRows<NA>];
                 for (int r = 0; r < rows; ++r) {
                   if (of_x) {
@@ -626,7 +413,7 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, 
             }
           };
           for (m0 = 0; m0 < B; m0 = m1) {
-            m1 = std::min(B, m0 + group_rows);
+            m1 = std::min(B, m0 + kGroupRows);
             first = true;
             if (fold) chunks(XS{}, true);
             chunks(HS{}, false);
