@@ -158,3 +158,18 @@ def test_backward_chunks(cell, packed, N, lengths_hi, H):
     assert rows > 3 * 128
     for name, e_ours, e_torch, _, bound in compare(theirs, ours, x, None, generator=g):
         assert e_ours <= bound, f"{name}: rel err {e_ours:.2e} > bound {bound:.2e} (torch.nn {e_torch:.2e})"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16-dot"])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_packed_folded_batch(cell, dtype, monkeypatch):
+    """50 sequences of 1..11 steps: at least kFoldBatch (40) rows, so the fused loop makes
+    x's products inside the step, a step ahead of the recurrence, over a batch that
+    shrinks from step to step (and grows, in reverse); bfloat16 on bf16 products (where
+    the CPU has them: FUSEDRNN_CPU_BF16_DOT=1) folds too."""
+    monkeypatch.setenv("FUSEDRNN_CPU_BF16_DOT", "1")
+    lengths = torch.randint(1, 12, (50,), generator=torch.Generator().manual_seed(1)).tolist()
+    theirs, ours, x, state, g = packed_case(cell, (lengths, True, False), LAYERS[1].values[0],
+                                            dtype, I=20, H=40)
+    for name, e_ours, e_torch, _, bound in compare(theirs, ours, x, state, generator=g):
+        assert e_ours <= bound, f"{name}: rel err {e_ours:.2e} > bound {bound:.2e} (torch.nn {e_torch:.2e})"

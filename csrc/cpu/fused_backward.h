@@ -228,7 +228,7 @@ struct BackwardGrads {
 // Steps run in chunks of at least kChunkK rows; at a chunk's last step each worker adds
 // the chunk's share of dW_ih (dX^T x), dW_hh (dG^T h_{t-1}) and the biases for its units,
 // and at the next step the workers compute the chunk's dx = dX W_ih by column blocks.
-// dG and dX live in a ring of (longest chunk + 1) steps. Every sum has a fixed order.
+// dG and dX live in a ring of (longest chunk + 2) steps. Every sum has a fixed order.
 // x [R, I], y [R, H], h0 [N, H], w_ih [G, I], w_hh [G, H], ghn [N, H], all contiguous.
 template <typename Cell>
 void fused_backward(const Steps& st, bool reverse, int64_t gates, int64_t H, int64_t I,
@@ -248,7 +248,8 @@ void fused_backward(const Steps& st, bool reverse, int64_t gates, int64_t H, int
     opens[s - 1] = s0;
     longest = std::max(longest, s - s0);
   }
-  const int64_t slots = longest + 1;
+  // Another worker may be writing step s+1 while this one reads the chunk closed at s-1.
+  const int64_t slots = longest + 2;
   const Scratch ring((split ? 2 : 1) * slots * N * G);
   float* const dx_ring = ring.data() + (split ? slots * N * G : 0);
   // Per row in run order: its x and h_{t-1} rows, its dG and dX ring rows, its dx row.
@@ -275,50 +276,61 @@ void fused_backward(const Steps& st, bool reverse, int64_t gates, int64_t H, int
   const Prefault prefault(
       T, [&](int64_t s) { return st.offset[tt(s)]; }, [&](int64_t s) { return st.batch[tt(s)]; },
       {{out.dx, I * int64_t(sizeof(float))}});
-  run_steps(workers, 0, T + 1, [&](int64_t wk, int64_t s) {
-    const int64_t b0 = blocks * wk / workers, b1 = blocks * (wk + 1) / workers;
-    const int64_t x0 = xblocks * wk / workers, x1 = xblocks * (wk + 1) / workers;
-    if (s < T) prefault.at_step(s, wk, workers);
-    if (s == 0) {
-      for (int64_t b = b0; b < b1; ++b) wh.pack(b);
-      for (int64_t b = x0; b < x1; ++b) wi.pack(b);
-    }
-    const int64_t B = s < T ? st.batch[tt(s)] : 0;
-    const int64_t kept = s > 0 ? std::min(B, st.batch[tt(s - 1)]) : 0;
-    if (s > 0) {  // dG of the step before times W_hh: this step's rec, or dh0 rows
-      auto a_row = [&](int64_t n) -> const float* { return gs[row0[s - 1] + n]; };
-      auto out_row = [&](int64_t n) { return n < kept ? rec.data() + n * H : out.dh0 + n * H; };
-      for (int64_t b = b0; b < b1; ++b) {
-        rows_times_panel(st.batch[tt(s - 1)], a_row, out_row, wh, b);
-      }
-    }
-    if (s < T) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t j0 = b * kBackUnits, j1 = std::min(H, j0 + kBackUnits);
-        for (int64_t n = 0; n < B; ++n) {
-          const int64_t k = row0[s] + n;
-          cell(s, n, j0, j1, n < kept ? rec.data() + n * H : ghn + n * H, gs[k], gxs[k]);
+  auto blocks_of = [&](int64_t wk) {
+    return std::array<int64_t, 4>{blocks * wk / workers, blocks * (wk + 1) / workers,
+                                  xblocks * wk / workers, xblocks * (wk + 1) / workers};
+  };
+  run_steps(
+      workers, 0, T + 1,
+      [&](int64_t wk, int64_t s) {
+        const auto [b0, b1, x0, x1] = blocks_of(wk);
+        if (s < T) prefault.at_step(s, wk, workers);
+        if (s == 0) {
+          for (int64_t b = b0; b < b1; ++b) wh.pack(b);
+          for (int64_t b = x0; b < x1; ++b) wi.pack(b);
         }
-      }
-      if (opens[s] >= 0) {  // the chunk's weight and bias gradients, for this worker's units
-        const int64_t k0 = row0[opens[s]], K = row0[s + 1] - k0;
-        const bool first = opens[s] == 0;
-        for (int64_t b = b0; b < b1; ++b) {
-          const int64_t j0 = b * kBackUnits, j1 = std::min(H, j0 + kBackUnits);
-          weight_update(K, gxs.data() + k0, xs.data() + k0, I, gates, H, j0, j1, out.dw_ih,
-                        out.db_x, first);
-          weight_update(K, gs.data() + k0, hs.data() + k0, H, gates, H, j0, j1, out.dw_hh,
-                        out.db_h, first);
+        const int64_t B = s < T ? st.batch[tt(s)] : 0;
+        const int64_t kept = s > 0 ? std::min(B, st.batch[tt(s - 1)]) : 0;
+        if (s > 0) {  // dG of the step before times W_hh: this step's rec, or dh0 rows
+          auto a_row = [&](int64_t n) -> const float* { return gs[row0[s - 1] + n]; };
+          auto out_row = [&](int64_t n) { return n < kept ? rec.data() + n * H : out.dh0 + n * H; };
+          for (int64_t b = b0; b < b1; ++b) {
+            rows_times_panel(st.batch[tt(s - 1)], a_row, out_row, wh, b);
+          }
         }
-      }
-    }
-    if (s > 0 && opens[s - 1] >= 0) {  // dx of the chunk the step before closed
-      const int64_t k0 = row0[opens[s - 1]];
-      auto a_row = [&](int64_t i) -> const float* { return gxs[k0 + i]; };
-      auto out_row = [&](int64_t i) { return dxs[k0 + i]; };
-      for (int64_t b = x0; b < x1; ++b) rows_times_panel(row0[s] - k0, a_row, out_row, wi, b);
-    }
-  });
+        if (s < T) {
+          for (int64_t b = b0; b < b1; ++b) {
+            const int64_t j0 = b * kBackUnits, j1 = std::min(H, j0 + kBackUnits);
+            for (int64_t n = 0; n < B; ++n) {
+              const int64_t k = row0[s] + n;
+              cell(s, n, j0, j1, n < kept ? rec.data() + n * H : ghn + n * H, gs[k], gxs[k]);
+            }
+          }
+        }
+      },
+      // After its share of step s, while the others finish theirs: the weight gradients
+      // of the chunk step s closed (this worker's units: its own columns of dG and dX),
+      // and the dx of the chunk step s-1 closed (whole dX rows, all finished at step s-1).
+      [&](int64_t wk, int64_t s) {
+        const auto [b0, b1, x0, x1] = blocks_of(wk);
+        if (s < T && opens[s] >= 0) {
+          const int64_t k0 = row0[opens[s]], K = row0[s + 1] - k0;
+          const bool first = opens[s] == 0;
+          for (int64_t b = b0; b < b1; ++b) {
+            const int64_t j0 = b * kBackUnits, j1 = std::min(H, j0 + kBackUnits);
+            weight_update(K, gxs.data() + k0, xs.data() + k0, I, gates, H, j0, j1, out.dw_ih,
+                          out.db_x, first);
+            weight_update(K, gs.data() + k0, hs.data() + k0, H, gates, H, j0, j1, out.dw_hh,
+                          out.db_h, first);
+          }
+        }
+        if (s > 0 && opens[s - 1] >= 0) {
+          const int64_t k0 = row0[opens[s - 1]];
+          auto a_row = [&](int64_t i) -> const float* { return gxs[k0 + i]; };
+          auto out_row = [&](int64_t i) { return dxs[k0 + i]; };
+          for (int64_t b = x0; b < x1; ++b) rows_times_panel(row0[s] - k0, a_row, out_row, wi, b);
+        }
+      });
 }
 
 #endif  // FUSEDRNN_HAVE_FUSED

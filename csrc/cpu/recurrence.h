@@ -75,6 +75,7 @@ inline bool bf16_dot_available() {
 #endif
 }
 
+
 #if FUSEDRNN_HAVE_FUSED
 
 // Spin barrier between steps. Workers add how many of them arrived; step s may start
@@ -98,13 +99,19 @@ class StepBarrier {
 };
 
 // Runs f(w, s) for every worker w < workers and step s0 <= s < s1, steps in order, with
-// all of step s-1 finished before any of step s starts. The workers are torch's intra-op
-// threads (one parallel_for over the workers); a thread given several workers (fewer
-// threads, or a nested parallel region that runs serially) runs them in turn.
-template <typename F>
-void run_steps(int64_t workers, int64_t s0, int64_t s1, const F& f) {
+// all of step s-1 finished before any of step s starts. Then, between finishing step s
+// and waiting for the others, each worker runs ahead(w, s): work of its own that needs
+// none of the other workers' step s (the next step's input products, the weight
+// gradients of its units), done while it would otherwise spin. The workers are torch's
+// intra-op threads (one parallel_for over the workers); a thread given several workers
+// (fewer threads, or a nested parallel region that runs serially) runs them in turn.
+template <typename F, typename A>
+void run_steps(int64_t workers, int64_t s0, int64_t s1, const F& f, const A& ahead) {
   if (workers == 1) {
-    for (int64_t s = s0; s < s1; ++s) f(int64_t{0}, s);
+    for (int64_t s = s0; s < s1; ++s) {
+      f(int64_t{0}, s);
+      ahead(int64_t{0}, s);
+    }
     return;
   }
   StepBarrier barrier;
@@ -113,6 +120,7 @@ void run_steps(int64_t workers, int64_t s0, int64_t s1, const F& f) {
       if (s > s0) barrier.wait(workers * (s - s0));
       for (int64_t w = w0; w < w1; ++w) f(w, s);
       barrier.arrive(w1 - w0);
+      for (int64_t w = w0; w < w1; ++w) ahead(w, s);
     }
   });
 }
@@ -237,11 +245,16 @@ class PackedWeights {
   Scratch<value_t> data_;
 };
 
-// From this batch on, the input projection is computed inside the step, from packed W_ih,
-// rather than as a oneDNN GEMM over blocks of steps: a worker's W_ih panel is then reused
-// across at least two row tiles per step, and no [rows, G] projection buffer is allocated
-// (glibc maps a fresh 8 MB block on every call: page faults took 30% of the GEMM time).
-constexpr int64_t kFoldBatch = 12;
+// From this batch on, the input projection is computed inside the step, from packed W_ih
+// (its products made ahead, while the other workers finish the step), rather than as a
+// oneDNN GEMM over blocks of steps. Folded, each step streams W_ih as well as W_hh
+// through the cores' caches at 2N flops per 4 bytes of weights: at small batches that
+// read, not the FMA units, bounds the step, and the GEMM (its weights reused across 1024
+// rows) wins. Paired on the 2-core Sapphire Rapids, GEMM vs folded: T=256, N=16,
+// I=H=768 LSTM inference 1.075x faster, training 1.07x, GRU inference 1.16x; T=100,
+// I=H=512 N=32 1.015-1.05x; N=48 0.93x and N=64 0.95x (folding wins). (12 on the 2-core
+// Zen 5 of the earlier runs, measured before the products were made ahead.)
+constexpr int64_t kFoldBatch = 40;
 
 // float16 (and bfloat16 without AVX512-BF16) runs the fused loop (float products, x not
 // folded) below this batch: measured
@@ -360,76 +373,91 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, 
       return h_float.data() + (n < keep ? (1 + (s - 1) % 2) * N * H : 0) + n * H;
     }
   };
+  // The products of step s's rows with block b's panel of x (of_x) or of h_{t-1}, into
+  // the block's columns of hg, by groups of up to kGroupRows rows: for each k chunk, all
+  // the group's row tiles. The first chunk of the x products (or, unfolded, of the h
+  // products) stores, every later chunk adds, so each output sums its chunks in one order.
+  auto products = [&](int64_t s, int64_t b, auto slots, bool of_x) {
+    using S = decltype(slots);
+    const int64_t t = tt(s), B = st.batch[t], off = st.offset[t];
+    const int64_t keep = st.carried(t, reverse), p = st.prev(t, reverse);
+    const int64_t j0 = b * kUnits, j1 = std::min(H, j0 + kUnits);
+    const __mmask16 mask = static_cast<__mmask16>((1u << (j1 - j0)) - 1u);
+    const int64_t K = of_x ? I : H;
+    const in_t* panel = of_x ? packed_x.block(b) : packed_h.block(b);
+    for (int64_t m0 = 0; m0 < B; m0 += kGroupRows) {
+      const int64_t m1 = std::min(B, m0 + kGroupRows);
+      bool first = of_x || !fold;
+      for (int64_t k0 = 0; k0 < K; k0 += kChunkK) {
+        const int64_t k1 = std::min(K, k0 + kChunkK);
+        for (int64_t n0 = m0; n0 < m1; n0 += kTileRows<NA>) {
+          const int rows = static_cast<int>(std::min<int64_t>(kTileRows<NA>, m1 - n0));
+          const in_t* a[kTileRows<NA>];
+          for (int r = 0; r < rows; ++r) {
+            if (of_x) {
+              if constexpr (kInPlace) {
+                a[r] = reinterpret_cast<const in_t*>(x + (off + n0 + r) * I);
+              }
+            } else {
+              a[r] = h_prev(s, n0 + r, keep, p);
+            }
+          }
+          chunk_rows<NA, S, in_t>(rows, a, panel, K, k0, k1, hg.data() + n0 * ldh + j0, ldh,
+                                  H, mask, first, n0 == m0);
+        }
+        first = false;
+      }
+    }
+  };
   for (int64_t s0 = 0; s0 < st.T;) {
     int64_t s1 = st.T;
     if (!fold) {  // the input projection of the next block of steps, as one GEMM
       s1 = xg.block_end(s0);
       for (int64_t s = s0; s < s1; ++s) xg_step[s] = static_cast<const scalar_t*>(xg.step(s));
     }
-    run_steps(workers, s0, s1, [&](int64_t w, int64_t s) {
-      const int64_t t = tt(s), B = st.batch[t], off = st.offset[t];
-      const int64_t keep = st.carried(t, reverse), p = st.prev(t, reverse);
-      const int64_t nb = packed_h.blocks(), b0 = nb * w / workers, b1 = nb * (w + 1) / workers;
-      prefault.at_step(s, w, workers);
-      if (s == 0) {
-        for (int64_t b = b0; b < b1; ++b) {
-          packed_h.pack(b);
-          if (fold) packed_x.pack(b);
-        }
-      }
-      // The cell runs per group of kCellBlocks blocks, over all the step's rows: longer
-      // vector loops, a quarter of the calls; the group's gates are still in L2.
-      for (int64_t g0 = b0; g0 < b1; g0 += kCellBlocks) {
-        const int64_t g1 = std::min(b1, g0 + kCellBlocks);
-        for (int64_t b = g0; b < g1; ++b) {
-          const int64_t j0 = b * kUnits, j1 = std::min(H, j0 + kUnits);
-          const __mmask16 mask = static_cast<__mmask16>((1u << (j1 - j0)) - 1u);
-          // The x chunks (folded), then the h chunks, each over all row tiles; the first
-          // chunk stores, the later ones add, so every output sums its chunks in order.
-          bool first = true;
-          int64_t m0 = 0, m1 = 0;
-          auto chunks = [&](auto slots, bool of_x) {
-            using S = decltype(slots);
-            const int64_t K = of_x ? I : H;
-            const in_t* panel = of_x ? packed_x.block(b) : packed_h.block(b);
-            for (int64_t k0 = 0; k0 < K; k0 += kChunkK) {
-              const int64_t k1 = std::min(K, k0 + kChunkK);
-              for (int64_t n0 = m0; n0 < m1; n0 += kTileRows<NA>) {
-                const int rows = static_cast<int>(std::min<int64_t>(kTileRows<NA>, m1 - n0));
-                const in_t* a[kTileRows<NA>];
-                for (int r = 0; r < rows; ++r) {
-                  if (of_x) {
-                    if constexpr (kInPlace) {
-                      a[r] = reinterpret_cast<const in_t*>(x + (off + n0 + r) * I);
-                    }
-                  } else {
-                    a[r] = h_prev(s, n0 + r, keep, p);
-                  }
-                }
-                chunk_rows<NA, S, in_t>(rows, a, panel, K, k0, k1, hg.data() + n0 * ldh + j0,
-                                        ldh, H, mask, first);
-              }
-              first = false;
+    // Worker w's blocks: their columns of hg are its own.
+    auto blocks_of = [&](int64_t w) {
+      const int64_t nb = packed_h.blocks();
+      return std::pair<int64_t, int64_t>{nb * w / workers, nb * (w + 1) / workers};
+    };
+    run_steps(
+        workers, s0, s1,
+        [&](int64_t w, int64_t s) {
+          const int64_t t = tt(s), B = st.batch[t], off = st.offset[t];
+          const auto [b0, b1] = blocks_of(w);
+          prefault.at_step(s, w, workers);
+          if (s == 0) {
+            for (int64_t b = b0; b < b1; ++b) {
+              packed_h.pack(b);
+              if (fold) packed_x.pack(b);
             }
-          };
-          for (m0 = 0; m0 < B; m0 = m1) {
-            m1 = std::min(B, m0 + kGroupRows);
-            first = true;
-            if (fold) chunks(XS{}, true);
-            chunks(HS{}, false);
           }
-        }
-        const int64_t j0 = g0 * kUnits, j1 = std::min(H, g1 * kUnits);
-        for (int64_t n = 0; n < B; ++n) {
-          cell(s, n, j0, j1, hg.data() + n * ldh, xg_step[s] + n * xg_ld);
-          if constexpr (!kInPlace) {
-            float* next = h_float.data() + (1 + s % 2) * N * H + n * H;
-            const scalar_t* yn = y + (off + n) * H;
-            for (int64_t j = j0; j < j1; ++j) next[j] = static_cast<float>(yn[j]);
+          // Folded, the x products of a step are made ahead (below), except the first's.
+          if (fold && s == s0) {
+            for (int64_t b = b0; b < b1; ++b) products(s, b, XS{}, true);
           }
-        }
-      }
-    });
+          // The cell runs per group of kCellBlocks blocks, over all the step's rows: longer
+          // vector loops, a quarter of the calls; the group's gates are still in L2.
+          for (int64_t g0 = b0; g0 < b1; g0 += kCellBlocks) {
+            const int64_t g1 = std::min(b1, g0 + kCellBlocks);
+            for (int64_t b = g0; b < g1; ++b) products(s, b, HS{}, false);
+            const int64_t j0 = g0 * kUnits, j1 = std::min(H, g1 * kUnits);
+            for (int64_t n = 0; n < B; ++n) {
+              cell(s, n, j0, j1, hg.data() + n * ldh, xg_step[s] + n * xg_ld);
+              if constexpr (!kInPlace) {
+                float* next = h_float.data() + (1 + s % 2) * N * H + n * H;
+                const scalar_t* yn = y + (off + n) * H;
+                for (int64_t j = j0; j < j1; ++j) next[j] = static_cast<float>(yn[j]);
+              }
+            }
+          }
+        },
+        [&](int64_t w, int64_t s) {
+          // The next step's x products need only x: made while the others finish step s.
+          if (!fold || s + 1 >= s1) return;
+          const auto [b0, b1] = blocks_of(w);
+          for (int64_t b = b0; b < b1; ++b) products(s + 1, b, XS{}, true);
+        });
     s0 = s1;
   }
   // h_n: forward, a row's last step is the last whose batch holds it; reverse, t = 0.

@@ -33,12 +33,24 @@ struct Slots {
   static constexpr int at[size] = {V...};
 };
 
+// The k loops run in chunks of this many terms; each chunk's sums start from zero and
+// are added to the partial result in c. A float dot product's rounding error grows with
+// the length of its running sum: summed whole, x W_ih^T + h W_hh^T over I + H terms erred
+// twice as much as torch.nn's GEMMs (tests/test_accuracy.py).
+constexpr int64_t kChunkK = 128;
+
 // acc[r][S::at[i]] += sum_{k0 <= k < k1} a[r][k] * b[k, i*kUnits : (i+1)*kUnits], MR rows.
-template <int MR, int NA, typename S>
+template <int MR, int NA, typename S, bool kAhead = false>
 FUSEDRNN_AVX512 inline __attribute__((always_inline)) void tile_product(
     __m512 (&acc)[MR][NA], const float* const* a, const float* b, int64_t k0, int64_t k1) {
   constexpr int NV = S::size;
   for (int64_t k = k0; k < k1; ++k) {
+    if constexpr (kAhead) {
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) {
+        _mm_prefetch(reinterpret_cast<const char*>(b + ((k + kChunkK) * NV + v) * kUnits), _MM_HINT_T1);
+      }
+    }
     __m512 bv[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_ps(b + (k * NV + v) * kUnits);
@@ -51,11 +63,6 @@ FUSEDRNN_AVX512 inline __attribute__((always_inline)) void tile_product(
   }
 }
 
-// The k loops run in chunks of this many terms; each chunk's sums start from zero and
-// are added to the partial result in c. A float dot product's rounding error grows with
-// the length of its running sum: summed whole, x W_ih^T + h W_hh^T over I + H terms erred
-// twice as much as torch.nn's GEMMs (tests/test_accuracy.py).
-constexpr int64_t kChunkK = 128;
 
 // c[r][v*ldv] = acc[r][v] (the first chunk) or c + acc, lanes in masks[v]; acc = 0.
 template <int MR, int NA>
@@ -121,10 +128,10 @@ constexpr int kTileRows = 24 / NA;
 template <int NA, typename S, typename in_t, int MR = kTileRows<NA>>
 FUSEDRNN_AVX512 void chunk_rows(int rows, const in_t* const* a, const in_t* b, int64_t K,
                                 int64_t k0, int64_t k1, float* c, int64_t ldc, int64_t H,
-                                __mmask16 mask, bool first) {
+                                __mmask16 mask, bool first, bool lead = false) {
   if constexpr (MR > 1) {
     if (rows < MR) {
-      return chunk_rows<NA, S, in_t, MR - 1>(rows, a, b, K, k0, k1, c, ldc, H, mask, first);
+      return chunk_rows<NA, S, in_t, MR - 1>(rows, a, b, K, k0, k1, c, ldc, H, mask, first, lead);
     }
   }
   __m512 acc[MR][NA];
@@ -138,7 +145,11 @@ FUSEDRNN_AVX512 void chunk_rows(int rows, const in_t* const* a, const in_t* b, i
   }
   for (int v = 0; v < NA; ++v) masks[v] = mask;
   if constexpr (std::is_same_v<in_t, float>) {
-    tile_product<MR, NA, S>(acc, a, b, k0, k1);
+    if (lead) {
+      tile_product<MR, NA, S, true>(acc, a, b, k0, k1);
+    } else {
+      tile_product<MR, NA, S>(acc, a, b, k0, k1);
+    }
   } else {
     chunk_pairs<MR, NA, S>(acc, a, b, K, k0, k1);
   }
