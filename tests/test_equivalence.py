@@ -223,11 +223,24 @@ def test_matches_torch_16bit_gemm_loop(cell, kw, dt, monkeypatch):
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("kw", HALF_CASES)
 def test_matches_torch_bf16_products(cell, kw, dot, monkeypatch):
-    """bfloat16 in the fused loop with float products (FUSEDRNN_CPU_BF16_DOT=0: AVX-512
-    CPUs without AVX512-BF16, and AMX CPUs below batch 32) and with bf16 products on
-    vdpbf16ps (=1: the default on AVX512-BF16 CPUs without AMX; where the CPU lacks
+    """bfloat16 as CPUs without AMX run it (FUSEDRNN_CPU_AMX=0), in the fused loop with
+    float products (FUSEDRNN_CPU_BF16_DOT=0: AVX-512 CPUs without AVX512-BF16) and with
+    bf16 products on vdpbf16ps (=1: the default on AVX512-BF16 CPUs; where the CPU lacks
     AVX512-BF16 this runs float products again)."""
+    monkeypatch.setenv("FUSEDRNN_CPU_AMX", "0")
     monkeypatch.setenv("FUSEDRNN_CPU_BF16_DOT", dot)
+    compare_with_torch(cell, **kw, dtype=torch.bfloat16, device="cpu")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("kw", [case(5, 40, 6, 64, bidir=True), case(3, 33, 8, 256, L=2),
+                                case(4, 16, 7, 96, hx=False)])
+def test_matches_torch_bf16_amx_rows_in_place(cell, kw):
+    """bfloat16 on AMX CPUs runs the forward's recurrent products on tiles (amx_gates,
+    the default there; HALF_CASES cover staged rows: H not a multiple of 32, partial
+    tiles and unit blocks). Here H is a multiple of 32, so whole tiles of 16 rows are
+    read in place from y and h0, beside a last partial tile (N=40, 33), in one or two k
+    chunks (H=256), and one exact tile (N=16). Elsewhere these run the other loops."""
     compare_with_torch(cell, **kw, dtype=torch.bfloat16, device="cpu")
 
 

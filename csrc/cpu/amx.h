@@ -11,53 +11,13 @@
 
 #include "recurrence.h"
 
-#if FUSEDRNN_HAVE_FUSED && defined(__linux__)
-#include <sys/syscall.h>
-#include <unistd.h>
-#define FUSEDRNN_HAVE_AMX 1
-#define FUSEDRNN_AMX __attribute__((target("amx-tile,amx-bf16")))
-#else
-#define FUSEDRNN_HAVE_AMX 0
-#endif
-
 namespace fusedrnn {
 
 #if FUSEDRNN_HAVE_AMX
 
-// True where the AMX weight gradients run: the CPU has AMX-BF16 and Linux granted this
-// process the tile state (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), unless
-// FUSEDRNN_CPU_AMX=0 (tests of the float path that other CPUs run).
-inline bool amx_usable() {
-  static const bool granted = [] {
-    constexpr int kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
-    return amx_bf16_available() &&
-           syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
-  }();
-  const char* env = std::getenv("FUSEDRNN_CPU_AMX");
-  return granted && !(env && env[0] == '0');
-}
-
 // k rows per pass over the output blocks: a pass reads a 32-row block of packed dG^T
 // (32 KB at 512) from L1 and the packed X rows (P*2 KB at 512) from L2.
 constexpr int64_t kAmxChunk = 512;
-
-inline int64_t round32(int64_t n) { return (n + 31) / 32 * 32; }
-
-// The tile layout every tile uses: 16 rows of 64 bytes (C: 16 floats; A: 32 bf16 of k;
-// B: 16 pairs of k for 16 columns). Tiles 0-3 accumulate a 32x32 block of C, 4-5 hold A,
-// 6-7 hold B.
-struct alignas(64) TileConfig {
-  uint8_t palette = 1, start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-  TileConfig() {
-    for (int i = 0; i < 8; ++i) {
-      colsb[i] = 64;
-      rows[i] = 16;
-    }
-  }
-};
 
 // C[32x32 block at (m0, p0)] (=, if first, else +=) sum over k in [k0, k1) of
 // At[m][k] * B[k][p]. At [Mp][Kp] is dG^T; Bp [Kp/2][Pp][2] holds X in pairs of k.
@@ -100,7 +60,7 @@ FUSEDRNN_AMX inline void amx_block(const uint16_t* At, int64_t Kp, const uint16_
 FUSEDRNN_AMX inline void amx_rows(const uint16_t* At, int64_t Kp, const uint16_t* Bp,
                                   int64_t Pp, float* C, int64_t b0, int64_t b1, int64_t k0,
                                   int64_t k1) {
-  const TileConfig cfg;
+  static const TileConfig cfg;  // in memory whole: a local one lost its stores (gcc 12)
   _tile_loadconfig(&cfg);
   for (int64_t b = b0; b < b1; ++b) {
     for (int64_t p0 = 0; p0 < Pp; p0 += 32) amx_block(At, Kp, Bp, Pp, C, b * 32, p0, k0, k1, k0 == 0);

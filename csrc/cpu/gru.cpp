@@ -84,14 +84,15 @@ void gru_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, con
   scalar_t* h_p = h.mutable_data_ptr<scalar_t>();
   acc_t* ws_p = ws2.mutable_data_ptr<acc_t>();
 #if FUSEDRNN_HAVE_FUSED
-  // As in lstm.cpp: float32 at any batch, bfloat16 on bf16 products (AVX512-BF16 without
-  // AMX) at any batch, other 16-bit storage at small steps (fused_16bit).
+  // As in lstm.cpp: float32 while a step's rows fit, bfloat16 on AMX tiles (amx_forward)
+  // or on bf16 products at any batch, other 16-bit storage at small steps (fused_16bit).
   constexpr bool kFloat = std::is_same_v<scalar_t, float>;
   if constexpr (!std::is_same_v<scalar_t, double>) {
-    const bool pairs = std::is_same_v<scalar_t, c10::BFloat16> && bf16_dot_available();
+    const bool amx = amx_forward<scalar_t>(N, 3 * H, H);
+    const bool pairs = std::is_same_v<scalar_t, c10::BFloat16> && (amx || bf16_dot_available());
     const bool fit = kFloat && fused_rows_fit(N, x2.size(1), H);
     if (fused_available() && (fit || pairs || fused_16bit<scalar_t>(N, 3 * H, H))) {
-      const bool fold = (kFloat || pairs) && N >= kFoldBatch;
+      const bool fold = (kFloat || pairs) && !amx && N >= kFoldBatch;
       const Tensor w_ih_c = torch::stable::contiguous(w_ih);
       const Tensor w_hh_c = torch::stable::contiguous(w_hh), h0_c = torch::stable::contiguous(h0);
       // Folded, the accumulators are r, z (x and h terms), W_hn h, W_in x; else r, z, n of h.
@@ -116,7 +117,7 @@ void gru_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, con
           fused_forward<decltype(na)::value, decltype(xs), decltype(hs), kPairs>(
               st, reverse, H, x2.const_data_ptr<scalar_t>(), x2.size(1),
               w_ih_c.const_data_ptr<scalar_t>(), w_hh_c.const_data_ptr<scalar_t>(),
-              h0_c.const_data_ptr<scalar_t>(), y_p, h_n.mutable_data_ptr<scalar_t>(), xg, fold,
+              h0_c.const_data_ptr<scalar_t>(), y_p, h_n.mutable_data_ptr<scalar_t>(), xg, fold, amx,
               save ? ws_p : nullptr, kGRUSaved * H, cell);
         });
       };

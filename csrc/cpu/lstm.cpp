@@ -108,14 +108,16 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
   acc_t* ws_p = ws2.mutable_data_ptr<acc_t>();
   scalar_t* cn_p = c_n.mutable_data_ptr<scalar_t>();
 #if FUSEDRNN_HAVE_FUSED
-  // float32 at any batch, bfloat16 on bf16 products (AVX512-BF16 without AMX) at any
+  // float32 while a step's rows fit (fused_rows_fit), bfloat16 on AMX tiles up to
+  // kAmxForwardMacs (amx_forward) or on bf16 products (AVX512-BF16 without AMX) at any
   // batch, other 16-bit storage at small steps (fused_16bit).
   constexpr bool kFloat = std::is_same_v<scalar_t, float>;
   if constexpr (!std::is_same_v<scalar_t, double>) {
-    const bool pairs = std::is_same_v<scalar_t, c10::BFloat16> && bf16_dot_available();
+    const bool amx = amx_forward<scalar_t>(N, G, H);
+    const bool pairs = std::is_same_v<scalar_t, c10::BFloat16> && (amx || bf16_dot_available());
     const bool fit = kFloat && fused_rows_fit(N, x2.size(1), H);
     if (!w_hr && fused_available() && (fit || pairs || fused_16bit<scalar_t>(N, G, H))) {
-      const bool fold = (kFloat || pairs) && N >= kFoldBatch;
+      const bool fold = (kFloat || pairs) && !amx && N >= kFoldBatch;
       auto cell = [&](int64_t s, int64_t n, int64_t j0, int64_t j1, const float* hg,
                       const scalar_t* xg_row) {
         const int64_t off = st.offset[reverse ? st.T - 1 - s : s];
@@ -131,7 +133,7 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
         fused_forward<4, Slots<0, 1, 2, 3>, Slots<0, 1, 2, 3>, kPairs>(
             st, reverse, H, x2.const_data_ptr<scalar_t>(), x2.size(1),
             w_ih_c.const_data_ptr<scalar_t>(), w_hh_c.const_data_ptr<scalar_t>(),
-            h0_c.const_data_ptr<scalar_t>(), y_p, h_n.mutable_data_ptr<scalar_t>(), xg, fold,
+            h0_c.const_data_ptr<scalar_t>(), y_p, h_n.mutable_data_ptr<scalar_t>(), xg, fold, amx,
             save ? ws_p : nullptr, kLSTMSaved * H, cell);
       });
       for (int64_t k = 0; k < N * H; ++k) cn_p[k] = static_cast<scalar_t>(c[k]);

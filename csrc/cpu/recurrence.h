@@ -43,26 +43,13 @@ inline bool fused_available() {
 #endif
 }
 
-// True where the CPU has AMX-BF16 (Sapphire Rapids and later): CPUID.(7,0):EDX bit 22.
-// oneDNN's bfloat16 GEMMs run on its tiles there, at several times the vector units' rate.
-inline bool amx_bf16_available() {
-#if FUSEDRNN_HAVE_FUSED
-  static const bool amx = [] {
-    unsigned a = 0, b = 0, c = 0, d = 0;
-    return __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 22 & 1u);
-  }();
-  return amx;
-#else
-  return false;
-#endif
-}
-
 // True where bfloat16 storage runs the fused loop on bf16 products (vdpbf16ps,
 // AVX512-BF16: Zen 4 and later, Cooper Lake, Sapphire Rapids and later). Not by default
 // on AMX CPUs: there vdpbf16ps issues at half the rate of a float FMA (no gain over float
-// products) and oneDNN's bfloat16 GEMMs run on AMX, so bfloat16 takes the float-product
-// fused loop at small steps and the GEMM loop above (fused_16bit; measured on a 2-core
-// Sapphire Rapids: T=100, N=64, H=512 LSTM inference 0.28x -> 0.98x torch.nn).
+// products); bfloat16 takes the AMX products (amx_forward) and, where the tiles are off,
+// the float-product fused loop at small steps and the GEMM loop above (fused_16bit;
+// measured on a 2-core Sapphire Rapids: T=100, N=64, H=512 LSTM inference 0.28x -> 0.98x
+// torch.nn).
 // FUSEDRNN_CPU_BF16_DOT=0 / =1 turn it off / on wherever the CPU has AVX512-BF16 (tests).
 inline bool bf16_dot_available() {
 #if FUSEDRNN_HAVE_FUSED
@@ -206,28 +193,29 @@ class Scratch {
 // W_hh [gates*H, K] (torch's layout, any storage type) repacked for the micro-kernel: for
 // each block of kUnits units, for each k, the gates' kUnits weights in a row,
 // [blocks][K][gates*kUnits] in float; with kPairs (bfloat16 storage, bf16 products) in
-// bf16 pairs of consecutive k instead, [blocks][ceil(K/2)][gates*kUnits][2]. Units past
-// H (and k past K) are zero. The worker that owns a block packs it (pack(b)) at its first
+// bf16 pairs of consecutive k instead, [blocks][Kp/2][gates*kUnits][2] (Kp: K padded to
+// k_align). Units past H (and k past K) are zero. The worker that owns a block packs it (pack(b)) at its first
 // step: no separate pass over the threads, and the panel starts out in that core's cache.
 template <typename src_t, bool kPairs = false>
 class PackedWeights {
  public:
   using value_t = std::conditional_t<kPairs, uint16_t, float>;
-  PackedWeights(const src_t* w, int64_t gates, int64_t H, int64_t K)
-      : w_(w), gates_(gates), H_(H), K_(K), blocks_((H + kUnits - 1) / kUnits),
-        stride_((kPairs ? (K + 1) / 2 * 2 : K) * gates * kUnits), data_(blocks_ * stride_) {}
+  // k_align (kPairs): k padded with zeros to a multiple of it (2; 32 for AMX tiles).
+  PackedWeights(const src_t* w, int64_t gates, int64_t H, int64_t K, int64_t k_align = 2)
+      : w_(w), gates_(gates), H_(H), K_(K), Kp_(kPairs ? (K + k_align - 1) / k_align * k_align : K),
+        blocks_((H + kUnits - 1) / kUnits), stride_(Kp_ * gates * kUnits), data_(blocks_ * stride_) {}
   // Writes in order, k outer: the block's gates*kUnits source rows are read a cache line
   // at a time across consecutive k.
   void pack(int64_t b) const {
     constexpr int64_t kStep = kPairs ? 2 : 1;
     value_t* dst = block(b);
-    for (int64_t k = 0; k < K_; k += kStep) {
+    for (int64_t k = 0; k < Kp_; k += kStep) {
       for (int64_t g = 0; g < gates_; ++g) {
         for (int64_t u = 0; u < kUnits; ++u, dst += kStep) {
           const int64_t j = b * kUnits + u;
           const src_t* row = w_ + (g * H_ + j) * K_;
           if constexpr (kPairs) {
-            dst[0] = j < H_ ? row[k].x : 0;
+            dst[0] = j < H_ && k < K_ ? row[k].x : 0;
             dst[1] = j < H_ && k + 1 < K_ ? row[k + 1].x : 0;
           } else {
             dst[0] = j < H_ ? static_cast<float>(row[k]) : 0.f;
@@ -241,7 +229,7 @@ class PackedWeights {
 
  private:
   const src_t* w_;
-  int64_t gates_, H_, K_, blocks_, stride_;
+  int64_t gates_, H_, K_, Kp_, blocks_, stride_;
   Scratch<value_t> data_;
 };
 
@@ -264,7 +252,8 @@ constexpr int64_t kFoldBatch = 40;
 // (bf16 products, kPairs): at T=100, N=64, H=512, LSTM inference went 0.80x -> 0.95x.
 constexpr int64_t kFused16BitBatch = 32;
 
-// On AMX CPUs bfloat16 without bf16 products runs the fused loop (float products) while
+// On AMX CPUs with the tiles off (FUSEDRNN_CPU_AMX=0; else amx_forward) bfloat16 without
+// bf16 products runs the fused loop (float products) while
 // a step's recurrent product has fewer than this many multiply-adds (N*G*H), and the GEMM
 // loop on oneDNN's AMX GEMMs above: their fixed cost (~45 us a step) loses to the fused
 // loop at small products, and their AMX rate wins at large ones. Measured on a 2-core
@@ -280,6 +269,30 @@ bool fused_16bit(int64_t N, int64_t G, int64_t H) {
     return N * G * H < kAmxFusedMacs;
   }
   return N < kFused16BitBatch;
+}
+
+// k per pass of the AMX products over a block's row tiles: 128 k of the block's weights
+// (NA*4 KB) are read from L1 by every row tile.
+constexpr int64_t kAmxChunkK = 128;
+
+// bfloat16 on AMX CPUs runs the fused loop with its recurrent products on AMX tiles
+// (amx_gates; x W_ih^T from oneDNN's GEMM over blocks of steps, on AMX too) while a
+// step's product has at most this many multiply-adds (N*G*H), and the GEMM loop above.
+// Paired on the 2-core Sapphire Rapids, inference against the loops before (float
+// products below kAmxFusedMacs, oneDNN's per-step GEMMs above): T=256, N=16, H=768 LSTM
+// 79.2 -> 49.2 ms (torch.nn 64.4); T=100, N=64, H=512 LSTM 36.9 -> 31.3 ms (25.9), GRU
+// 42.8 -> 33.6 ms (69.1); T=200, H=256 LSTM N=1 2.40 -> 2.15 ms, N=8 7.22 -> 5.27 ms;
+// but T=50, N=256, H=1024 (1G) LSTM 362 -> 444 ms and GRU 245 -> 266 ms.
+constexpr int64_t kAmxForwardMacs = 256'000'000;
+
+template <typename scalar_t>
+bool amx_forward(int64_t N, int64_t G, int64_t H) {
+#if FUSEDRNN_HAVE_AMX
+  return std::is_same_v<scalar_t, c10::BFloat16> && N * G * H <= kAmxForwardMacs && amx_usable();
+#else
+  (void)N, (void)G, (void)H;
+  return false;
+#endif
 }
 
 // The forward takes a block's rows in groups of up to kGroupRows: for each k chunk, all
@@ -334,7 +347,7 @@ void with_pairs(bool pairs, const F& f) {
 template <int NA, typename XS, typename HS, bool kPairs, typename scalar_t, typename Cell>
 void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, int64_t I,
                    const scalar_t* w_ih, const scalar_t* w_hh, const scalar_t* h0, scalar_t* y,
-                   scalar_t* h_n, InputProjection& xg, bool fold, float* ws, int64_t ws_width,
+                   scalar_t* h_n, InputProjection& xg, bool fold, bool amx, float* ws, int64_t ws_width,
                    const Cell& cell) {
   static_assert(XS::size == HS::size);
   static_assert(!kPairs || std::is_same_v<scalar_t, c10::BFloat16>);
@@ -345,10 +358,13 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, 
   constexpr bool kInPlace = kFloat || kPairs;
   using in_t = std::conditional_t<kPairs, uint16_t, float>;
   STD_TORCH_CHECK(kInPlace || !fold, "fusedrnn: float16 does not fold the input projection");
+  STD_TORCH_CHECK(!amx || (kPairs && !fold && NA == HS::size),
+                  "fusedrnn: the AMX products take bf16 pairs, unfolded");
   const int64_t N = st.N, G = HS::size * H, ldh = NA * H;
-  const PackedWeights<scalar_t, kPairs> packed_h(w_hh, HS::size, H, H);
+  const PackedWeights<scalar_t, kPairs> packed_h(w_hh, HS::size, H, H, amx ? 32 : 2);
   const PackedWeights<scalar_t, kPairs> packed_x(w_ih, XS::size, H, fold ? I : 0);
-  const Scratch hg(N * ldh);
+  // Rows up to a multiple of 16: an AMX tile stores 16 rows.
+  const Scratch hg((N + 15) / 16 * 16 * ldh);
   std::vector<float> h_float(kInPlace ? 0 : 3 * N * H);  // h0, then the two step buffers
   for (int64_t k = 0; k < (kInPlace ? 0 : N * H); ++k) h_float[k] = static_cast<float>(h0[k]);
   const std::vector<scalar_t> zeros(fold ? G : 0, scalar_t(0));
@@ -409,6 +425,72 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, 
       }
     }
   };
+  // AMX (amx): the recurrent products of a step by tiles of 16 rows. A tile of rows of
+  // h_{t-1} is read in place when its 16 rows are consecutive rows of one array and H is
+  // a multiple of 32; otherwise (the last, partial tile; rows from y and h0; other H)
+  // the worker copies it, zero-padded to 16 rows of Kp, into its stage at the step's start.
+  const int64_t Kp = (H + 31) / 32 * 32, Np = (N + 15) / 16 * 16;
+  const Scratch<uint16_t> stage(amx ? Np * Kp * workers : 0);
+  const Scratch<float> parts(amx ? Np * NA * kUnits * workers : 0);
+  auto in_place = [&](int64_t s, int64_t n0) {
+    const int64_t t = tt(s), B = st.batch[t], keep = st.carried(t, reverse);
+    return H % 32 == 0 && n0 + 16 <= B && (n0 + 16 <= keep || n0 >= keep);
+  };
+  auto stage_rows = [&](int64_t w, int64_t s) {
+    const int64_t t = tt(s), B = st.batch[t];
+    const int64_t keep = st.carried(t, reverse), p = st.prev(t, reverse);
+    uint16_t* dst = stage.data() + w * Np * Kp;
+    for (int64_t n0 = 0; n0 < B; n0 += 16) {
+      if (in_place(s, n0)) continue;
+      for (int64_t n = n0; n < n0 + 16; ++n) {
+        uint16_t* row = dst + n * Kp;
+        int64_t k = 0;
+        if (n < B) {
+          std::memcpy(row, h_prev(s, n, keep, p), H * sizeof(uint16_t));
+          k = H;
+        }
+        std::fill(row + k, row + Kp, uint16_t{0});
+      }
+    }
+  };
+  auto amx_products = [&](int64_t w, int64_t s, int64_t b) {
+#if FUSEDRNN_HAVE_AMX
+    if constexpr (kPairs && (NA == 3 || NA == 4)) {
+      const int64_t t = tt(s), B = st.batch[t];
+      const int64_t keep = st.carried(t, reverse), p = st.prev(t, reverse);
+      const int64_t j0 = b * kUnits, j1 = std::min(H, j0 + kUnits);
+      const uint16_t* staged = stage.data() + w * Np * Kp;
+      const uint16_t* panel = packed_h.block(b);
+      const bool whole = j1 - j0 == kUnits;
+      // Partial sums between k chunks in the worker's compact [row tile][gate][16][16]
+      // buffer (hg's rows, 4H floats apart, would share L1 sets); the last chunk writes
+      // hg, or, for a last block with units past H, the buffer, copied below.
+      float* partial = parts.data() + w * Np * NA * kUnits;
+      // For each k chunk, all row tiles: the chunk's weights stay in L1 across the tiles.
+      for (int64_t k0 = 0; k0 < Kp; k0 += kAmxChunkK) {
+        const int64_t k1 = std::min(Kp, k0 + kAmxChunkK);
+        for (int64_t n0 = 0; n0 < B; n0 += 16) {
+          const bool direct = in_place(s, n0);
+          const uint16_t* a = direct ? h_prev(s, n0, keep, p) : staged + n0 * Kp;
+          const GateTiles mine{partial + n0 * NA * kUnits, kUnits, 16 * kUnits};
+          const GateTiles out = k1 == Kp && whole ? GateTiles{hg.data() + n0 * ldh + j0, ldh, H} : mine;
+          amx_gates<NA>(a, direct ? H : Kp, panel, k0, k1, k0 == 0 ? nullptr : &mine, out);
+        }
+      }
+      if (!whole) {
+        for (int64_t n = 0; n < B; ++n) {
+          for (int64_t v = 0; v < NA; ++v) {
+            std::memcpy(hg.data() + n * ldh + v * H + j0,
+                        partial + ((n / 16 * NA + v) * 16 + n % 16) * kUnits,
+                        (j1 - j0) * sizeof(float));
+          }
+        }
+      }
+    }
+#else
+    (void)w, (void)s, (void)b;
+#endif
+  };
   for (int64_t s0 = 0; s0 < st.T;) {
     int64_t s1 = st.T;
     if (!fold) {  // the input projection of the next block of steps, as one GEMM
@@ -426,6 +508,12 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, 
           const int64_t t = tt(s), B = st.batch[t], off = st.offset[t];
           const auto [b0, b1] = blocks_of(w);
           prefault.at_step(s, w, workers);
+#if FUSEDRNN_HAVE_AMX
+          if (amx) {
+            amx_begin();
+            stage_rows(w, s);
+          }
+#endif
           if (s == 0) {
             for (int64_t b = b0; b < b1; ++b) {
               packed_h.pack(b);
@@ -440,7 +528,13 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, 
           // vector loops, a quarter of the calls; the group's gates are still in L2.
           for (int64_t g0 = b0; g0 < b1; g0 += kCellBlocks) {
             const int64_t g1 = std::min(b1, g0 + kCellBlocks);
-            for (int64_t b = g0; b < g1; ++b) products(s, b, HS{}, false);
+            for (int64_t b = g0; b < g1; ++b) {
+              if (amx) {
+                amx_products(w, s, b);
+              } else {
+                products(s, b, HS{}, false);
+              }
+            }
             const int64_t j0 = g0 * kUnits, j1 = std::min(H, g1 * kUnits);
             for (int64_t n = 0; n < B; ++n) {
               cell(s, n, j0, j1, hg.data() + n * ldh, xg_step[s] + n * xg_ld);
@@ -451,6 +545,9 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, 
               }
             }
           }
+#if FUSEDRNN_HAVE_AMX
+          if (amx) amx_end();
+#endif
         },
         [&](int64_t w, int64_t s) {
           // The next step's x products need only x: made while the others finish step s.

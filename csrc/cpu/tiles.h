@@ -5,6 +5,7 @@
 
 #include "common.h"
 
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 
@@ -16,6 +17,15 @@
 #define FUSEDRNN_AVX512_BF16 __attribute__((target("avx512f,avx512bf16")))
 #else
 #define FUSEDRNN_HAVE_FUSED 0
+#endif
+
+#if FUSEDRNN_HAVE_FUSED && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#define FUSEDRNN_HAVE_AMX 1
+#define FUSEDRNN_AMX __attribute__((target("amx-tile,amx-bf16")))
+#else
+#define FUSEDRNN_HAVE_AMX 0
 #endif
 
 namespace fusedrnn {
@@ -157,5 +167,130 @@ FUSEDRNN_AVX512 void chunk_rows(int rows, const in_t* const* a, const in_t* b, i
 }
 
 #endif  // FUSEDRNN_HAVE_FUSED
+
+// True where the CPU has AMX-BF16 (Sapphire Rapids and later): CPUID.(7,0):EDX bit 22.
+// oneDNN's bfloat16 GEMMs run on its tiles there, at several times the vector units' rate.
+inline bool amx_bf16_available() {
+#if FUSEDRNN_HAVE_FUSED
+  static const bool amx = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    return __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 22 & 1u);
+  }();
+  return amx;
+#else
+  return false;
+#endif
+}
+
+#if FUSEDRNN_HAVE_AMX
+
+// True where the AMX kernels run (bfloat16 weight gradients, amx.h; the forward's
+// recurrent products, amx_gates): the CPU has AMX-BF16 and Linux granted this
+// process the tile state (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), unless
+// FUSEDRNN_CPU_AMX=0 (tests of the float path that other CPUs run).
+inline bool amx_usable() {
+  static const bool granted = [] {
+    constexpr int kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return amx_bf16_available() &&
+           syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  const char* env = std::getenv("FUSEDRNN_CPU_AMX");
+  return granted && !(env && env[0] == '0');
+}
+
+inline int64_t round32(int64_t n) { return (n + 31) / 32 * 32; }
+
+// The tile layout every tile uses: 16 rows of 64 bytes (C: 16 floats; A: 32 bf16 of k;
+// B: 16 pairs of k for 16 columns). Tiles 0-3 accumulate a 32x32 block of C, 4-5 hold A,
+// 6-7 hold B.
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+  TileConfig() {
+    for (int i = 0; i < 8; ++i) {
+      colsb[i] = 64;
+      rows[i] = 16;
+    }
+  }
+};
+
+// One k step of amx_gates: row tile TA (4 or 5; the tile intrinsics take literal
+// numbers), the NA gates' weights through tiles 6 and 7.
+#define FUSEDRNN_AMX_KSTEP(TA, a, b)        \
+  do {                                      \
+    _tile_loadd(TA, a, lda_b);              \
+    _tile_loadd(6, b, ldb);                 \
+    _tile_dpbf16ps(0, TA, 6);               \
+    _tile_loadd(7, (b) + 2 * kUnits, ldb);  \
+    _tile_dpbf16ps(1, TA, 7);               \
+    _tile_loadd(6, (b) + 4 * kUnits, ldb);  \
+    _tile_dpbf16ps(2, TA, 6);               \
+    if constexpr (NA == 4) {                \
+      _tile_loadd(7, (b) + 6 * kUnits, ldb); \
+      _tile_dpbf16ps(3, TA, 7);             \
+    }                                       \
+  } while (0)
+
+// Where amx_gates reads or writes its NA tiles of float sums: gate v's 16 rows at
+// p + v*gate, ld floats apart.
+struct GateTiles {
+  float* p;
+  int64_t ld, gate;
+};
+
+// AMX for the forward's recurrent products: all NA gates of one block of kUnits units for
+// 16 rows, over k in [k0, k1): out_v = in_v (zero without in) + sum_k a[r*lda + k] *
+// W_v[k][u] in float, on tiles 0..NA-1. a: 16 rows of bf16 (zero past K); panel: a kPairs
+// PackedWeights block with k padded to a multiple of 32 (zero past K), pairs of k for the
+// NA gates' 16 units, [Kp/2][NA*kUnits][2], so gate v's 16 pair rows of a k step are a B
+// tile with a stride of NA*64 bytes. The row tile (tile 4) feeds the NA products of a k
+// step (tiles 4 and 5 in turn, tiles 6 and 7 the gates' weights). The sums pass between k ranges as
+// float, unrounded: the result is the same for any split of k. Needs amx_begin() on the
+// calling thread.
+template <int NA>
+FUSEDRNN_AMX inline void amx_gates(const uint16_t* a, int64_t lda, const uint16_t* panel,
+                                   int64_t k0, int64_t k1, const GateTiles* in,
+                                   const GateTiles& out) {
+  static_assert(NA == 3 || NA == 4);
+  const int64_t ldb = NA * kUnits * 2 * int64_t(sizeof(uint16_t));
+  const int64_t lda_b = lda * int64_t(sizeof(uint16_t));
+  if (in == nullptr) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    if constexpr (NA == 4) _tile_zero(3);
+  } else {
+    const int64_t ld = in->ld * int64_t(sizeof(float));
+    _tile_loadd(0, in->p, ld);
+    _tile_loadd(1, in->p + in->gate, ld);
+    _tile_loadd(2, in->p + 2 * in->gate, ld);
+    if constexpr (NA == 4) _tile_loadd(3, in->p + 3 * in->gate, ld);
+  }
+  // k steps alternate between row tiles 4 and 5, and the gates' weights between tiles 6
+  // and 7: a tile is reloaded two products after the one that read it (tiles are not
+  // renamed; reloading the tile the last product reads waits for that product).
+  int64_t k = k0;
+  for (; k + 64 <= k1; k += 64) {
+    FUSEDRNN_AMX_KSTEP(4, a + k, panel + (k / 2) * NA * kUnits * 2);
+    FUSEDRNN_AMX_KSTEP(5, a + k + 32, panel + (k / 2 + 16) * NA * kUnits * 2);
+  }
+  if (k < k1) FUSEDRNN_AMX_KSTEP(4, a + k, panel + (k / 2) * NA * kUnits * 2);
+  const int64_t ld = out.ld * int64_t(sizeof(float));
+  _tile_stored(0, out.p, ld);
+  _tile_stored(1, out.p + out.gate, ld);
+  _tile_stored(2, out.p + 2 * out.gate, ld);
+  if constexpr (NA == 4) _tile_stored(3, out.p + 3 * out.gate, ld);
+}
+
+// Tile configuration on the calling thread (every tile 16 rows of 64 bytes), and release.
+FUSEDRNN_AMX inline void amx_begin() {
+  static const TileConfig cfg;  // in memory whole: a local one lost its stores (gcc 12)
+  _tile_loadconfig(&cfg);
+}
+FUSEDRNN_AMX inline void amx_end() { _tile_release(); }
+
+#endif  // FUSEDRNN_HAVE_AMX
 
 }  // namespace fusedrnn
