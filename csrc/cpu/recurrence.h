@@ -281,14 +281,18 @@ constexpr int64_t kAmxChunkK = 128;
 // Paired on the 2-core Sapphire Rapids, inference against the loops before (float
 // products below kAmxFusedMacs, oneDNN's per-step GEMMs above): T=256, N=16, H=768 LSTM
 // 79.2 -> 49.2 ms (torch.nn 64.4); T=100, N=64, H=512 LSTM 36.9 -> 31.3 ms (25.9), GRU
-// 42.8 -> 33.6 ms (69.1); T=200, H=256 LSTM N=1 2.40 -> 2.15 ms, N=8 7.22 -> 5.27 ms;
+// 42.8 -> 33.6 ms (69.1); T=200, H=256 LSTM N=8 7.22 -> 5.27 ms;
 // but T=50, N=256, H=1024 (1G) LSTM 362 -> 444 ms and GRU 245 -> 266 ms.
+// Below batch 8 a 16-row tile is mostly padding: at T=200, H=256 the float-product loop
+// was faster at N=1 (3.05 vs 3.79 ms, paired) and level at N=4.
 constexpr int64_t kAmxForwardMacs = 256'000'000;
+constexpr int64_t kAmxForwardBatch = 8;
 
 template <typename scalar_t>
 bool amx_forward(int64_t N, int64_t G, int64_t H) {
 #if FUSEDRNN_HAVE_AMX
-  return std::is_same_v<scalar_t, c10::BFloat16> && N * G * H <= kAmxForwardMacs && amx_usable();
+  return std::is_same_v<scalar_t, c10::BFloat16> && N >= kAmxForwardBatch &&
+         N * G * H <= kAmxForwardMacs && amx_usable();
 #else
   (void)N, (void)G, (void)H;
   return false;
@@ -419,7 +423,7 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, 
             }
           }
           chunk_rows<NA, S, in_t>(rows, a, panel, K, k0, k1, hg.data() + n0 * ldh + j0, ldh,
-                                  H, mask, first, n0 == m0);
+                                  H, mask, first);
         }
         first = false;
       }

@@ -50,17 +50,11 @@ struct Slots {
 constexpr int64_t kChunkK = 128;
 
 // acc[r][S::at[i]] += sum_{k0 <= k < k1} a[r][k] * b[k, i*kUnits : (i+1)*kUnits], MR rows.
-template <int MR, int NA, typename S, bool kAhead = false>
+template <int MR, int NA, typename S>
 FUSEDRNN_AVX512 inline __attribute__((always_inline)) void tile_product(
     __m512 (&acc)[MR][NA], const float* const* a, const float* b, int64_t k0, int64_t k1) {
   constexpr int NV = S::size;
   for (int64_t k = k0; k < k1; ++k) {
-    if constexpr (kAhead) {
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) {
-        _mm_prefetch(reinterpret_cast<const char*>(b + ((k + kChunkK) * NV + v) * kUnits), _MM_HINT_T1);
-      }
-    }
     __m512 bv[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_ps(b + (k * NV + v) * kUnits);
@@ -138,10 +132,10 @@ constexpr int kTileRows = 24 / NA;
 template <int NA, typename S, typename in_t, int MR = kTileRows<NA>>
 FUSEDRNN_AVX512 void chunk_rows(int rows, const in_t* const* a, const in_t* b, int64_t K,
                                 int64_t k0, int64_t k1, float* c, int64_t ldc, int64_t H,
-                                __mmask16 mask, bool first, bool lead = false) {
+                                __mmask16 mask, bool first) {
   if constexpr (MR > 1) {
     if (rows < MR) {
-      return chunk_rows<NA, S, in_t, MR - 1>(rows, a, b, K, k0, k1, c, ldc, H, mask, first, lead);
+      return chunk_rows<NA, S, in_t, MR - 1>(rows, a, b, K, k0, k1, c, ldc, H, mask, first);
     }
   }
   __m512 acc[MR][NA];
@@ -155,11 +149,7 @@ FUSEDRNN_AVX512 void chunk_rows(int rows, const in_t* const* a, const in_t* b, i
   }
   for (int v = 0; v < NA; ++v) masks[v] = mask;
   if constexpr (std::is_same_v<in_t, float>) {
-    if (lead) {
-      tile_product<MR, NA, S, true>(acc, a, b, k0, k1);
-    } else {
-      tile_product<MR, NA, S>(acc, a, b, k0, k1);
-    }
+    tile_product<MR, NA, S>(acc, a, b, k0, k1);
   } else {
     chunk_pairs<MR, NA, S>(acc, a, b, K, k0, k1);
   }
