@@ -120,6 +120,8 @@ def _cpu_model():
 
 
 def _git_commit():
+    if os.environ.get("FUSEDRNN_GIT_COMMIT"):  # a copy of the tree without .git (GPU lease)
+        return os.environ["FUSEDRNN_GIT_COMMIT"]
     here = os.path.dirname(os.path.abspath(__file__))
     for cwd in (os.getcwd(), here):
         try:
