@@ -131,8 +131,12 @@ def compare_with_torch(
         states = [_randn(gen, s_shape, dtype, device, s_nc, scale) for _ in range(n_states)]
         state = tuple(states) if n_states == 2 else states[0]
 
+    # cuDNN refuses a non-contiguous hx ("rnn: hx is not contiguous"); fusedrnn takes it.
+    theirs_state = state
+    if state is not None and x.is_cuda:
+        theirs_state = tuple(s.contiguous() for s in state) if n_states == 2 else state.contiguous()
     with torch.no_grad():
-        for a, b in zip(_flat(ours(x, state)), _flat(theirs(x, state)), strict=True):
+        for a, b in zip(_flat(ours(x, state)), _flat(theirs(x, theirs_state)), strict=True):
             assert a.shape == b.shape, f"shape {tuple(a.shape)} != torch.nn {tuple(b.shape)}"
             assert a.dtype == b.dtype, f"dtype {a.dtype} != torch.nn {b.dtype}"
 

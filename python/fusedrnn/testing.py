@@ -71,7 +71,10 @@ def compare(torch_module, ours, x, hx=None, generator=None):
         ("ref", None, torch.float64),
     ):
         xi = leaves(x, dt)
-        si = [leaves(s, dt) for s in states]
+        # cuDNN (torch.nn on CUDA) raises "rnn: hx is not contiguous"; fusedrnn and torch.nn
+        # on the CPU take any strides. torch.nn gets contiguous copies on CUDA.
+        si = [leaves(s.contiguous() if name == "torch" and s.is_cuda else s, dt)
+              for s in states]
         if fn is None:
             params = {n: leaves(p, dt) for n, p in torch_module.named_parameters()}
             out = _run_reference(torch_module, xi, si, params)
