@@ -346,12 +346,17 @@ def test_layer_under_no_grad_saves_nothing(cell, monkeypatch):
     assert len(saves) == 4, "with grad enabled the layer goes through the autograd Function"
 
 
+@pytest.mark.parametrize("loop", ["fused", "gemm"])
 @pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("N", [1, 16, 64])
 @pytest.mark.parametrize("cell", CELLS)
-def test_bit_identical_across_thread_counts(cell, N, dt):
+def test_bit_identical_across_thread_counts(cell, N, dt, loop, monkeypatch):
     """The fused CPU loops split units across workers but sum every output and gradient
-    in a fixed order: one thread and two give the same bits (H=256: blocks to share)."""
+    in a fixed order: one thread and two give the same bits (H=256: blocks to share).
+    The GEMM loop too: its weight gradients sum chunks of 1024 rows (N=64: 1920 rows) in
+    double, each chunk one MKL GEMM (common.h, mm_tn)."""
+    if loop == "gemm":
+        monkeypatch.setenv("FUSEDRNN_CPU_FUSED", "0")
     _, m = make_modules(cell, 40, 256, 1, bidirectional=True)
     m = m.to(dt)
     x = torch.randn(30, N, 40, dtype=dt, requires_grad=True)

@@ -128,15 +128,4 @@ inline Tensor weight_grad_amx(const Tensor& a, const Tensor& b) {
 
 #endif  // FUSEDRNN_HAVE_AMX
 
-// A weight gradient a^T @ b (a [K, M], b [K, P], contiguous): on AMX for bfloat16 where
-// amx_usable(), else mm_tn.
-inline Tensor weight_grad(const Tensor& a, const Tensor& b) {
-#if FUSEDRNN_HAVE_AMX
-  if (a.scalar_type() == ScalarType::BFloat16 && a.size(0) > 0 && amx_usable()) {
-    return weight_grad_amx(torch::stable::contiguous(a), torch::stable::contiguous(b));
-  }
-#endif
-  return mm_tn(a, b);
-}
-
 }  // namespace fusedrnn

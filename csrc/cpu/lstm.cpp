@@ -7,6 +7,7 @@
 #include "common.h"
 #include "amx.h"
 #include "fused_backward.h"
+#include "weight_grad.h"
 #include "../cells.h"
 
 namespace fusedrnn {

@@ -1,0 +1,174 @@
+// The GEMM loop's weight gradients dW = a^T @ b (a [K, M], b [K, P]: dG and the layer
+// input or h_{t-1}, K = T*N rows): on AMX tiles for bfloat16 (amx.h), else in chunks of
+// kReduceChunk rows, each chunk one GEMM, the chunks summed in double.
+#pragma once
+
+#include "amx.h"
+
+namespace fusedrnn {
+
+// Rows per GEMM when a weight gradient sums over all T*N rows (see mm_tn). 1024 rows
+// keep the GEMM near its peak while the error stays below a single full-K GEMM's
+// (tests/test_accuracy.py).
+constexpr int64_t kReduceChunk = 1024;
+
+// acc[i] = p[i] (first) or acc[i] + p[i], in double; with out, also out[i] = float(acc[i]),
+// for i in [i0, i1). Vectorized (clones); it ran in SSE2 before.
+FUSEDRNN_CPU_CLONES static void accumulate_chunk(const float* p, double* acc, float* out,
+                                                 bool first, int64_t i0, int64_t i1) {
+  if (first) {
+    for (int64_t i = i0; i < i1; ++i) acc[i] = p[i];
+  } else {
+    for (int64_t i = i0; i < i1; ++i) acc[i] += p[i];
+  }
+  if (out != nullptr)
+    for (int64_t i = i0; i < i1; ++i) out[i] = static_cast<float>(acc[i]);
+}
+
+// dst[c * ld + r] = src[r * ls + c] for r < rows and c in [c0, c1); 32 destination rows at
+// a time, each written in order. The portable path.
+FUSEDRNN_CPU_CLONES static void transpose_scalar(const float* src, int64_t ls, int64_t rows,
+                                                 int64_t c0, int64_t c1, float* dst,
+                                                 int64_t ld) {
+  for (int64_t b0 = c0; b0 < c1; b0 += 32) {
+    const int64_t b1 = std::min(c1, b0 + 32);
+    for (int64_t r0 = 0; r0 < rows; r0 += 32) {
+      const int64_t r1 = std::min(rows, r0 + 32);
+      for (int64_t c = b0; c < b1; ++c)
+        for (int64_t r = r0; r < r1; ++r) dst[c * ld + r] = src[r * ls + c];
+    }
+  }
+}
+
+#if FUSEDRNN_HAVE_FUSED
+// One 16 x 16 block, d[i * ld + j] = s[j * ls + i], in registers: unpack pairs, shuffle
+// quads, then two rounds of 128-bit lane shuffles.
+FUSEDRNN_AVX512 inline void transpose16(const float* s, int64_t ls, float* d, int64_t ld) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(s + i * ls);
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0x88);
+    t[4 + i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0xdd);
+    t[8 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0x88);
+    t[12 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0xdd);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0x88);
+    r[8 + i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0xdd);
+    r[4 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0x88);
+    r[12 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0xdd);
+  }
+  for (int i = 0; i < 16; ++i) _mm512_storeu_ps(d + i * ld, r[i]);
+}
+
+// transpose_scalar's contract, whole 16 x 16 blocks in registers (4 ms -> 1 ms a
+// [1024, 3072] chunk on one core), the edges element by element.
+FUSEDRNN_AVX512 inline void transpose_avx512(const float* src, int64_t ls, int64_t rows,
+                                             int64_t c0, int64_t c1, float* dst, int64_t ld) {
+  const int64_t rows16 = rows / 16 * 16;
+  int64_t b0 = c0;
+  for (; b0 + 16 <= c1; b0 += 16) {
+    for (int64_t r0 = 0; r0 < rows16; r0 += 16)
+      transpose16(src + r0 * ls + b0, ls, dst + b0 * ld + r0, ld);
+    for (int64_t c = b0; c < b0 + 16; ++c)
+      for (int64_t r = rows16; r < rows; ++r) dst[c * ld + r] = src[r * ls + c];
+  }
+  if (b0 < c1) transpose_scalar(src, ls, rows, b0, c1, dst, ld);
+}
+#endif
+
+// out [cols, rows] = rows [r0, r0 + rows) of the contiguous float matrix m [*, cols],
+// transposed, on every core (threads split out's rows).
+inline void transpose_rows(const Tensor& m, int64_t r0, int64_t rows, Tensor& out) {
+  const int64_t cols = m.size(1);
+  const float* src = m.const_data_ptr<float>() + r0 * cols;
+  float* dst = out.mutable_data_ptr<float>();
+#if FUSEDRNN_HAVE_FUSED
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+#else
+  constexpr bool avx512 = false;
+#endif
+  parallel_rows((cols + 15) / 16, rows * 16 >= 4096 ? 1 : cols, [&](int64_t b0, int64_t b1) {
+    const int64_t c0 = b0 * 16, c1 = std::min(cols, b1 * 16);
+#if FUSEDRNN_HAVE_FUSED
+    if (avx512) return transpose_avx512(src, cols, rows, c0, c1, dst, rows);
+#endif
+    transpose_scalar(src, cols, rows, c0, c1, dst, rows);
+  });
+}
+
+// a^T @ b for a [K,M], b [K,P] in float: one GEMM accumulates all K terms in float; here
+// the rows are cut into chunks of kReduceChunk whose products are summed in double, so
+// the error grows with the chunk, not with T*N. The extra adds cost M*P per chunk against
+// 2*M*P*kReduceChunk flops. float64 needs none of it. 16-bit operands are widened to float
+// and take the float path: oneDNN's 16-bit GEMM (AMX on Sapphire Rapids) splits K across
+// threads for some shapes, so its sums changed with the thread count.
+//
+// Each chunk's product is oneDNN's linear on the chunk's two operands, transposed into
+// buffers that every chunk reuses. Given the transposed views, linear made its own
+// contiguous copies through torch's slower transpose and allocated every chunk's result
+// afresh; with the result summed in SSE2 on one core, a weight gradient took 824 ms at
+// T=50, N=256, H=1024 (the GEMMs alone: ~390 ms). MKL's GEMM takes the views as they are,
+// but splits K across its threads where M*P is small (1024 rows into a [768, 40] result:
+// other bits with 2 threads than with 1), inside a parallel region too.
+inline Tensor mm_tn(const Tensor& a_in, const Tensor& b_in) {
+  Tensor a = a_in, b = b_in;
+  const int64_t K = a.size(0), M = a.size(1), P = b.size(1);
+  if (a.scalar_type() == ScalarType::Double) return mm(t(a), b);
+  if (a.scalar_type() != ScalarType::Float) {
+    Tensor af = empty_as(a, {K, M}, ScalarType::Float), bf = empty_as(b, {K, P}, ScalarType::Float);
+    torch::stable::copy_(af, a);
+    torch::stable::copy_(bf, b);
+    Tensor out = empty_as(a, {M, P});
+    torch::stable::copy_(out, mm_tn(af, bf));
+    return out;
+  }
+  // Short sums: oneDNN (MKL's sgemm took 12% of a batch-1 training step). Up to a chunk,
+  // MKL, whose sum over 800 rows errs 3x less than oneDNN's (tests/test_accuracy.py).
+  if (K <= 256) return linear(t(a), t(b));
+  if (K <= kReduceChunk) return mm(t(a), b);
+  const Tensor ac = torch::stable::contiguous(a), bc = torch::stable::contiguous(b);
+  std::vector<double> acc(M * P);
+  Tensor out = empty_as(a, {M, P});
+  float* o = out.mutable_data_ptr<float>();
+  Tensor at_buf, bt_buf;
+  for (int64_t k0 = 0; k0 < K; k0 += kReduceChunk) {
+    const int64_t kc = std::min(kReduceChunk, K - k0);
+    if (k0 == 0 || kc != at_buf.size(1)) {
+      at_buf = empty_as(a, {M, kc});
+      bt_buf = empty_as(a, {P, kc});
+    }
+    transpose_rows(ac, k0, kc, at_buf);
+    transpose_rows(bc, k0, kc, bt_buf);
+    const Tensor part = linear(at_buf, bt_buf);  // [M,P] = a_c^T @ b_c
+    const float* p = part.const_data_ptr<float>();
+    const bool first = k0 == 0, last = k0 + kc >= K;
+    parallel_rows(M * P, 1 << 14, [&](int64_t i0, int64_t i1) {
+      accumulate_chunk(p, acc.data(), last ? o : nullptr, first, i0, i1);
+    });
+  }
+  return out;
+}
+
+// A weight gradient a^T @ b (a [K, M], b [K, P], contiguous): on AMX for bfloat16 where
+// amx_usable(), else mm_tn.
+inline Tensor weight_grad(const Tensor& a, const Tensor& b) {
+#if FUSEDRNN_HAVE_AMX
+  if (a.scalar_type() == ScalarType::BFloat16 && a.size(0) > 0 && amx_usable()) {
+    return weight_grad_amx(torch::stable::contiguous(a), torch::stable::contiguous(b));
+  }
+#endif
+  return mm_tn(a, b);
+}
+
+}  // namespace fusedrnn
