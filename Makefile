@@ -6,7 +6,7 @@ NVCC ?= nvcc
 CU_SRCS := $(wildcard csrc/cuda/*.cu)
 SO := python/fusedrnn/_C.abi3.so
 EXT_SRCS := setup.py pyproject.toml $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/* csrc/cuda/*)
-.PHONY: deps setup demo test bench wheel ctest cuda-check gpu-check clean
+.PHONY: deps setup demo test bench wheel ctest cuda-check gpu-check gpu-wheel clean
 
 # Install only what is missing. find_spec checks torch without importing it, so a CUDA torch
 # (or one whose first import flakes) is never replaced by the CPU build.
@@ -47,18 +47,18 @@ wheel: deps
 	rm -f dist/fusedrnn-*.whl
 	$(PIP) wheel --no-build-isolation --no-deps -w dist .
 
-# On the GPU machine (torch with CUDA preinstalled, no network): build the wheel for this
-# GPU, install it, run the whole suite (CUDA tests included), then the CUDA benchmark.
-# Writes test-log.txt and the benchmark's JSON / markdown into GPU_OUT (e.g. $$OUT).
+# On the GPU machine (torch with CUDA preinstalled, no network): benchmarks/gpu_run.sh
+# installs the wheel in dist/gpu/ (built here, without a GPU: `make gpu-wheel`) or builds one
+# for this GPU, runs every CUDA test, compute-sanitizer, the step kernels and the CUDA grid,
+# writing logs and results into GPU_OUT (e.g. $$OUT on a device lease).
 GPU_OUT ?= benchmarks/results/gpu-check
-GPU_ARCH = $(shell nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1)
 gpu-check:
-	mkdir -p $(GPU_OUT)
-	FUSEDRNN_CUDA=1 TORCH_CUDA_ARCH_LIST=$${TORCH_CUDA_ARCH_LIST:-$(GPU_ARCH)} $(MAKE) wheel
-	$(PIP) install --no-deps --no-index --force-reinstall dist/fusedrnn-*.whl
-	cd /tmp && $(PYTHON) -c "import torch, fusedrnn, fusedrnn._C_cuda; print(fusedrnn.__file__, torch.__version__, torch.cuda.get_device_name())"
-	set -o pipefail; FUSEDRNN_REQUIRE_WHEEL=1 $(PYTHON) -m pytest tests -q -p no:cacheprovider 2>&1 | tee $(GPU_OUT)/test-log.txt
-	$(PYTHON) -m fusedrnn bench --device cuda --grid gpu-check --out $(GPU_OUT)
+	OUT=$(GPU_OUT) bash benchmarks/gpu_run.sh $$(git rev-parse HEAD 2>/dev/null || echo unknown)
+
+# The wheel a GPU lease installs (sm_90, Hopper), built where there is no GPU.
+gpu-wheel: deps
+	rm -rf dist/gpu
+	FUSEDRNN_CUDA=1 TORCH_CUDA_ARCH_LIST=$${TORCH_CUDA_ARCH_LIST:-9.0} $(PIP) wheel --no-build-isolation --no-deps -w dist/gpu .
 
 ctest:
 	cmake -S . -B build/cmake -G Ninja

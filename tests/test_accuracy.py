@@ -34,3 +34,19 @@ def test_median_error_within_2x_torch(cell, shape, dtype):
         assert ours <= 2 * theirs, (
             f"{name}: median rel err {ours:.2e} > 2 x torch.nn's {theirs:.2e} over {len(runs)} seeds"
         )
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_gemm_loop_weight_grads_median_error_within_2x_torch(cell, monkeypatch):
+    """The GEMM loop (FUSEDRNN_CPU_FUSED=0, the path of CPUs without AVX-512 and of steps
+    too large for the fused loop) sums its weight gradients over 6400 rows in 1024-row
+    chunks added in double (csrc/cpu/weight_grad.h)."""
+    monkeypatch.setenv("FUSEDRNN_CPU_FUSED", "0")
+    shape = dict(T=100, N=64, I=16, H=7)
+    runs = [compare_with_torch(cell, **shape, dtype=torch.float32, seed=s) for s in SEEDS]
+    for name in runs[0]:
+        ours = statistics.median(r[name][0] for r in runs)
+        theirs = statistics.median(r[name][1] for r in runs)
+        assert ours <= 2 * theirs, (
+            f"{name}: median rel err {ours:.2e} > 2 x torch.nn's {theirs:.2e} over {len(runs)} seeds"
+        )

@@ -209,6 +209,23 @@ def test_matches_torch_gemm_loop(cell, kw, monkeypatch):
     compare_with_torch(cell, **kw, dtype=torch.float32, device="cpu")
 
 
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(T=37, N=29, I=5, H=7),  # 1073 rows: a 1024-row chunk and 49, none a multiple of 16
+        dict(T=40, N=33, I=19, H=129, num_layers=2, bidirectional=True, batch_first=True),
+    ],
+    ids=["R1073-I5-H7", "R1320-I19-H129-L2-bi-bf"],
+)
+def test_matches_torch_gemm_loop_chunked_weight_grads(cell, kw, monkeypatch):
+    """The GEMM loop's weight gradients over more than 1024 rows (csrc/cpu/weight_grad.h):
+    chunks transposed in 16 x 16 register blocks with element-by-element edges, one GEMM a
+    chunk, the chunks summed in double."""
+    monkeypatch.setenv("FUSEDRNN_CPU_FUSED", "0")
+    compare_with_torch(cell, **kw, dtype=torch.float32, device="cpu")
+
+
 @pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("kw", HALF_CASES)
