@@ -37,12 +37,17 @@ def test_median_error_within_2x_torch(cell, shape, dtype):
 
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
-def test_gemm_loop_weight_grads_median_error_within_2x_torch(cell, monkeypatch):
+@pytest.mark.parametrize(
+    "shape",
+    [dict(T=100, N=64, I=16, H=7), dict(T=50, N=16, I=32, H=129)],
+    ids=["T100-N64-H7", "T50-N16-H129"],
+)
+def test_gemm_loop_weight_grads_median_error_within_2x_torch(cell, shape, monkeypatch):
     """The GEMM loop (FUSEDRNN_CPU_FUSED=0, the path of CPUs without AVX-512 and of steps
-    too large for the fused loop) sums its weight gradients over 6400 rows in 1024-row
-    chunks added in double (csrc/cpu/weight_grad.h)."""
+    too large for the fused loop) sums its weight gradients in chunks added in double
+    (csrc/cpu/weight_grad.h): 6400 rows in 1024-row chunks, 800 rows in 128-row chunks
+    (one MKL GEMM over the 800 rows erred 2.6x torch.nn's in GRU's dW_hh)."""
     monkeypatch.setenv("FUSEDRNN_CPU_FUSED", "0")
-    shape = dict(T=100, N=64, I=16, H=7)
     runs = [compare_with_torch(cell, **shape, dtype=torch.float32, seed=s) for s in SEEDS]
     for name in runs[0]:
         ours = statistics.median(r[name][0] for r in runs)

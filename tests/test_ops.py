@@ -348,13 +348,14 @@ def test_layer_under_no_grad_saves_nothing(cell, monkeypatch):
 
 @pytest.mark.parametrize("loop", ["fused", "gemm"])
 @pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("N", [1, 16, 64])
+@pytest.mark.parametrize("N", [1, 16, 33, 64])
 @pytest.mark.parametrize("cell", CELLS)
 def test_bit_identical_across_thread_counts(cell, N, dt, loop, monkeypatch):
     """The fused CPU loops split units across workers but sum every output and gradient
     in a fixed order: one thread and two give the same bits (H=256: blocks to share).
-    The GEMM loop too: its weight gradients sum chunks of 1024 rows (N=64: 1920 rows) in
-    double, each chunk one MKL GEMM (common.h, mm_tn)."""
+    The GEMM loop too: its weight gradients sum chunks of rows in double, each chunk one
+    oneDNN GEMM (weight_grad.h): 128-row chunks up to 1024 rows (N=33: 990 rows, where
+    MKL's one GEMM split K across threads), 1024-row chunks above (N=64: 1920 rows)."""
     if loop == "gemm":
         monkeypatch.setenv("FUSEDRNN_CPU_FUSED", "0")
     _, m = make_modules(cell, 40, 256, 1, bidirectional=True)

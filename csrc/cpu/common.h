@@ -132,7 +132,6 @@ void parallel_rows(int64_t n, int64_t grain, const F& f) {
   }
 }
 
-
 // Calls f(n, j0, j1) for every row n < N and unit chunk [j0, j1) of [0, H).
 template <typename F>
 void for_each_unit_chunk(int64_t N, int64_t H, const F& f) {

@@ -11,6 +11,8 @@ namespace fusedrnn {
 // keep the GEMM near its peak while the error stays below a single full-K GEMM's
 // (tests/test_accuracy.py).
 constexpr int64_t kReduceChunk = 1024;
+// Rows per GEMM when the whole sum is at most kReduceChunk rows (see mm_tn).
+constexpr int64_t kShortChunk = 128;
 
 // acc[i] = p[i] (first) or acc[i] + p[i], in double; with out, also out[i] = float(acc[i]),
 // for i in [i0, i1). Vectorized (clones); it ran in SSE2 before.
@@ -133,17 +135,19 @@ inline Tensor mm_tn(const Tensor& a_in, const Tensor& b_in) {
     torch::stable::copy_(out, mm_tn(af, bf));
     return out;
   }
-  // Short sums: oneDNN (MKL's sgemm took 12% of a batch-1 training step). Up to a chunk,
-  // MKL, whose sum over 800 rows errs 3x less than oneDNN's (tests/test_accuracy.py).
-  if (K <= 256) return linear(t(a), t(b));
-  if (K <= kReduceChunk) return mm(t(a), b);
+  // Short sums: one oneDNN GEMM (MKL's sgemm took 12% of a batch-1 training step). Up to
+  // 1024 rows, chunks of 128: MKL's one GEMM there split K across threads (1000 rows into
+  // a [28, 7] result) and erred 2.6x torch.nn's in GRU's dW_hh at T=50, N=16, H=129
+  // (tests/test_accuracy.py); in 256-row oneDNN chunks 2.2x; in 128-row chunks within 2x.
+  if (K <= kShortChunk) return linear(t(a), t(b));
+  const int64_t chunk = K <= kReduceChunk ? kShortChunk : kReduceChunk;
   const Tensor ac = torch::stable::contiguous(a), bc = torch::stable::contiguous(b);
   std::vector<double> acc(M * P);
   Tensor out = empty_as(a, {M, P});
   float* o = out.mutable_data_ptr<float>();
   Tensor at_buf, bt_buf;
-  for (int64_t k0 = 0; k0 < K; k0 += kReduceChunk) {
-    const int64_t kc = std::min(kReduceChunk, K - k0);
+  for (int64_t k0 = 0; k0 < K; k0 += chunk) {
+    const int64_t kc = std::min(chunk, K - k0);
     if (k0 == 0 || kc != at_buf.size(1)) {
       at_buf = empty_as(a, {M, kc});
       bt_buf = empty_as(a, {P, kc});
