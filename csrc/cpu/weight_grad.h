@@ -123,8 +123,7 @@ inline void transpose_rows(const Tensor& m, int64_t r0, int64_t rows, Tensor& ou
 // T=50, N=256, H=1024 (the GEMMs alone: ~390 ms). MKL's GEMM takes the views as they are,
 // but splits K across its threads where M*P is small (1024 rows into a [768, 40] result:
 // other bits with 2 threads than with 1), inside a parallel region too.
-inline Tensor mm_tn(const Tensor& a_in, const Tensor& b_in) {
-  Tensor a = a_in, b = b_in;
+inline Tensor mm_tn(const Tensor& a, const Tensor& b) {
   const int64_t K = a.size(0), M = a.size(1), P = b.size(1);
   if (a.scalar_type() == ScalarType::Double) return mm(t(a), b);
   if (a.scalar_type() != ScalarType::Float) {
