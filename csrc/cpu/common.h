@@ -172,6 +172,28 @@ FUSEDRNN_CPU_CLONES inline void column_block_sum<float>(const float* m, int64_t 
     for (int64_t j = j0; j < j1; ++j) acc[j - j0] += static_cast<double>(row[j]);
   }
 }
+template <>
+FUSEDRNN_CPU_CLONES inline void column_block_sum<c10::BFloat16>(const c10::BFloat16* m,
+                                                                int64_t rows, int64_t cols,
+                                                                int64_t j0, int64_t j1,
+                                                                double* acc) {
+  if (j1 - j0 == 64) {  // bits widened by hand: the compiler vectorizes this, not BFloat16's
+    for (int64_t r = 0; r < rows; ++r) {
+      const uint16_t* row = reinterpret_cast<const uint16_t*>(m + r * cols + j0);
+      for (int64_t j = 0; j < 64; ++j) {
+        const uint32_t bits = uint32_t{row[j]} << 16;
+        float f;
+        std::memcpy(&f, &bits, sizeof(f));
+        acc[j] += static_cast<double>(f);
+      }
+    }
+    return;
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const c10::BFloat16* row = m + r * cols;
+    for (int64_t j = j0; j < j1; ++j) acc[j - j0] += static_cast<double>(row[j]);
+  }
+}
 
 // out[j] = sum_r m[r, j] over rows in order, accumulated in double: a bias gradient
 // sums T*N terms, and float accumulation would lose ~sqrt(T*N) ulps. The order is

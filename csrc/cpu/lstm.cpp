@@ -370,8 +370,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
       if (w_hr) dw_hr = weight_grad(dh_all, projection_inputs<scalar_t>(ws2, H, x2));
     });
     dx2 = linear(dgates, torch::stable::contiguous(t(w_ih)));
-    dw_ih = weight_grad(dgates, x2);
-    dw_hh = weight_grad(dgates, previous_states(y2, h0c, st, reverse));
+    std::tie(dw_ih, dw_hh) = weight_grads(dgates, x2, previous_states(y2, h0c, st, reverse));
   }
   Tensor dx = torch::stable::reshape(dx2, x_in.dim() == 3 ? std::vector<int64_t>{st.T, st.N, I}
                                                           : std::vector<int64_t>{st.R, I});

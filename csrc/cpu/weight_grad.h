@@ -174,4 +174,18 @@ inline Tensor weight_grad(const Tensor& a, const Tensor& b) {
   return mm_tn(a, b);
 }
 
+// The two weight gradients a^T @ b1 and a^T @ b2 of one a (LSTM's dW_ih and dW_hh, both
+// of dG): on AMX, a is transposed once for both.
+inline std::pair<Tensor, Tensor> weight_grads(const Tensor& a, const Tensor& b1,
+                                              const Tensor& b2) {
+#if FUSEDRNN_HAVE_AMX
+  if (a.scalar_type() == ScalarType::BFloat16 && a.size(0) > 0 && amx_usable()) {
+    const AmxLhs lhs(torch::stable::contiguous(a));
+    return {weight_grad_amx(lhs, torch::stable::contiguous(b1)),
+            weight_grad_amx(lhs, torch::stable::contiguous(b2))};
+  }
+#endif
+  return {mm_tn(a, b1), mm_tn(a, b2)};
+}
+
 }  // namespace fusedrnn
