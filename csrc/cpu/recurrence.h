@@ -194,6 +194,14 @@ inline bool fused_rows_fit(int64_t N, int64_t I, int64_t H) {
 // Blocks per call of the cell in the forward loop (64 units).
 constexpr int64_t kCellBlocks = 4;
 
+// The cell of row n prefetches its units' x W_ih^T of row n + kXgAhead (unfolded loops):
+// the rows come from oneDNN's GEMM over a block of steps (4 MB at 1024 rows of 4H = 2048
+// bfloat16), out of L2 by the time the cell reads them, and the cell stalled on them.
+// Paired, bfloat16 inference: T=100, N=64, H=512 LSTM 61.0 -> 56.1 ms, GRU 41.3 -> 37.0;
+// T=256, N=16, H=768 LSTM 118 -> 113 ms; float32 and batch 1 level. 4 rows ahead vs 2:
+// 1.7% and 3% faster (T=100, N=64, LSTM and GRU).
+constexpr int64_t kXgAhead = 4;
+
 // f(std::bool_constant<pairs>{}) for bfloat16 storage, f(std::false_type{}) otherwise:
 // fused_forward's kPairs, chosen at run time (bf16_dot_available).
 template <typename scalar_t, typename F>
@@ -409,6 +417,15 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, 
             }
             const int64_t j0 = g0 * kUnits, j1 = std::min(H, g1 * kUnits);
             for (int64_t n = 0; n < B; ++n) {
+              if (!fold && n + kXgAhead < B) {
+                const char* ahead =
+                    reinterpret_cast<const char*>(xg_step[s] + (n + kXgAhead) * xg_ld);
+                for (int64_t v = 0; v < HS::size; ++v) {
+                  for (int64_t j = j0; j < j1; j += 64 / int64_t(sizeof(scalar_t))) {
+                    _mm_prefetch(ahead + (v * H + j) * int64_t(sizeof(scalar_t)), _MM_HINT_T0);
+                  }
+                }
+              }
               cell(s, n, j0, j1, hg.data() + n * ldh, xg_step[s] + n * xg_ld);
               if constexpr (!kInPlace) {
                 float* next = h_float.data() + (1 + s % 2) * N * H + n * H;
