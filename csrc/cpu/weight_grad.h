@@ -163,11 +163,21 @@ inline Tensor mm_tn(const Tensor& a, const Tensor& b) {
   return out;
 }
 
-// A weight gradient a^T @ b (a [K, M], b [K, P], contiguous): on AMX for bfloat16 where
-// amx_usable(), else mm_tn.
+// Whether a weight gradient a^T @ b runs on AMX: bfloat16, rows, and amx_usable().
+inline bool amx_weight_grad(const Tensor& a) {
+#if FUSEDRNN_HAVE_AMX
+  return a.scalar_type() == ScalarType::BFloat16 && a.size(0) > 0 && amx_usable();
+#else
+  (void)a;
+  return false;
+#endif
+}
+
+// A weight gradient a^T @ b (a [K, M], b [K, P], contiguous): on AMX where
+// amx_weight_grad(a), else mm_tn.
 inline Tensor weight_grad(const Tensor& a, const Tensor& b) {
 #if FUSEDRNN_HAVE_AMX
-  if (a.scalar_type() == ScalarType::BFloat16 && a.size(0) > 0 && amx_usable()) {
+  if (amx_weight_grad(a)) {
     return weight_grad_amx(torch::stable::contiguous(a), torch::stable::contiguous(b));
   }
 #endif
@@ -179,7 +189,7 @@ inline Tensor weight_grad(const Tensor& a, const Tensor& b) {
 inline std::pair<Tensor, Tensor> weight_grads(const Tensor& a, const Tensor& b1,
                                               const Tensor& b2) {
 #if FUSEDRNN_HAVE_AMX
-  if (a.scalar_type() == ScalarType::BFloat16 && a.size(0) > 0 && amx_usable()) {
+  if (amx_weight_grad(a)) {
     const AmxLhs lhs(torch::stable::contiguous(a));
     return {weight_grad_amx(lhs, torch::stable::contiguous(b1)),
             weight_grad_amx(lhs, torch::stable::contiguous(b2))};
