@@ -272,6 +272,22 @@ def test_matches_torch_fused_row_groups(cell, N):
 
 
 @pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("kw", [dict(T=5, N=8, I=32, H=96), dict(T=4, N=64, I=24, H=100)],
+                         ids=["N8-H96", "N64-H100"])
+def test_matches_torch_fused_partial_cell_groups(cell, kw):
+    """The fused forward keeps its sums by groups of 4 unit blocks (hg_at in
+    csrc/cpu/recurrence.h). On two threads, H=96 (6 blocks) gives the second worker
+    blocks 3-5: its first group starts inside a group; H=100 also ends in a partial
+    block. N=8 takes x W_ih^T from the GEMM, N=64 folds it into the step."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        compare_with_torch(cell, **kw, bidirectional=True)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("kw", HALF_CASES)
 def test_matches_torch_bf16_weight_grads_without_amx(cell, kw, monkeypatch):
     """bfloat16 weight gradients through the float path (FUSEDRNN_CPU_AMX=0), what CPUs

@@ -16,20 +16,21 @@ constexpr int64_t kGRUSaved = 4;
 // Per-unit kernels over one row, pointers as __restrict parameters (see lstm.cpp).
 
 // xg: the row's x_t @ W_ir^T, x_t @ W_iz^T [2H]; xn: x_t @ W_in^T [H]; hg: h_prev @ W_hh^T
-// [3H] (xn and hg in float from the fused loop, else in the storage type); bi, bh: biases [3H]; h: running state [H], updated in place; y: h_t [H];
+// [3H] (xn and hg in float from the fused loop, else in the storage type; gate v of unit j
+// at hg[v*hs + j]); bi, bh: biases [3H]; h: running state [H], updated in place; y: h_t [H];
 // w: saved r, z, n, hn [4H].
 // kXg false: xg is not read (the fused loop folded x W_ir, x W_iz into hg); kSave false: w
 // is not written (inference).
 template <bool kXg, bool kSave, typename scalar_t, typename xn_t, typename hg_t, typename acc_t>
 FUSEDRNN_CPU_CLONES void gru_forward_units(
-    const scalar_t* __restrict xg, const xn_t* __restrict xn, const hg_t* __restrict hg,
+    const scalar_t* __restrict xg, const xn_t* __restrict xn, const hg_t* __restrict hg, int64_t hs,
     const acc_t* __restrict bi, const acc_t* __restrict bh, acc_t* __restrict h,
     scalar_t* __restrict y, acc_t* __restrict w, int64_t H, int64_t j0, int64_t j1) {
   auto x = [&](int64_t k) { return kXg ? acc_t(xg[k]) : acc_t(0); };
   for (int64_t j = j0; j < j1; ++j) {
-    const acc_t hn = acc_t(hg[2 * H + j]) + bh[2 * H + j];
+    const acc_t hn = acc_t(hg[2 * hs + j]) + bh[2 * H + j];
     const auto f = GRUCell<acc_t>::forward(
-        x(j) + acc_t(hg[j]) + bi[j] + bh[j], x(H + j) + acc_t(hg[H + j]) + bi[H + j] + bh[H + j],
+        x(j) + acc_t(hg[j]) + bi[j] + bh[j], x(H + j) + acc_t(hg[hs + j]) + bi[H + j] + bh[H + j],
         acc_t(xn[j]) + bi[2 * H + j], hn, h[j]);
     if constexpr (kSave) {
       w[j] = f.r;
@@ -98,16 +99,16 @@ void gru_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, con
       const Tensor w_hh_c = torch::stable::contiguous(w_hh), h0_c = torch::stable::contiguous(h0);
       // Folded, the accumulators are r, z (x and h terms), W_hn h, W_in x; else r, z, n of h.
       auto cell = [&](int64_t s, int64_t n, int64_t j0, int64_t j1, const float* hg,
-                      const scalar_t* xg_row) {
+                      int64_t hs, const scalar_t* xg_row) {
         const int64_t off = st.offset[reverse ? st.T - 1 - s : s];
         float* ws_row = save ? ws_p + (off + n) * kGRUSaved * H : nullptr;
         with_flags(!fold, save, [&](auto with_xg, auto with_ws) {
           if constexpr (with_xg) {
-            gru_forward_units<true, with_ws>(xg_row, xg_row + 2 * H, hg, b_i.data(), b_h.data(),
+            gru_forward_units<true, with_ws>(xg_row, xg_row + 2 * H, hg, hs, b_i.data(), b_h.data(),
                                              ha.data() + n * H, y_p + (off + n) * H, ws_row, H,
                                              j0, j1);
           } else {
-            gru_forward_units<false, with_ws>(xg_row, hg + 3 * H, hg, b_i.data(), b_h.data(),
+            gru_forward_units<false, with_ws>(xg_row, hg + 3 * hs, hg, hs, b_i.data(), b_h.data(),
                                               ha.data() + n * H, y_p + (off + n) * H, ws_row,
                                               H, j0, j1);
           }
@@ -139,7 +140,7 @@ void gru_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, con
     const scalar_t* xg_p = static_cast<const scalar_t*>(xg.step(s));
     acc_t* ws_s = save ? ws_p + off * kGRUSaved * H : ws_p;
     for_each_unit_chunk(B, H, [&](int64_t n, int64_t j0, int64_t j1) {
-      gru_forward_units<true, true>(xg_p + n * G, xg_p + n * G + 2 * H, hg_p + n * G, b_i.data(),
+      gru_forward_units<true, true>(xg_p + n * G, xg_p + n * G + 2 * H, hg_p + n * G, H, b_i.data(),
                         b_h.data(), ha.data() + n * H, y_p + (off + n) * H,
                         ws_s + n * kGRUSaved * H, H, j0, j1);
     });

@@ -21,21 +21,21 @@ constexpr int64_t kLSTMSaved = 5;
 // vectorize these loops.
 
 // xg, hg: the row's x_t @ W_ih^T and h_prev @ W_hh^T [4H] (hg in float from the fused
-// loop, else in the storage type); b = b_ih + b_hh [4H];
+// loop, else in the storage type; gate v of unit j at hg[v*hs + j]); b = b_ih + b_hh [4H];
 // c: cell state [H], updated in place; y: h_t [H]; w: saved i, f, g, o, c [5H].
 // kXg false: xg is not read (the fused loop folded x into hg); kSave false: w is not
 // written (inference).
 template <bool kXg, bool kSave, typename scalar_t, typename hg_t, typename acc_t>
 FUSEDRNN_CPU_CLONES void lstm_forward_units(
-    const scalar_t* __restrict xg, const hg_t* __restrict hg, const acc_t* __restrict b,
+    const scalar_t* __restrict xg, const hg_t* __restrict hg, int64_t hs, const acc_t* __restrict b,
     acc_t* __restrict c, scalar_t* __restrict y, acc_t* __restrict w, int64_t H, int64_t j0,
     int64_t j1) {
   auto x = [&](int64_t k) { return kXg ? acc_t(xg[k]) : acc_t(0); };
   for (int64_t j = j0; j < j1; ++j) {
     const auto f = LSTMCell<acc_t>::forward(
-        x(j) + acc_t(hg[j]) + b[j], x(H + j) + acc_t(hg[H + j]) + b[H + j],
-        x(2 * H + j) + acc_t(hg[2 * H + j]) + b[2 * H + j],
-        x(3 * H + j) + acc_t(hg[3 * H + j]) + b[3 * H + j], c[j]);
+        x(j) + acc_t(hg[j]) + b[j], x(H + j) + acc_t(hg[hs + j]) + b[H + j],
+        x(2 * H + j) + acc_t(hg[2 * hs + j]) + b[2 * H + j],
+        x(3 * H + j) + acc_t(hg[3 * hs + j]) + b[3 * H + j], c[j]);
     if constexpr (kSave) {
       w[j] = f.i;
       w[H + j] = f.f;
@@ -120,11 +120,11 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
     if (!w_hr && fused_available() && (fit || pairs || fused_16bit<scalar_t>(N, G, H))) {
       const bool fold = (kFloat || pairs) && !amx && N >= kFoldBatch;
       auto cell = [&](int64_t s, int64_t n, int64_t j0, int64_t j1, const float* hg,
-                      const scalar_t* xg_row) {
+                      int64_t hs, const scalar_t* xg_row) {
         const int64_t off = st.offset[reverse ? st.T - 1 - s : s];
         float* ws_row = save ? ws_p + (off + n) * kLSTMSaved * H : nullptr;
         with_flags(!fold, save, [&](auto with_xg, auto with_ws) {
-          lstm_forward_units<with_xg, with_ws>(xg_row, hg, bias.data(), c.data() + n * H,
+          lstm_forward_units<with_xg, with_ws>(xg_row, hg, hs, bias.data(), c.data() + n * H,
                                                y_p + (off + n) * H, ws_row, H, j0, j1);
         });
       };
@@ -151,7 +151,7 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
     acc_t* ws_s = save ? ws_p + off * kLSTMSaved * H : ws_p;
     scalar_t* out = w_hr ? m_p : y_p + off * H;  // rows of m, or of y (P = H)
     for_each_unit_chunk(B, H, [&](int64_t n, int64_t j0, int64_t j1) {
-      lstm_forward_units<true, true>(xg_p + n * G, hg_p + n * G, bias.data(), c.data() + n * H,
+      lstm_forward_units<true, true>(xg_p + n * G, hg_p + n * G, H, bias.data(), c.data() + n * H,
                          out + n * H, ws_s + n * kLSTMSaved * H, H, j0, j1);
     });
     if (w_hr) {

@@ -49,12 +49,28 @@ struct Slots {
 // twice as much as torch.nn's GEMMs (tests/test_accuracy.py).
 constexpr int64_t kChunkK = 128;
 
+// Memory a micro-kernel call fetches into L2 as it runs, one cache line per k, from p up to
+// end (p advances): the next chunk of the panel, which its first row tile would otherwise
+// wait for. A worker's panels pass its core's L2 once a step where the weights outgrow it
+// (4 MB a core at T=100, N=64, H=512 LSTM, folded), so they come from L3. Gains, paired
+// in the ops: recurrence.h (forward), fused_backward.h (dG W products).
+struct Prefetch {
+  const char* p = nullptr;
+  const char* end = nullptr;
+};
+
 // acc[r][S::at[i]] += sum_{k0 <= k < k1} a[r][k] * b[k, i*kUnits : (i+1)*kUnits], MR rows.
 template <int MR, int NA, typename S>
 FUSEDRNN_AVX512 inline __attribute__((always_inline)) void tile_product(
-    __m512 (&acc)[MR][NA], const float* const* a, const float* b, int64_t k0, int64_t k1) {
+    __m512 (&acc)[MR][NA], const float* const* a, const float* b, int64_t k0, int64_t k1,
+    Prefetch& pf) {
   constexpr int NV = S::size;
+  const char* pp = pf.p;
   for (int64_t k = k0; k < k1; ++k) {
+    if (pp < pf.end) {
+      _mm_prefetch(pp, _MM_HINT_T1);
+      pp += 64;
+    }
     __m512 bv[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_ps(b + (k * NV + v) * kUnits);
@@ -65,6 +81,7 @@ FUSEDRNN_AVX512 inline __attribute__((always_inline)) void tile_product(
       for (int v = 0; v < NV; ++v) acc[r][S::at[v]] = _mm512_fmadd_ps(av, bv[v], acc[r][S::at[v]]);
     }
   }
+  pf.p = pp;
 }
 
 
@@ -132,10 +149,10 @@ constexpr int kTileRows = 24 / NA;
 template <int NA, typename S, typename in_t, int MR = kTileRows<NA>>
 FUSEDRNN_AVX512 void chunk_rows(int rows, const in_t* const* a, const in_t* b, int64_t K,
                                 int64_t k0, int64_t k1, float* c, int64_t ldc, int64_t H,
-                                __mmask16 mask, bool first) {
+                                __mmask16 mask, bool first, Prefetch& pf) {
   if constexpr (MR > 1) {
     if (rows < MR) {
-      return chunk_rows<NA, S, in_t, MR - 1>(rows, a, b, K, k0, k1, c, ldc, H, mask, first);
+      return chunk_rows<NA, S, in_t, MR - 1>(rows, a, b, K, k0, k1, c, ldc, H, mask, first, pf);
     }
   }
   __m512 acc[MR][NA];
@@ -149,7 +166,7 @@ FUSEDRNN_AVX512 void chunk_rows(int rows, const in_t* const* a, const in_t* b, i
   }
   for (int v = 0; v < NA; ++v) masks[v] = mask;
   if constexpr (std::is_same_v<in_t, float>) {
-    tile_product<MR, NA, S>(acc, a, b, k0, k1);
+    tile_product<MR, NA, S>(acc, a, b, k0, k1, pf);
   } else {
     chunk_pairs<MR, NA, S>(acc, a, b, K, k0, k1);
   }
