@@ -262,12 +262,14 @@ def test_matches_torch_bf16_amx_rows_in_place(cell, kw):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("N", [50, 280])
+@pytest.mark.parametrize("N", [50, 280, 520])
 def test_matches_torch_fused_row_groups(cell, N):
     """Row grouping of the fused loops: N=50 runs two groups (48 + 2 rows, tails of a
     group and of a tile), and its backward's dx (150-row chunks, over 1 MB of dG rows)
-    one tile a group; N=280 with I=H=512 has over 1 MB of step rows, so float32 takes
-    the per-step GEMM loop (fused_rows_fit)."""
+    one tile a group. With I=H=512, N=280 has 1.1 MB of step rows: the fused loops,
+    except GRU's forward, which takes the per-step GEMM loop (kFusedGRURowsBytes) ahead
+    of the fused backward; N=520 (2.1 MB) takes the GEMM loop both ways
+    (fused_rows_fit)."""
     compare_with_torch(cell, T=3, N=N, I=512, H=512, bidirectional=True)
 
 

@@ -92,7 +92,7 @@ void gru_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, con
   if constexpr (!std::is_same_v<scalar_t, double>) {
     const bool amx = amx_forward<scalar_t>(N, 3 * H, H);
     const bool pairs = std::is_same_v<scalar_t, c10::BFloat16> && (amx || bf16_dot_available());
-    const bool fit = kFloat && fused_rows_fit(N, x2.size(1), H);
+    const bool fit = kFloat && fused_rows_fit(N, x2.size(1), H, kFusedGRURowsBytes);
     if (fused_available() && (fit || pairs || fused_16bit<scalar_t>(N, 3 * H, H))) {
       const bool fold = (kFloat || pairs) && !amx && N >= kFoldBatch;
       const Tensor w_ih_c = torch::stable::contiguous(w_ih);

@@ -171,24 +171,27 @@ bool amx_forward(int64_t N, int64_t G, int64_t H) {
 // the group's row tiles, so the chunk of panel (kChunkK x 64 floats, 32 KB) is read from
 // L1 by every tile rather than streamed from L2 by each. Paired timings on a 2-core
 // Sapphire Rapids, LSTM inference: T=100, N=64, H=512 124 -> 112 ms and T=256, N=16,
-// H=768 259 -> 246 ms. (At T=50, N=256, H=1024 grouping cost 15%: the short row segments
-// of 2 MB of rows defeated the prefetchers; float32 no longer runs the fused loop there,
-// see fused_rows_fit.)
+// H=768 259 -> 246 ms. (At T=50, N=256, H=1024 the backward's grouping cost 15%: the short
+// row segments of 2 MB of rows defeated the prefetchers; see kGroupRowsBytes.)
 constexpr int64_t kGroupRows = 48;
 
 // The backward's row groups fall back to one tile past this many bytes of rows.
 constexpr int64_t kGroupRowsBytes = 1 << 20;
 
-// float32 runs the fused loops while a step's rows (x and h_{t-1}) fit in this many bytes,
-// so they stay in a core's L2 across the unit blocks. Above it the per-step GEMM loop
-// (oneDNN's cache-blocked GEMMs) was faster. Paired on the 2-core Sapphire Rapids at
-// T=50, N=256, I=H=1024 (2 MB of rows): LSTM inference 1354 -> 1215 ms, training 5429 ->
-// 4729 ms, GRU training 3713 -> 3062 ms; at N=64 and 128, H=512 (0.25, 0.5 MB) the
-// fused loop stays ahead (LSTM training 1120 vs 1227 ms at N=128).
-constexpr int64_t kFusedRowsBytes = 1 << 20;
+// float32 runs the fused loops while a step's rows (x and h_{t-1}) take at most this many
+// bytes (a core's L2), and the per-step GEMM loop (oneDNN's cache-blocked GEMMs) above;
+// GRU's forward up to kFusedGRURowsBytes. At T=50, N=256, I=H=1024 (2 MB of rows) the
+// GEMM loop had been faster (LSTM inference 1354 vs 1215 ms); with the panel prefetch,
+// hg's groups and the weight-gradient tiles the fused loops won there, paired on the
+// 2-core Sapphire Rapids (median of 4 alternations, GEMM loop -> fused): LSTM inference
+// 1105 -> 1022 ms, training forward 1402 -> 1320, backward 2719 -> 2582 (2758 -> 2502
+// and 2627 -> 2401 in two more runs); GRU backward 2143 -> 2028 ms, but GRU's forward
+// lost (training forward 880 -> 999 ms, inference level).
+constexpr int64_t kFusedRowsBytes = 2 << 20;
+constexpr int64_t kFusedGRURowsBytes = 1 << 20;
 
-inline bool fused_rows_fit(int64_t N, int64_t I, int64_t H) {
-  return N * (I + H) * int64_t(sizeof(float)) <= kFusedRowsBytes;
+inline bool fused_rows_fit(int64_t N, int64_t I, int64_t H, int64_t limit = kFusedRowsBytes) {
+  return N * (I + H) * int64_t(sizeof(float)) <= limit;
 }
 
 // Blocks per call of the cell in the forward loop (64 units).
