@@ -252,7 +252,9 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, 
   // than Np rows apart: a row tile's accumulators are kCellUnits floats apart (gates) and
   // NA*kCellUnits (rows). In rows of NA*H floats the gates were 4H bytes apart, a multiple
   // of 2 KB, and a tile's 24 vectors fell in a few L1 sets. Paired, T=100, N=64, H=512
-  // LSTM: inference 1.01-1.03x -> 1.06-1.07x torch.nn, training 0.93-1.00x -> 1.02-1.05x.
+  // LSTM inference ratio to torch.nn, median of 8 alternated runs: 1.015x -> 1.032x (4
+  // runs before: 1.01-1.03x -> 1.06-1.07x; training 0.93-1.00x -> 1.02-1.05x). Groups
+  // Np rows apart, 16 KB at batch 1, had cost 2-3% there: hence the extra line.
   constexpr int64_t kCellUnits = kCellBlocks * kUnits, ldh = NA * kCellUnits;
   const int64_t Np = amx ? (N + 15) / 16 * 16 : N, group_stride = Np * ldh + kUnits;
   const Scratch hg((packed_h.blocks() + kCellBlocks - 1) / kCellBlocks * group_stride);
