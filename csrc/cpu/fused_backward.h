@@ -109,8 +109,11 @@ FUSEDRNN_AVX512 void rows_times_panel(int64_t rows, const A& a_row, const O& out
         // Paired at T=100, N=64, H=512 training, backward: LSTM 405 -> 354 and 429 -> 400
         // ms, GRU 312 -> 298 ms; T=256, N=16, H=768 GRU 462 -> 435 ms, LSTM level.
         const float* next = w.block(b) + c1 * kBackUnits;
-        Prefetch pf{reinterpret_cast<const char*>(next),
-                    reinterpret_cast<const char*>(std::min(next + kChunkK * kBackUnits, w.block(w.blocks)))};
+        Prefetch pf;
+        if (rows >= kPrefetchRows) {
+          const float* end = std::min(next + kChunkK * kBackUnits, w.block(w.blocks));
+          pf = {reinterpret_cast<const char*>(next), reinterpret_cast<const char*>(end)};
+        }
         for (int64_t n0 = m0; n0 < m1; n0 += 6) {
           const int m = static_cast<int>(std::min<int64_t>(6, m1 - n0));
           const float* ar[6];

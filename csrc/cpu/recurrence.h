@@ -307,11 +307,8 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, 
         // Float: the panel rows after the chunk (at the last, the next block's first) are
         // fetched into L2 meanwhile. Paired at T=100, N=64, H=512 inference: LSTM 151.5
         // -> 146.4 ms, GRU 115.1 -> 111.7; T=256, N=16, H=768 LSTM 235.8 -> 217.6 ms.
-        // Not below 8 rows: there the panel loads are the product's bound, and the
-        // prefetches took load slots (T=200, N=1, H=256 GRU inference ratio 2.93x ->
-        // 3.05x without them, medians of 4 alternated runs).
         Prefetch pf;
-        if (!kPairs && B >= 8) {
+        if (!kPairs && B >= kPrefetchRows) {
           const in_t* next = panel + k1 * S::size * kUnits;
           const in_t* end = std::min(panels_end, next + kChunkK * S::size * kUnits);
           pf = {reinterpret_cast<const char*>(next), reinterpret_cast<const char*>(end)};
