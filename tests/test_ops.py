@@ -376,3 +376,70 @@ def test_bit_identical_across_thread_counts(cell, N, dt, loop, monkeypatch):
         torch.set_num_threads(threads)
     for a, b in zip(*runs, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_workspace_gets_no_gradient(cell):
+    """Autograd must not fill a zero gradient for the non-differentiable workspace (it
+    did, [R, 5H] floats on every backward: 210 MB at T=50, N=256, H=1024)."""
+    seen = []
+    base = getattr(fusedrnn, f"{cell}Function")
+
+    class Spy(base):
+        @staticmethod
+        def backward(ctx, *grads):
+            seen.append(grads[-1])
+            return base.backward(ctx, *grads)
+
+    a = layer_inputs(cell, 5, 3, 4, 6, True, torch.float32, requires_grad=True)
+    args = [v for k, v in a.items() if k not in ("batch_sizes", "w_hr")]
+    outs = Spy.apply(*args, False)
+    outs[0].sum().backward()
+    assert seen == [None]
+    assert a["x"].grad is not None
+
+
+@pytest.mark.parametrize("used", ["y", "h_n", "c_n"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_grads_when_outputs_unused(cell, used):
+    """A loss of one output only: the Functions supply the zero gradients of the others
+    themselves (set_materialize_grads(False)); every gradient matches torch.nn's."""
+    if used == "c_n" and cell == "GRU":
+        pytest.skip("GRU has no cell state")
+    theirs, ours = make_modules(cell, 4, 7, 2, bidirectional=True, dtype=torch.float64)
+    x = torch.randn(5, 3, 4, dtype=torch.float64)
+    grads = []
+    for m in (theirs, ours):
+        xi = x.clone().requires_grad_()
+        y, fin = m(xi)
+        out = {"y": y, "h_n": fin[0] if cell == "LSTM" else fin,
+               "c_n": fin[1] if cell == "LSTM" else None}[used]
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        grads.append([xi.grad, *(p.grad for p in m.parameters())])
+    for g_t, g_o in zip(*grads, strict=True):
+        torch.testing.assert_close(g_o, g_t, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("loop", ["fused", "gemm"])
+@pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_reused_scratch_gives_same_bits(cell, dt, loop, monkeypatch):
+    """Scratch blocks of 4 MB and more go back to a cache that later calls draw from
+    (block_cache.h), so a call may start on another's leftovers: three calls must give
+    the same bits. T*N = 2048 rows of 4H = 1024 make dG 8 MB (float32)."""
+    if loop == "gemm":
+        monkeypatch.setenv("FUSEDRNN_CPU_FUSED", "0")
+    _, m = make_modules(cell, 64, 256, 1)
+    m = m.to(dt)
+    torch.manual_seed(1)
+    x = torch.randn(32, 64, 64, dtype=dt, requires_grad=True)
+    runs = []
+    for _ in range(3):
+        y, fin = m(x)
+        outs = [y, *(fin if cell == "LSTM" else [fin])]
+        torch.manual_seed(2)
+        grads = torch.autograd.grad(outs, [x, *m.parameters()], [torch.randn_like(o) for o in outs])
+        runs.append([*outs, *grads])
+    for run in runs[1:]:
+        for a, b in zip(runs[0], run, strict=True):
+            assert torch.equal(a, b)

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "../layer.h"
+#include "block_cache.h"
 
 #include <torch/headeronly/util/BFloat16.h>
 #include <torch/headeronly/util/Half.h>
@@ -33,6 +34,46 @@ void dispatch_floating(ScalarType t, const char* name, F&& f) {
     default: STD_TORCH_CHECK(false, name, ": unsupported dtype");
   }
 }
+
+// A temporary, uninitialized contiguous tensor over Scratch memory (on `like`'s device,
+// `dtype` or like's dtype), for buffers that die within the op: large ones then come
+// from BlockCache rather than from freshly faulted pages. Views of `tensor` must not
+// outlive it.
+class ScratchTensor {
+ public:
+  ScratchTensor(const Tensor& like, std::vector<int64_t> sizes,
+                std::optional<ScalarType> dtype = std::nullopt)
+      : dtype_(dtype ? *dtype : like.scalar_type()),
+        mem_(numel(sizes) * element_size(dtype_)),
+        tensor(torch::stable::from_blob(mem_.data(), sizes, strides(sizes), like.device(), dtype_)) {}
+
+ private:
+  static int64_t numel(const std::vector<int64_t>& sizes) {
+    int64_t n = 1;
+    for (int64_t v : sizes) n *= v;
+    return n;
+  }
+  static std::vector<int64_t> strides(const std::vector<int64_t>& sizes) {
+    std::vector<int64_t> st(sizes.size(), 1);
+    for (int64_t i = static_cast<int64_t>(sizes.size()) - 2; i >= 0; --i)
+      st[i] = st[i + 1] * sizes[i + 1];
+    return st;
+  }
+  static int64_t element_size(ScalarType t) {
+    switch (t) {
+      case ScalarType::Double: return 8;
+      case ScalarType::Float: return 4;
+      case ScalarType::BFloat16:
+      case ScalarType::Half: return 2;
+      default: STD_TORCH_CHECK(false, "fusedrnn: ScratchTensor: unsupported dtype"); return 0;
+    }
+  }
+  ScalarType dtype_;
+  Scratch<char> mem_;  // declared before tensor: outlives it
+
+ public:
+  Tensor tensor;
+};
 
 // a @ w^T for w [M,K] contiguous (torch's weight layout). Float32 goes through oneDNN's
 // matmul (mkldnn::_linear_pointwise, the op torch.compile's CPU backend uses), which on
@@ -221,10 +262,10 @@ std::vector<opmath_t<scalar_t>> bias_vector(const std::optional<Tensor>& b, int6
 }
 
 // The state each row starts its step from, for every row: hp [R,P] with hp[row of
-// step t] = y[same sequence, step prev(t)] or h0. y2 [R,P] and h0 [N,P] contiguous.
-inline Tensor previous_states(const Tensor& y2, const Tensor& h0, const Steps& st,
-                              bool reverse) {
-  Tensor hp = torch::stable::empty_like(y2);
+// step t] = y[same sequence, step prev(t)] or h0. y2 [R,P] and h0 [N,P] contiguous; hp
+// contiguous, y2's shape and dtype.
+inline void previous_states(const Tensor& y2, const Tensor& h0, const Steps& st, bool reverse,
+                            Tensor& hp) {
   const int64_t P = y2.size(1);
   const size_t row_bytes = P * y2.element_size();
   const char* y = static_cast<const char*>(y2.const_data_ptr());
@@ -236,7 +277,6 @@ inline Tensor previous_states(const Tensor& y2, const Tensor& h0, const Steps& s
     if (keep > 0) std::memcpy(dst, y + st.offset[p] * row_bytes, keep * row_bytes);
     std::memcpy(dst + keep * row_bytes, h + keep * row_bytes, (st.batch[t] - keep) * row_bytes);
   }
-  return hp;
 }
 
 }  // namespace fusedrnn

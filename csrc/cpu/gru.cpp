@@ -295,9 +295,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   }
 #endif
   if (!fused) {
-    const Tensor hp = previous_states(y2, h0c, st, reverse);
-    Tensor dgi = empty_as(x2, {st.R, G});
-    Tensor dgh = empty_as(x2, {st.R, G});
+    // Temporaries over Scratch memory (BlockCache): 78 MB each at T=50, N=256, H=1024.
+    ScratchTensor hp_mem(y2, {st.R, H}), dgi_mem(x2, {st.R, G}), dgh_mem(x2, {st.R, G});
+    Tensor& hp = hp_mem.tensor;
+    Tensor& dgi = dgi_mem.tensor;
+    Tensor& dgh = dgh_mem.tensor;
+    previous_states(y2, h0c, st, reverse, hp);
     dispatch_floating(dt, "gru_backward", [&](auto tag) {
       using scalar_t = decltype(tag);
       gru_backward_impl<scalar_t>(st, gy2, ghn, hp, w_hh, ws2, reverse, dgi, dgh, dh0);

@@ -359,8 +359,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   }
 #endif
   if (!fused) {
-    Tensor dgates = empty_as(x2, {st.R, G});
-    Tensor dh_all = empty_as(x2, {w_hr ? st.R : 0, P});
+    // Temporaries over Scratch memory (BlockCache): 105 MB each at T=50, N=256, H=1024.
+    ScratchTensor dgates_mem(x2, {st.R, G}), dh_all_mem(x2, {w_hr ? st.R : 0, P});
+    ScratchTensor hp_mem(y2, {st.R, P});
+    Tensor& dgates = dgates_mem.tensor;
+    Tensor& dh_all = dh_all_mem.tensor;
     dispatch_floating(dt, "lstm_backward", [&](auto tag) {
       using scalar_t = decltype(tag);
       lstm_backward_impl<scalar_t>(st, gy2, ghn, gcn, c0, w_hh, w_hr, ws2, reverse, dgates,
@@ -370,7 +373,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
       if (w_hr) dw_hr = weight_grad(dh_all, projection_inputs<scalar_t>(ws2, H, x2));
     });
     dx2 = linear(dgates, torch::stable::contiguous(t(w_ih)));
-    std::tie(dw_ih, dw_hh) = weight_grads(dgates, x2, previous_states(y2, h0c, st, reverse));
+    previous_states(y2, h0c, st, reverse, hp_mem.tensor);
+    std::tie(dw_ih, dw_hh) = weight_grads(dgates, x2, hp_mem.tensor);
   }
   Tensor dx = torch::stable::reshape(dx2, x_in.dim() == 3 ? std::vector<int64_t>{st.T, st.N, I}
                                                           : std::vector<int64_t>{st.R, I});

@@ -1,7 +1,7 @@
 // The workers of the fused loops (recurrence.h, fused_backward.h): torch's intra-op
 // threads in one parallel region for a whole sequence, meeting at one spin barrier per
-// step (run_steps), with the first touch of their outputs spread over them (Prefault)
-// and uninitialized aligned scratch (Scratch).
+// step (run_steps), with the first touch of their outputs spread over them (Prefault).
+// Their scratch memory: Scratch (block_cache.h).
 #pragma once
 
 #include "common.h"
@@ -127,22 +127,6 @@ class Prefault {
   std::vector<std::pair<void*, int64_t>> arrays_;
   std::vector<int64_t> group_of_, starts_;
   std::vector<std::pair<int64_t, int64_t>> rows_;
-};
-
-// n values, uninitialized and 64-byte aligned: scratch that is written before it is read.
-// (std::vector would zero it: a memset, and every page of a fresh mapping faulted in by
-// the calling thread rather than by the worker that uses it.)
-template <typename T = float>
-class Scratch {
- public:
-  explicit Scratch(int64_t n) : raw_(new T[n + 64 / sizeof(T)]) {}
-  T* data() const {
-    const auto p = reinterpret_cast<uintptr_t>(raw_.get());
-    return reinterpret_cast<T*>((p + 63) & ~uintptr_t{63});
-  }
-
- private:
-  std::unique_ptr<T[]> raw_;
 };
 
 #endif  // FUSEDRNN_HAVE_FUSED
