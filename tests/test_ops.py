@@ -443,3 +443,40 @@ def test_reused_scratch_gives_same_bits(cell, dt, loop, monkeypatch):
     for run in runs[1:]:
         for a, b in zip(runs[0], run, strict=True):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_scratch_cache_shared_by_threads(cell, monkeypatch):
+    """Two Python threads run GEMM-loop training steps at once, drawing 8 MB scratch
+    blocks from the one process-wide cache: each gets the bits a lone run gets."""
+    import threading
+
+    monkeypatch.setenv("FUSEDRNN_CPU_FUSED", "0")
+    _, m = make_modules(cell, 64, 256, 1)
+    torch.manual_seed(3)
+    xs = [torch.randn(32, 64, 64, requires_grad=True) for _ in range(2)]
+    gs = [torch.randn(32, 64, 256) for _ in range(2)]
+
+    def step(i):
+        y, _ = m(xs[i])
+        return [y, *torch.autograd.grad(y, [xs[i], *m.parameters()], gs[i])]
+
+    want = [step(i) for i in range(2)]
+    got, errors = [None, None], []
+
+    def worker(i):
+        try:
+            for _ in range(3):
+                got[i] = step(i)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for i in range(2):
+        for a, b in zip(want[i], got[i], strict=True):
+            assert torch.equal(a, b)

@@ -32,13 +32,14 @@ class BlockCache {
   BlockCache(const BlockCache&) = delete;
   BlockCache& operator=(const BlockCache&) = delete;
 
-  // The process's cache, its limit read from FUSEDRNN_CPU_CACHE_MB once.
+  // The process's cache, its limit read from FUSEDRNN_CPU_CACHE_MB once. Never destroyed:
+  // a Scratch freed during exit (another thread's op) still finds it.
   static BlockCache& global() {
-    static BlockCache cache([] {
+    static BlockCache* cache = new BlockCache([] {
       const char* env = std::getenv("FUSEDRNN_CPU_CACHE_MB");
       return size_t(env && env[0] ? std::strtoull(env, nullptr, 10) : kDefaultMB) << 20;
     }());
-    return cache;
+    return *cache;
   }
 
   // A 64-byte aligned block of at least `bytes`; *capacity is its size, to give back. A
