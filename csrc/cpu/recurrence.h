@@ -77,6 +77,21 @@ class PackedWeights {
   void pack(int64_t b) const {
     constexpr int64_t kStep = kPairs ? 2 : 1;
     value_t* dst = block(b);
+    // float, a whole block: 16 units x 16 k at a time, transposed in registers. Element by
+    // element (the strided loads below), packing took 31% of a T=1, N=1, H=256 LSTM call.
+    if constexpr (std::is_same_v<src_t, float> && !kPairs) {
+      if ((b + 1) * kUnits <= H_) {
+        const int64_t ld = gates_ * kUnits;
+        const int64_t k16 = K_ / 16 * 16;
+        for (int64_t g = 0; g < gates_; ++g) {
+          const float* rows = w_ + (g * H_ + b * kUnits) * K_;
+          for (int64_t k = 0; k < k16; k += 16) transpose16(rows + k, K_, dst + k * ld + g * kUnits, ld);
+          for (int64_t k = k16; k < K_; ++k)
+            for (int64_t u = 0; u < kUnits; ++u) dst[k * ld + g * kUnits + u] = rows[u * K_ + k];
+        }
+        return;
+      }
+    }
     for (int64_t k = 0; k < Kp_; k += kStep) {
       for (int64_t g = 0; g < gates_; ++g) {
         for (int64_t u = 0; u < kUnits; ++u, dst += kStep) {
