@@ -35,17 +35,15 @@ void dispatch_floating(ScalarType t, const char* name, F&& f) {
   }
 }
 
-// A temporary, uninitialized contiguous tensor over Scratch memory (on `like`'s device,
-// `dtype` or like's dtype), for buffers that die within the op: large ones then come
-// from BlockCache rather than from freshly faulted pages. Views of `tensor` must not
-// outlive it.
+// A temporary, uninitialized contiguous tensor like `like` (device, dtype) over Scratch
+// memory, for buffers that die within the op: large ones then come from BlockCache rather
+// than from freshly faulted pages. Views of `tensor` must not outlive it.
 class ScratchTensor {
  public:
-  ScratchTensor(const Tensor& like, std::vector<int64_t> sizes,
-                std::optional<ScalarType> dtype = std::nullopt)
-      : dtype_(dtype ? *dtype : like.scalar_type()),
-        mem_(numel(sizes) * element_size(dtype_)),
-        tensor(torch::stable::from_blob(mem_.data(), sizes, strides(sizes), like.device(), dtype_)) {}
+  ScratchTensor(const Tensor& like, const std::vector<int64_t>& sizes)
+      : mem_(numel(sizes) * like.element_size()),
+        tensor(torch::stable::from_blob(mem_.data(), sizes, strides(sizes), like.device(),
+                                        like.scalar_type())) {}
 
  private:
   static int64_t numel(const std::vector<int64_t>& sizes) {
@@ -59,16 +57,6 @@ class ScratchTensor {
       st[i] = st[i + 1] * sizes[i + 1];
     return st;
   }
-  static int64_t element_size(ScalarType t) {
-    switch (t) {
-      case ScalarType::Double: return 8;
-      case ScalarType::Float: return 4;
-      case ScalarType::BFloat16:
-      case ScalarType::Half: return 2;
-      default: STD_TORCH_CHECK(false, "fusedrnn: ScratchTensor: unsupported dtype"); return 0;
-    }
-  }
-  ScalarType dtype_;
   Scratch<char> mem_;  // declared before tensor: outlives it
 
  public:
