@@ -20,9 +20,12 @@ namespace fusedrnn {
 // in again a page at a time, about 2 us a 4 KB page on the 2-core Sapphire Rapids: at
 // T=50, N=256, I=H=1024 bfloat16 a GRU backward faulted in 425 MB (torch.nn's 102 MB),
 // and the weight gradients' transposed dG (78 MB) took longer to fault in than to write.
+// Smaller blocks fare no better: glibc maps blocks past its (moving) mmap threshold fresh
+// and trims the heap top, so a T=200, N=1, H=256 LSTM forward faulted in its 1 MB weight
+// panels and 800 KB of x W_ih^T every call (773 faults a call; 0 with blocks from 64 KB kept).
 class BlockCache {
  public:
-  static constexpr size_t kMinBytes = size_t{1} << 22;
+  static constexpr size_t kMinBytes = size_t{1} << 16;  // 64 KB
   static constexpr size_t kDefaultMB = 512;
 
   explicit BlockCache(size_t limit_bytes) : limit_(limit_bytes) {}

@@ -46,11 +46,19 @@ int main() {
     check(d != a && cap3 == 16 * kMB, "a larger request gets a new block");
     cache.give(d, cap3);
     size_t small = 0;
-    void* e = cache.take(4096, &small);
-    check(small == 4096, "a small block is the request rounded to lines");
+    void* e = cache.take(BlockCache::kMinBytes - 100, &small);
+    check(small == BlockCache::kMinBytes - 64, "a small block is the request rounded to lines");
     const size_t before = cache.cached();
     cache.give(e, small);
-    check(cache.cached() == before, "a small block is freed, not kept");
+    check(cache.cached() == before, "a block under kMinBytes is freed, not kept");
+    size_t mid = 0;
+    void* f = cache.take(BlockCache::kMinBytes, &mid);
+    cache.give(f, mid);
+    check(cache.cached() == before + mid, "a block of kMinBytes is kept");
+    size_t mid2 = 0;
+    void* g = cache.take(BlockCache::kMinBytes, &mid2);
+    check(g == f && mid2 == mid, "and taken back");
+    cache.give(g, mid2);
   }
   {
     BlockCache cache(20 * kMB);
