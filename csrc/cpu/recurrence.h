@@ -128,11 +128,11 @@ bool amx_forward(int64_t N, int64_t G, int64_t H) {
 // the group's row tiles, so the chunk of panel (kChunkK x 64 floats, 32 KB) is read from
 // L1 by every tile rather than streamed from L2 by each. Paired timings on a 2-core
 // Sapphire Rapids, LSTM inference: T=100, N=64, H=512 124 -> 112 ms and T=256, N=16,
-// H=768 259 -> 246 ms. (At T=50, N=256, H=1024 the backward's grouping cost 15%: the short
-// row segments of 2 MB of rows defeated the prefetchers; see kGroupRowsBytes.)
+// H=768 259 -> 246 ms. (The backward's groups are smaller past kGroupRowsBytes of rows;
+// see backward_group_rows.)
 constexpr int64_t kGroupRows = 48;
 
-// The backward's row groups fall back to one tile past this many bytes of rows.
+// The backward's row groups shrink to four tiles past this many bytes of rows.
 constexpr int64_t kGroupRowsBytes = 1 << 20;
 
 // float32 runs the fused loops while a step's rows (x and h_{t-1}) take at most this many
