@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <memory>
 #include <optional>
 #include <string>
 #include <type_traits>
@@ -110,7 +111,18 @@ class InputProjection {
       // The block's steps hold consecutive rows of x2: ascending t forward, descending
       // in reverse, so the lowest row belongs to the block's first (forward) or last step.
       r0_ = st_.offset[reverse_ ? tt(e - 1) : tt(s)];
-      block_ = linear(rows(x2_, r0_, rows_), w_ih_);
+      if (x2_.scalar_type() == ScalarType::Float) {
+        block_ = linear(rows(x2_, r0_, rows_), w_ih_);
+      } else {
+        // Into one Scratch buffer for every block (aten::mm.out, the GEMM that linear
+        // calls for these dtypes): a fresh [rows, G] tensor a block was faulted in anew
+        // each time, ~6,000 faults a call at T=256, N=16, H=768 in bfloat16.
+        if (!buf_ || buf_->tensor.size(0) < rows_) {
+          buf_ = std::make_unique<ScratchTensor>(x2_, std::vector<int64_t>{rows_, w_ih_.size(0)});
+        }
+        block_ = rows(buf_->tensor, 0, rows_);
+        mm_out(rows(x2_, r0_, rows_), t(w_ih_), block_);
+      }
       end_ = e;
     }
     return static_cast<const char*>(block_.const_data_ptr()) +
@@ -123,7 +135,8 @@ class InputProjection {
   Tensor x2_, w_ih_;
   bool reverse_;
   int64_t end_ = 0, r0_ = 0;
-  Tensor block_ = Tensor();
+  std::unique_ptr<ScratchTensor> buf_;
+  Tensor block_ = Tensor();  // after buf_: may view it, so released first
 };
 
 // Pointwise loops run over (batch, unit) pairs; below this many pairs a step runs
