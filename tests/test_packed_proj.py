@@ -135,6 +135,20 @@ def test_input_projection_in_blocks(cell, packed):
         assert e_ours <= bound, f"{name}: rel err {e_ours:.2e} > bound {bound:.2e} (torch.nn {e_torch:.2e})"
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=["fp64", "bf16"])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_input_projection_block_grows(cell, dtype):
+    """The input projection's blocks share one buffer, grown when a block has more rows
+    than any before: here the reverse direction's first block is the three 1-row steps
+    of the one long sequence, and the next is a single step of 1030 rows (more than
+    kBlockRows, so a block of its own)."""
+    lengths = [5] + [2] * 1029
+    theirs, ours, x, state, g = packed_case(cell, (lengths, False, True), LAYERS[1].values[0],
+                                            dtype, I=3, H=6)
+    for name, e_ours, e_torch, _, bound in compare(theirs, ours, x, state, generator=g):
+        assert e_ours <= bound, f"{name}: rel err {e_ours:.2e} > bound {bound:.2e} (torch.nn {e_torch:.2e})"
+
+
 @pytest.mark.parametrize(
     "N,lengths_hi,H",
     [(50, 60, 20), (1, 400, 7), (200, 6, 33)],
