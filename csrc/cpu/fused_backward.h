@@ -277,9 +277,10 @@ FUSEDRNN_AVX512 inline void weight_update(int64_t K, const float* const* g, cons
 #pragma GCC unroll 4
       for (int q = 0; q < 4; ++q) {
         const __m512 r = _mm512_maskz_loadu_ps(masks[q], row + q * kUnits);
-        sum[2 * q] = _mm512_add_pd(sum[2 * q], _mm512_cvtps_pd(_mm512_castps512_ps256(r)));
-        sum[2 * q + 1] =
-            _mm512_add_pd(sum[2 * q + 1], _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(r), 1))));
+        const __m256 lo = _mm512_castps512_ps256(r);
+        const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(r), 1));
+        sum[2 * q] = _mm512_add_pd(sum[2 * q], _mm512_cvtps_pd(lo));
+        sum[2 * q + 1] = _mm512_add_pd(sum[2 * q + 1], _mm512_cvtps_pd(hi));
       }
     }
     alignas(64) double total[kBackUnits];
