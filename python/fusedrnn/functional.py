@@ -35,7 +35,8 @@ def _stack(cell, x, states, weights, has_bias, has_proj, num_layers, bidirection
         x = outs[0] if D == 1 else torch.cat(outs, dim=-1)
         if dropout > 0 and training and layer < num_layers - 1:
             x = F.dropout(x, p=dropout, training=True)
-    return x, [torch.stack(f, 0) for f in finals]
+    # One layer and direction: a view of the op's (fresh) final state, not a copy.
+    return x, [f[0].unsqueeze(0) if len(f) == 1 else torch.stack(f, 0) for f in finals]
 
 
 def _lstm_cell(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, batch_sizes):

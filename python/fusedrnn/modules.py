@@ -54,14 +54,16 @@ class _FusedRNNBase(nn.RNNBase):
         """A no-op: the kernels read torch.nn's per-layer parameters as they are."""
 
     def _weights(self):
-        # Read by name at every call, so parametrizations and swapped tensors are seen.
-        return [getattr(self, name) for name in self._flat_weights_names]
+        # Read by name at every call, so parametrizations and swapped tensors are seen
+        # (they are not in _parameters; a registered parameter is read from there, which
+        # skips nn.Module.__getattr__).
+        params = self._parameters
+        return [params[n] if n in params else getattr(self, n) for n in self._flat_weights_names]
 
-    def _run(self, fn, x, states, *args):
+    def _run(self, fn, x, states, weights, *args):
         """Calls fn(x, *states, weights, *args). Under autocast, the layers run in the
         autocast dtype as torch.nn's do: float16 on CUDA (as cuDNN's RNN autocast), the
         autocast dtype on the CPU (bfloat16 by default); the casts are differentiable."""
-        weights = self._weights()
         device = x.device.type
         if not torch.is_autocast_enabled(device):
             return fn(x, *states, weights, *args)
@@ -71,16 +73,17 @@ class _FusedRNNBase(nn.RNNBase):
         with torch.autocast(device, enabled=False):
             return fn(x, *states, weights, *args)
 
-    def _check_devices(self, input, states):
+    def _check_devices(self, input, states, weights):
         """torch.nn's device checks (from its C++ RNN entry), word for word."""
-        for w in self._weights():
-            if w.device != input.device:
+        device = input.device
+        for w in weights:
+            if w.device != device:
                 raise RuntimeError(
                     "Input and parameter tensors are not at the same device, found input "
                     f"tensor at {input.device} and parameter tensor at {w.device}"
                 )
         for s in states:
-            if s.device != input.device:
+            if s.device != device:
                 raise RuntimeError(
                     "Input and hidden tensors are not at the same device, found input tensor "
                     f"at {input.device} and hidden tensor at {s.device}"
@@ -94,7 +97,7 @@ class _FusedRNNBase(nn.RNNBase):
             for s in sizes
         )
 
-    def _prepare(self, input, hx, name, n_states):
+    def _prepare(self, input, hx, name, n_states, weights):
         """torch.nn's input handling. Returns the time-major input (or packed data), the
         states, batch_sizes (None unless packed) and how to restore the output's form."""
         if isinstance(input, PackedSequence):
@@ -113,7 +116,7 @@ class _FusedRNNBase(nn.RNNBase):
                 # (segfaults) on a wrong layer count or size; here its own message is raised.
                 self.check_forward_args(data, hx, batch_sizes)
                 hx = tuple(_permute(s, sorted_indices) for s in states)
-            self._check_devices(data, hx)
+            self._check_devices(data, hx, weights)
             return data, hx, batch_sizes, (input, None)
         if input.dim() not in (2, 3):
             raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
@@ -138,7 +141,7 @@ class _FusedRNNBase(nn.RNNBase):
                 )
             hx = tuple(s if is_batched else s.unsqueeze(1) for s in states)
         self.check_forward_args(input, hx if n_states == 2 else hx[0], None)
-        self._check_devices(input, hx)
+        self._check_devices(input, hx, weights)
         if self.batch_first:
             input = input.transpose(0, 1)
         if input.size(0) == 0:
@@ -173,9 +176,10 @@ class LSTM(_FusedRNNBase):
         super().__init__("LSTM", *args, **kwargs)
 
     def forward(self, input, hx=None):
-        x, (h0, c0), batch_sizes, form = self._prepare(input, hx, "LSTM", 2)
+        weights = self._weights()
+        x, (h0, c0), batch_sizes, form = self._prepare(input, hx, "LSTM", 2, weights)
         y, h_n, c_n = self._run(
-            functional.lstm, x, (h0, c0), self.bias, self.num_layers, self.bidirectional,
+            functional.lstm, x, (h0, c0), weights, self.bias, self.num_layers, self.bidirectional,
             self.dropout, self.training, batch_sizes, self.proj_size > 0,
         )
         y, (h_n, c_n) = self._finish(y, (h_n, c_n), form)
@@ -195,9 +199,10 @@ class GRU(_FusedRNNBase):
         super().__init__("GRU", *args, **kwargs)
 
     def forward(self, input, hx=None):
-        x, (h0,), batch_sizes, form = self._prepare(input, hx, "GRU", 1)
+        weights = self._weights()
+        x, (h0,), batch_sizes, form = self._prepare(input, hx, "GRU", 1, weights)
         y, h_n = self._run(
-            functional.gru, x, (h0,), self.bias, self.num_layers, self.bidirectional,
+            functional.gru, x, (h0,), weights, self.bias, self.num_layers, self.bidirectional,
             self.dropout, self.training, batch_sizes,
         )
         y, (h_n,) = self._finish(y, (h_n,), form)
