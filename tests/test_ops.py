@@ -378,6 +378,48 @@ def test_bit_identical_across_thread_counts(cell, N, dt, loop, monkeypatch):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("N", [1, 16, 64, 130])
+@pytest.mark.parametrize("cell", CELLS)
+def test_bit_identical_when_blocks_move(cell, N, dt, monkeypatch):
+    """The fused CPU loops move unit blocks between workers from step to step (Balancer,
+    workers.h). FUSEDRNN_CPU_BALANCE=test moves every boundary each step; the outputs and
+    every gradient must match the even split's bits: folded x products of a block that
+    changes hands (N=64, 130), consecutive weight-gradient chunks of a block added by two
+    workers in order (N=130: every step closes a chunk), AMX and bf16 forwards, packed
+    rows and reverse directions. H=192: 12 forward blocks, 3 backward blocks. (A mutation
+    that skips the moved blocks' x products fails 4 of these; one that drops the wait
+    ordering a block's chunks passes here and failed 1 of 18 comparisons of a stress run
+    at T=10, N=128, I=1024, H=256: a race, seen only by chance.)"""
+    _, m = make_modules(cell, 24, 192, 1, bidirectional=True)
+    m = m.to(dt)
+    torch.manual_seed(1)
+    lengths = torch.randint(1, 13, (N,))
+    lengths[0] = 12
+    x = torch.randn(12, N, 24, dtype=dt, requires_grad=True)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        torch.set_num_threads(2)
+        for mode in ("0", "test", "1"):
+            monkeypatch.setenv("FUSEDRNN_CPU_BALANCE", mode)
+            res = []
+            for packed in (False, True):
+                inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
+                y, fin = m(inp)
+                outs = [y.data if packed else y, *(fin if cell == "LSTM" else [fin])]
+                torch.manual_seed(0)
+                grads = torch.autograd.grad(outs, [x, *m.parameters()],
+                                            [torch.randn_like(o) for o in outs])
+                res += [*outs, *grads]
+            runs.append(res)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b, c in zip(*runs, strict=True):
+        assert torch.equal(a, b)
+        assert torch.equal(a, c)
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_workspace_gets_no_gradient(cell):
     """Autograd must not fill a zero gradient for the non-differentiable workspace (it

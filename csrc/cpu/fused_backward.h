@@ -359,10 +359,22 @@ void fused_backward(const Steps& st, bool reverse, int64_t gates, int64_t H, int
   const Prefault prefault(
       T, [&](int64_t s) { return st.offset[tt(s)]; }, [&](int64_t s) { return st.batch[tt(s)]; },
       {{out.dx, I * int64_t(sizeof(float))}});
+  // The recurrent blocks move between workers step by step (Balancer); the dx blocks stay.
+  Balancer balancer(blocks, workers);
   auto blocks_of = [&](int64_t wk) {
-    return std::array<int64_t, 4>{blocks * wk / workers, blocks * (wk + 1) / workers,
-                                  xblocks * wk / workers, xblocks * (wk + 1) / workers};
+    const auto [b0, b1] = balancer.range(wk);
+    return std::array<int64_t, 4>{b0, b1, xblocks * wk / workers, xblocks * (wk + 1) / workers};
   };
+  // chunk[s]: the number of the chunk step s closes. applied[b]: how many chunks block b's
+  // weight gradients hold. A block's chunks are added in order even when consecutive
+  // chunks close at consecutive steps and the block moves between them: the next owner
+  // waits for the previous owner's update.
+  std::vector<int64_t> chunk(T, -1);
+  for (int64_t s = 0, c = 0; s < T; ++s) {
+    if (opens[s] >= 0) chunk[s] = c++;
+  }
+  const std::unique_ptr<std::atomic<int64_t>[]> applied(new std::atomic<int64_t>[blocks]);
+  for (int64_t b = 0; b < blocks; ++b) applied[b].store(0, std::memory_order_relaxed);
   run_steps(
       workers, 0, T + 1,
       [&](int64_t wk, int64_t s) {
@@ -404,12 +416,20 @@ void fused_backward(const Steps& st, bool reverse, int64_t gates, int64_t H, int
           const float* sh = b1 > b0 ? source_panels(K, hs.data() + k0, H, panels_h) : nullptr;
           for (int64_t b = b0; b < b1; ++b) {
             const int64_t j0 = b * kBackUnits, j1 = std::min(H, j0 + kBackUnits);
+            for (int64_t spins = 0; applied[b].load(std::memory_order_acquire) < chunk[s]; ++spins) {
+              if (spins < (1 << 16)) {
+                _mm_pause();
+              } else {
+                std::this_thread::yield();
+              }
+            }
             const float* px = unit_tiles(K, gxs.data() + k0, gates, H, j0, j1, tiles_x);
             const float* ph = split ? unit_tiles(K, gs.data() + k0, gates, H, j0, j1, tiles_h) : px;
             weight_update(K, gxs.data() + k0, px, sx, I, gates, H, j0, j1, out.dw_ih, out.db_x,
                           first);
             weight_update(K, gs.data() + k0, ph, sh, H, gates, H, j0, j1, out.dw_hh, out.db_h,
                           first);
+            applied[b].store(chunk[s] + 1, std::memory_order_release);
           }
         }
         if (s > 0 && opens[s - 1] >= 0) {
@@ -418,7 +438,8 @@ void fused_backward(const Steps& st, bool reverse, int64_t gates, int64_t H, int
           auto out_row = [&](int64_t i) { return dxs[k0 + i]; };
           for (int64_t b = x0; b < x1; ++b) rows_times_panel(row0[s] - k0, a_row, out_row, wi, b);
         }
-      });
+      },
+      &balancer);
 }
 
 #endif  // FUSEDRNN_HAVE_FUSED

@@ -403,17 +403,15 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, 
     (void)w, (void)s, (void)b;
 #endif
   };
+  Balancer balancer(packed_h.blocks(), workers);
   for (int64_t s0 = 0; s0 < st.T;) {
     int64_t s1 = st.T;
     if (!fold && !own_xg) {  // the input projection of the next block of steps, as one GEMM
       s1 = xg.block_end(s0);
       for (int64_t s = s0; s < s1; ++s) xg_step[s] = static_cast<const scalar_t*>(xg.step(s));
     }
-    // Worker w's blocks: their columns of hg are its own.
-    auto blocks_of = [&](int64_t w) {
-      const int64_t nb = packed_h.blocks();
-      return std::pair<int64_t, int64_t>{nb * w / workers, nb * (w + 1) / workers};
-    };
+    // Worker w's blocks at this step: their columns of hg are its own while it runs them.
+    auto blocks_of = [&](int64_t w) { return balancer.range(w); };
     run_steps(
         workers, s0, s1,
         [&](int64_t w, int64_t s) {
@@ -435,9 +433,13 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, 
           if (own_xg && xrows[s].second > 0) {
             for (int64_t b = b0; b < b1; ++b) own_xg_block(s, b);
           }
-          // Folded, the x products of a step are made ahead (below), except the first's.
-          if (fold && s == s0) {
-            for (int64_t b = b0; b < b1; ++b) products(s, b, XS{}, true);
+          // Folded, the x products of a step are made ahead (below), except the first's
+          // and those of blocks this worker did not run the step before.
+          if (fold) {
+            const auto [p0, p1] = balancer.range(w, -1);
+            for (int64_t b = b0; b < b1; ++b) {
+              if (s == s0 || b < p0 || b >= p1) products(s, b, XS{}, true);
+            }
           }
           // The cell runs per group of kCellBlocks blocks, over all the step's rows: longer
           // vector loops, a quarter of the calls; the group's gates are still in L2.
@@ -477,11 +479,17 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, 
 #endif
         },
         [&](int64_t w, int64_t s) {
-          // The next step's x products need only x: made while the others finish step s.
+          // The next step's x products need only x: made while the others finish step s,
+          // for the blocks this worker runs at both steps (another worker may still be
+          // running step s's cell on a block that moves here).
           if (!fold || s + 1 >= s1) return;
           const auto [b0, b1] = blocks_of(w);
-          for (int64_t b = b0; b < b1; ++b) products(s + 1, b, XS{}, true);
-        });
+          const auto [n0, n1] = balancer.range(w, 1);
+          for (int64_t b = std::max(b0, n0); b < std::min(b1, n1); ++b) {
+            products(s + 1, b, XS{}, true);
+          }
+        },
+        &balancer);
     s0 = s1;
   }
   // h_n: forward, a row's last step is the last whose batch holds it; reverse, t = 0.

@@ -7,9 +7,15 @@
 #include "common.h"
 #include "tiles.h"
 
+#include <algorithm>
+#include <array>
 #include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <thread>
+#include <vector>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -40,6 +46,109 @@ class StepBarrier {
   alignas(64) std::atomic<int64_t> arrived_{0};
 };
 
+// Which blocks each worker runs, step by step, in proportion to the rate each worker
+// measured (blocks a second, averaged over steps): cores do not all run at one speed
+// (hybrid CPUs; on the 2-core Sapphire Rapids VM a two-thread replica of the wide dG W
+// product ran 122-130 GFLOP/s pinned to one core and 139-147 on the other, and in the op
+// the main thread took 6-10% more samples for the same kernels), and with an even split
+// the faster one waits at every barrier. At the start of step s each worker computes the split of step s+1 from
+// the times of step s-2 (published by all before step s began), the same split on every
+// worker: no locks, no messages. A boundary moves by at most one block a step, and only
+// when the rates put it more than kHysteresis blocks away. Which worker runs a block does
+// not change its sums: results stay bit-identical. FUSEDRNN_CPU_BALANCE=0 keeps the even
+// split; =test moves every boundary by one block back and forth each step (tests).
+class Balancer {
+ public:
+  static constexpr double kHysteresis = 0.75;
+  static constexpr double kSmoothing = 0.25;  // weight of the newest rate
+
+  Balancer(int64_t blocks, int64_t workers)
+      : blocks_(blocks), workers_(workers), mode_(mode()), load_(4 * workers, 0.0),
+        states_(workers) {
+    for (auto& st : states_) {
+      st.cut.resize(workers + 1);
+      for (int64_t w = 0; w <= workers; ++w) st.cut[w] = blocks * w / workers;
+      st.prev = st.next = st.cut;
+      for (auto& h : st.sizes) h.assign(workers, 0);
+      st.rate.assign(workers, 0.0);
+    }
+  }
+
+  // 0 even split, 1 adaptive (default), 2 forced moves (tests). Read at every call, as
+  // FUSEDRNN_CPU_FUSED is.
+  static int mode() {
+    const char* e = std::getenv("FUSEDRNN_CPU_BALANCE");
+    if (e == nullptr || e[0] == '\0') return 1;
+    return std::strcmp(e, "test") == 0 ? 2 : (e[0] == '0' ? 0 : 1);
+  }
+
+  // Worker w's blocks at the step it began last (which 0), the step before (-1) or after (1).
+  std::pair<int64_t, int64_t> range(int64_t w, int which = 0) const {
+    const State& st = states_[w];
+    const std::vector<int64_t>& c = which < 0 ? st.prev : (which > 0 ? st.next : st.cut);
+    return {c[w], c[w + 1]};
+  }
+
+  // Worker w at the start of step s (after the barrier) of a run of steps from s0.
+  void begin(int64_t w, int64_t s, int64_t s0) {
+    State& st = states_[w];
+    if (s == s0) {
+      st.prev = st.cut = st.next;
+    } else {
+      st.prev = st.cut;
+      st.cut = st.next;
+    }
+    for (int64_t u = 0; u < workers_; ++u) st.sizes[s % 4][u] = st.cut[u + 1] - st.cut[u];
+    if (mode_ == 0 || workers_ < 2 || blocks_ < workers_) return;  // (some own no block)
+    if (mode_ == 2) {  // every inner boundary one block up, then down: a move every step
+      const int64_t d = (s % 2 == 0) ? 1 : -1;
+      for (int64_t u = 1; u < workers_; ++u) {
+        const int64_t even = blocks_ * u / workers_;
+        st.next[u] = std::clamp(even + d, st.next[u - 1] + 1, blocks_ - (workers_ - u));
+      }
+      return;
+    }
+    if (s - s0 < 2) return;
+    // Rates from step s-2: its blocks over its time, smoothed.
+    for (int64_t u = 0; u < workers_; ++u) {
+      const double t = load_[(s - 2) % 4 * workers_ + u];
+      const int64_t n = st.sizes[(s - 2) % 4][u];
+      if (t <= 0 || n <= 0) continue;
+      const double r = n / t;
+      st.rate[u] = st.rate[u] > 0 ? (1 - kSmoothing) * st.rate[u] + kSmoothing * r : r;
+    }
+    double total = 0;
+    for (int64_t u = 0; u < workers_; ++u) {
+      if (st.rate[u] <= 0) return;
+      total += st.rate[u];
+    }
+    double acc = 0;
+    for (int64_t u = 1; u < workers_; ++u) {
+      acc += st.rate[u - 1];
+      const double ideal = blocks_ * acc / total;
+      int64_t c = st.cut[u];
+      if (ideal > c + kHysteresis) ++c;
+      if (ideal < c - kHysteresis) --c;
+      st.next[u] = std::clamp(c, st.next[u - 1] + 1, blocks_ - (workers_ - u));
+    }
+  }
+
+  // Worker w's time for step s (its blocks and its work ahead), published before it
+  // arrives at step s+1's barrier: the others read it at the start of step s+2.
+  void end(int64_t w, int64_t s, double seconds) { load_[s % 4 * workers_ + w] = seconds; }
+
+ private:
+  struct alignas(64) State {
+    std::vector<int64_t> prev, cut, next;  // boundaries at steps s-1, s, s+1
+    std::array<std::vector<int64_t>, 4> sizes;  // blocks per worker at steps s-3 .. s
+    std::vector<double> rate;
+  };
+  int64_t blocks_, workers_;
+  int mode_;
+  std::vector<double> load_;  // [4 steps][workers] seconds
+  std::vector<State> states_;
+};
+
 // Runs f(w, s) for every worker w < workers and step s0 <= s < s1, steps in order, with
 // all of step s-1 finished before any of step s starts. Then, between finishing step s
 // and waiting for the others, each worker runs ahead(w, s): work of its own that needs
@@ -47,10 +156,14 @@ class StepBarrier {
 // gradients of its units), done while it would otherwise spin. The workers are torch's
 // intra-op threads (one parallel_for over the workers); a thread given several workers
 // (fewer threads, or a nested parallel region that runs serially) runs them in turn.
+// With a Balancer, each worker begins each step with bal->begin and reports the step's
+// time (from the barrier to the end of its work ahead) with bal->end.
 template <typename F, typename A>
-void run_steps(int64_t workers, int64_t s0, int64_t s1, const F& f, const A& ahead) {
+void run_steps(int64_t workers, int64_t s0, int64_t s1, const F& f, const A& ahead,
+               Balancer* bal = nullptr) {
   if (workers == 1) {
     for (int64_t s = s0; s < s1; ++s) {
+      if (bal) bal->begin(0, s, s0);
       f(int64_t{0}, s);
       ahead(int64_t{0}, s);
     }
@@ -60,9 +173,17 @@ void run_steps(int64_t workers, int64_t s0, int64_t s1, const F& f, const A& ahe
   torch::stable::parallel_for(0, workers, 1, [&](int64_t w0, int64_t w1) {
     for (int64_t s = s0; s < s1; ++s) {
       if (s > s0) barrier.wait(workers * (s - s0));
+      const auto t0 = std::chrono::steady_clock::now();
+      if (bal) {
+        for (int64_t w = w0; w < w1; ++w) bal->begin(w, s, s0);
+      }
       for (int64_t w = w0; w < w1; ++w) f(w, s);
       barrier.arrive(w1 - w0);
       for (int64_t w = w0; w < w1; ++w) ahead(w, s);
+      if (bal) {  // a thread that runs several workers reports each its share
+        const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        for (int64_t w = w0; w < w1; ++w) bal->end(w, s, dt / double(w1 - w0));
+      }
     }
   });
 }
