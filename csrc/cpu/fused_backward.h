@@ -7,9 +7,9 @@
 // dG, a [T*N, G] buffer (52 MB at the fastrnns shape) that the allocator maps fresh and
 // page-faults in on every call, plus a copy of the previous states and a pass for the
 // bias; oneDNN ran the two transposed products at about 340 GFLOP/s. In the loop, dG
-// lives in a ring of a few steps that stays in cache, and each worker adds its own units'
-// rows of dW_ih, dW_hh and db: no sums across workers, so results stay bit-identical for
-// any thread count.
+// lives in a ring of a few steps that stays in cache, and each worker adds the rows of
+// dW_ih, dW_hh and db of the units it ran at the chunk's last step, a block's chunks in
+// order: no sums across workers, so results stay bit-identical for any thread count.
 #pragma once
 
 #include "recurrence.h"

@@ -4,11 +4,12 @@
 //
 // Why: the GEMM loop pays, per step, one oneDNN GEMM call (dispatcher, primitive lookup,
 // an OpenMP fork/join: about 16 us at batch 1), a second fork/join for the pointwise
-// pass, and a round trip of the gates through memory. Here each worker owns a fixed set
-// of blocks of hidden units: it computes all gates of its units for the step's rows with
+// pass, and a round trip of the gates through memory. Here each worker owns a set of
+// blocks of hidden units: it computes all gates of its units for the step's rows with
 // a register-blocked micro-kernel, applies the cell while those gates are in L1, and
 // meets the other workers at one spin barrier per step. A worker's slice of the weights
-// is the same every step, so it stays in that core's cache.
+// stays the same from step to step (the Balancer of workers.h moves a block only when
+// the cores' measured rates call for it), so it stays in that core's cache.
 //
 // Every output element is one dot product over k in a fixed order, whatever the number of
 // workers: results are bit-identical for any thread count.
