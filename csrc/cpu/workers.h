@@ -63,14 +63,22 @@ class Balancer {
   static constexpr double kSmoothing = 0.25;  // weight of the newest rate
 
   Balancer(int64_t blocks, int64_t workers)
-      : blocks_(blocks), workers_(workers), mode_(mode()), load_(4 * workers, 0.0),
-        states_(workers) {
+      : blocks_(blocks), workers_(workers), mode_(mode()),
+        load_((4 * workers + 2) * kLine, 0.0), states_(workers) {
+    // Each worker writes its own state and load slot every step: 64 bytes of padding on
+    // both sides keep them off the other workers' cache lines.
     for (auto& st : states_) {
-      st.cut.resize(workers + 1);
+      st.ints.assign(7 * (workers + 1) + 2 * kLine, 0);
+      st.reals.assign(workers + 2 * kLine, 0.0);
+      int64_t* p = st.ints.data() + kLine;
+      st.prev = p;
+      st.cut = p + (workers + 1);
+      st.next = p + 2 * (workers + 1);
+      for (int i = 0; i < 4; ++i) st.sizes[i] = p + (3 + i) * (workers + 1);
+      st.rate = st.reals.data() + kLine;
       for (int64_t w = 0; w <= workers; ++w) st.cut[w] = blocks * w / workers;
-      st.prev = st.next = st.cut;
-      for (auto& h : st.sizes) h.assign(workers, 0);
-      st.rate.assign(workers, 0.0);
+      std::copy(st.cut, st.cut + workers + 1, st.prev);
+      std::copy(st.cut, st.cut + workers + 1, st.next);
     }
   }
 
@@ -85,19 +93,16 @@ class Balancer {
   // Worker w's blocks at the step it began last (which 0), the step before (-1) or after (1).
   std::pair<int64_t, int64_t> range(int64_t w, int which = 0) const {
     const State& st = states_[w];
-    const std::vector<int64_t>& c = which < 0 ? st.prev : (which > 0 ? st.next : st.cut);
+    const int64_t* c = which < 0 ? st.prev : (which > 0 ? st.next : st.cut);
     return {c[w], c[w + 1]};
   }
 
   // Worker w at the start of step s (after the barrier) of a run of steps from s0.
   void begin(int64_t w, int64_t s, int64_t s0) {
     State& st = states_[w];
-    if (s == s0) {
-      st.prev = st.cut = st.next;
-    } else {
-      st.prev = st.cut;
-      st.cut = st.next;
-    }
+    const int64_t n = workers_ + 1;
+    std::copy(s == s0 ? st.next : st.cut, (s == s0 ? st.next : st.cut) + n, st.prev);
+    std::copy(st.next, st.next + n, st.cut);
     for (int64_t u = 0; u < workers_; ++u) st.sizes[s % 4][u] = st.cut[u + 1] - st.cut[u];
     if (mode_ == 0 || workers_ < 2 || blocks_ < workers_) return;  // (some own no block)
     if (mode_ == 2) {  // every inner boundary one block up, then down: a move every step
@@ -111,7 +116,7 @@ class Balancer {
     if (s - s0 < 2) return;
     // Rates from step s-2: its blocks over its time, smoothed.
     for (int64_t u = 0; u < workers_; ++u) {
-      const double t = load_[(s - 2) % 4 * workers_ + u];
+      const double t = load_[((s - 2) % 4 * workers_ + u + 1) * kLine];
       const int64_t n = st.sizes[(s - 2) % 4][u];
       if (t <= 0 || n <= 0) continue;
       const double r = n / t;
@@ -135,17 +140,20 @@ class Balancer {
 
   // Worker w's time for step s (its blocks and its work ahead), published before it
   // arrives at step s+1's barrier: the others read it at the start of step s+2.
-  void end(int64_t w, int64_t s, double seconds) { load_[s % 4 * workers_ + w] = seconds; }
+  void end(int64_t w, int64_t s, double seconds) { load_[(s % 4 * workers_ + w + 1) * kLine] = seconds; }
 
  private:
-  struct alignas(64) State {
-    std::vector<int64_t> prev, cut, next;  // boundaries at steps s-1, s, s+1
-    std::array<std::vector<int64_t>, 4> sizes;  // blocks per worker at steps s-3 .. s
-    std::vector<double> rate;
+  static constexpr int64_t kLine = 8;  // 64 bytes of int64 or double
+  struct State {
+    std::vector<int64_t> ints;  // the arrays below, padded
+    std::vector<double> reals;
+    int64_t *prev, *cut, *next;  // boundaries at steps s-1, s, s+1 [workers + 1]
+    int64_t* sizes[4];           // blocks per worker at steps s-3 .. s
+    double* rate;                // smoothed blocks a second per worker
   };
   int64_t blocks_, workers_;
   int mode_;
-  std::vector<double> load_;  // [4 steps][workers] seconds
+  std::vector<double> load_;  // [4 steps][workers] seconds, one cache line each
   std::vector<State> states_;
 };
 
