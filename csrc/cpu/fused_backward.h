@@ -416,13 +416,7 @@ void fused_backward(const Steps& st, bool reverse, int64_t gates, int64_t H, int
           const float* sh = b1 > b0 ? source_panels(K, hs.data() + k0, H, panels_h) : nullptr;
           for (int64_t b = b0; b < b1; ++b) {
             const int64_t j0 = b * kBackUnits, j1 = std::min(H, j0 + kBackUnits);
-            for (int64_t spins = 0; applied[b].load(std::memory_order_acquire) < chunk[s]; ++spins) {
-              if (spins < (1 << 16)) {
-                _mm_pause();
-              } else {
-                std::this_thread::yield();
-              }
-            }
+            spin_until([&] { return applied[b].load(std::memory_order_acquire) >= chunk[s]; });
             const float* px = unit_tiles(K, gxs.data() + k0, gates, H, j0, j1, tiles_x);
             const float* ph = split ? unit_tiles(K, gs.data() + k0, gates, H, j0, j1, tiles_h) : px;
             weight_update(K, gxs.data() + k0, px, sx, I, gates, H, j0, j1, out.dw_ih, out.db_x,

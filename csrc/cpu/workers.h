@@ -8,7 +8,6 @@
 #include "tiles.h"
 
 #include <algorithm>
-#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
@@ -29,17 +28,23 @@ namespace fusedrnn {
 // Spin barrier between steps. Workers add how many of them arrived; step s may start
 // once all have finished step s-1. Spinning (then yielding) costs less than a sleep and
 // wake-up at the microsecond scale of a batch-1 step.
+// Spins (then yields) until done() holds.
+template <typename P>
+void spin_until(const P& done) {
+  for (int64_t spins = 0; !done(); ++spins) {
+    if (spins < (1 << 16)) {
+      _mm_pause();
+    } else {
+      std::this_thread::yield();
+    }
+  }
+}
+
 class StepBarrier {
  public:
   void arrive(int64_t workers) { arrived_.fetch_add(workers, std::memory_order_release); }
   void wait(int64_t target) const {
-    for (int64_t spins = 0; arrived_.load(std::memory_order_acquire) < target; ++spins) {
-      if (spins < (1 << 16)) {
-        _mm_pause();
-      } else {
-        std::this_thread::yield();
-      }
-    }
+    spin_until([&] { return arrived_.load(std::memory_order_acquire) >= target; });
   }
 
  private:
@@ -51,12 +56,13 @@ class StepBarrier {
 // (hybrid CPUs; on the 2-core Sapphire Rapids VM a two-thread replica of the wide dG W
 // product ran 122-130 GFLOP/s pinned to one core and 139-147 on the other, and in the op
 // the main thread took 6-10% more samples for the same kernels), and with an even split
-// the faster one waits at every barrier. At the start of step s each worker computes the split of step s+1 from
-// the times of step s-2 (published by all before step s began), the same split on every
-// worker: no locks, no messages. A boundary moves by at most one block a step, and only
-// when the rates put it more than kHysteresis blocks away. Which worker runs a block does
-// not change its sums: results stay bit-identical. FUSEDRNN_CPU_BALANCE=0 keeps the even
-// split; =test moves every boundary by one block back and forth each step (tests).
+// the faster one waits at every barrier. At the start of step s each worker computes
+// the split of step s+1 from the times of step s-2 (published by all before step s
+// began), the same split on every worker: no locks, no messages. A boundary moves by at
+// most one block a step, and only when the rates put it more than kHysteresis blocks
+// away. Which worker runs a block does not change its sums: results stay bit-identical.
+// FUSEDRNN_CPU_BALANCE=0 keeps the even split; =test moves every boundary by one block
+// back and forth each step (tests).
 class Balancer {
  public:
   static constexpr double kHysteresis = 0.75;
@@ -140,7 +146,9 @@ class Balancer {
 
   // Worker w's time for step s (its blocks and its work ahead), published before it
   // arrives at step s+1's barrier: the others read it at the start of step s+2.
-  void end(int64_t w, int64_t s, double seconds) { load_[(s % 4 * workers_ + w + 1) * kLine] = seconds; }
+  void end(int64_t w, int64_t s, double seconds) {
+    load_[(s % 4 * workers_ + w + 1) * kLine] = seconds;
+  }
 
  private:
   static constexpr int64_t kLine = 8;  // 64 bytes of int64 or double
@@ -189,8 +197,8 @@ void run_steps(int64_t workers, int64_t s0, int64_t s1, const F& f, const A& ahe
       barrier.arrive(w1 - w0);
       for (int64_t w = w0; w < w1; ++w) ahead(w, s);
       if (bal) {  // a thread that runs several workers reports each its share
-        const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        for (int64_t w = w0; w < w1; ++w) bal->end(w, s, dt / double(w1 - w0));
+        const std::chrono::duration<double> dt = std::chrono::steady_clock::now() - t0;
+        for (int64_t w = w0; w < w1; ++w) bal->end(w, s, dt.count() / double(w1 - w0));
       }
     }
   });
