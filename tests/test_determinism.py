@@ -1,0 +1,167 @@
+"""Determinism of the CPU ops: the same inputs give bit-identical outputs and gradients
+across calls, thread counts, the unit blocks' assignment to workers (the Balancer),
+reused scratch memory and concurrent callers.
+"""
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from conftest import CELLS, make_modules
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_deterministic(cell):
+    """Same inputs twice: bit-identical outputs and gradients. 64 rows of 128 units are
+    above the pointwise grain (2048 units a task), so the steps run on the thread pool."""
+    _, m = make_modules(cell, 32, 128, 2, bidirectional=True)
+    x = torch.randn(20, 64, 32, requires_grad=True)
+    n_states = 2 if cell == "LSTM" else 1
+    states = [torch.randn(4, 64, 128, requires_grad=True) for _ in range(n_states)]
+    leaves = [x, *states, *m.parameters()]
+    upstream = None
+    runs = []
+    for _ in range(2):
+        y, fin = m(x, tuple(states) if cell == "LSTM" else states[0])
+        outs = [y, *fin] if cell == "LSTM" else [y, fin]
+        if upstream is None:
+            upstream = [torch.randn_like(o) for o in outs]
+        runs.append((outs, torch.autograd.grad(outs, leaves, upstream)))
+    (o1, g1), (o2, g2) = runs
+    for a, b in zip([*o1, *g1], [*o2, *g2], strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("loop", ["fused", "gemm"])
+@pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("N", [1, 16, 33, 64])
+@pytest.mark.parametrize("cell", CELLS)
+def test_bit_identical_across_thread_counts(cell, N, dt, loop, monkeypatch):
+    """The fused CPU loops split units across workers but sum every output and gradient
+    in a fixed order: one thread and two give the same bits (H=256: blocks to share).
+    The GEMM loop too: its weight gradients sum chunks of rows in double, each chunk one
+    oneDNN GEMM (weight_grad.h): 128-row chunks up to 1024 rows (N=33: 990 rows, where
+    MKL's one GEMM split K across threads), 1024-row chunks above (N=64: 1920 rows)."""
+    if loop == "gemm":
+        monkeypatch.setenv("FUSEDRNN_CPU_FUSED", "0")
+    _, m = make_modules(cell, 40, 256, 1, bidirectional=True)
+    m = m.to(dt)
+    x = torch.randn(30, N, 40, dtype=dt, requires_grad=True)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            y, fin = m(x)
+            outs = [y, *(fin if cell == "LSTM" else [fin])]
+            torch.manual_seed(0)
+            grads = torch.autograd.grad(outs, [x, *m.parameters()],
+                                        [torch.randn_like(o) for o in outs])
+            runs.append([*outs, *grads])
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("N", [1, 16, 64, 130])
+@pytest.mark.parametrize("cell", CELLS)
+def test_bit_identical_when_blocks_move(cell, N, dt, monkeypatch):
+    """The fused CPU loops move unit blocks between workers from step to step (Balancer,
+    workers.h). FUSEDRNN_CPU_BALANCE=test moves every boundary each step; the outputs and
+    every gradient must match the even split's bits: folded x products of a block that
+    changes hands (N=64, 130), consecutive weight-gradient chunks of a block added by two
+    workers in order (N=130: every step closes a chunk), AMX and bf16 forwards, packed
+    rows and reverse directions. H=192: 12 forward blocks, 3 backward blocks. (A mutation
+    that skips the moved blocks' x products fails 4 of these; one that drops the wait
+    ordering a block's chunks passes here and failed 1 of 18 comparisons of a stress run
+    at T=10, N=128, I=1024, H=256: a race, seen only by chance.)"""
+    _, m = make_modules(cell, 24, 192, 1, bidirectional=True)
+    m = m.to(dt)
+    torch.manual_seed(1)
+    lengths = torch.randint(1, 13, (N,))
+    lengths[0] = 12
+    x = torch.randn(12, N, 24, dtype=dt, requires_grad=True)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        torch.set_num_threads(2)
+        for mode in ("0", "test", "1"):
+            monkeypatch.setenv("FUSEDRNN_CPU_BALANCE", mode)
+            res = []
+            for packed in (False, True):
+                inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
+                y, fin = m(inp)
+                outs = [y.data if packed else y, *(fin if cell == "LSTM" else [fin])]
+                torch.manual_seed(0)
+                grads = torch.autograd.grad(outs, [x, *m.parameters()],
+                                            [torch.randn_like(o) for o in outs])
+                res += [*outs, *grads]
+            runs.append(res)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b, c in zip(*runs, strict=True):
+        assert torch.equal(a, b)
+        assert torch.equal(a, c)
+
+
+@pytest.mark.parametrize("loop", ["fused", "gemm"])
+@pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_reused_scratch_gives_same_bits(cell, dt, loop, monkeypatch):
+    """Scratch blocks of 4 MB and more go back to a cache that later calls draw from
+    (block_cache.h), so a call may start on another's leftovers: three calls must give
+    the same bits. T*N = 2048 rows of 4H = 1024 make dG 8 MB (float32)."""
+    if loop == "gemm":
+        monkeypatch.setenv("FUSEDRNN_CPU_FUSED", "0")
+    _, m = make_modules(cell, 64, 256, 1)
+    m = m.to(dt)
+    torch.manual_seed(1)
+    x = torch.randn(32, 64, 64, dtype=dt, requires_grad=True)
+    runs = []
+    for _ in range(3):
+        y, fin = m(x)
+        outs = [y, *(fin if cell == "LSTM" else [fin])]
+        torch.manual_seed(2)
+        grads = torch.autograd.grad(outs, [x, *m.parameters()], [torch.randn_like(o) for o in outs])
+        runs.append([*outs, *grads])
+    for run in runs[1:]:
+        for a, b in zip(runs[0], run, strict=True):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_scratch_cache_shared_by_threads(cell, monkeypatch):
+    """Two Python threads run GEMM-loop training steps at once, drawing 8 MB scratch
+    blocks from the one process-wide cache: each gets the bits a lone run gets."""
+    import threading
+
+    monkeypatch.setenv("FUSEDRNN_CPU_FUSED", "0")
+    _, m = make_modules(cell, 64, 256, 1)
+    torch.manual_seed(3)
+    xs = [torch.randn(32, 64, 64, requires_grad=True) for _ in range(2)]
+    gs = [torch.randn(32, 64, 256) for _ in range(2)]
+
+    def step(i):
+        y, _ = m(xs[i])
+        return [y, *torch.autograd.grad(y, [xs[i], *m.parameters()], gs[i])]
+
+    want = [step(i) for i in range(2)]
+    got, errors = [None, None], []
+
+    def worker(i):
+        try:
+            for _ in range(3):
+                got[i] = step(i)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for i in range(2):
+        for a, b in zip(want[i], got[i], strict=True):
+            assert torch.equal(a, b)
