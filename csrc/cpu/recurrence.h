@@ -19,111 +19,18 @@
 #include "tiles.h"
 #include "packed_weights.h"
 #include "workers.h"
+#include "loop_choice.h"
 
 #include <cstdlib>
 
 
 namespace fusedrnn {
 
-// True where the fused loop runs: an x86-64 CPU with AVX-512F, checked at run time (the
-// wheel is built for baseline x86-64), unless FUSEDRNN_CPU_FUSED=0 (tests and benchmarks
-// of the other loop). Elsewhere the layer ops use the GEMM loop.
-inline bool fused_available() {
 #if FUSEDRNN_HAVE_FUSED
-  static const bool cpu = __builtin_cpu_supports("avx512f");
-  const char* env = std::getenv("FUSEDRNN_CPU_FUSED");
-  return cpu && !(env && env[0] == '0');
-#else
-  return false;
-#endif
-}
-
-// True where bfloat16 storage runs the fused loop on bf16 products (vdpbf16ps,
-// AVX512-BF16: Zen 4 and later, Cooper Lake, Sapphire Rapids and later). Not by default
-// on AMX CPUs: there vdpbf16ps issues at half the rate of a float FMA (no gain over float
-// products); bfloat16 takes the AMX products (amx_forward) and, where the tiles are off,
-// the float-product fused loop at small steps and the GEMM loop above (fused_16bit;
-// measured on a 2-core Sapphire Rapids: T=100, N=64, H=512 LSTM inference 0.28x -> 0.98x
-// torch.nn).
-// FUSEDRNN_CPU_BF16_DOT=0 / =1 turn it off / on wherever the CPU has AVX512-BF16 (tests).
-inline bool bf16_dot_available() {
-#if FUSEDRNN_HAVE_FUSED
-  static const bool cpu = __builtin_cpu_supports("avx512bf16");
-  const char* env = std::getenv("FUSEDRNN_CPU_BF16_DOT");
-  const bool on = env && env[0] ? env[0] != '0' : !amx_bf16_available();
-  return cpu && on && fused_available();
-#else
-  return false;
-#endif
-}
-
-#if FUSEDRNN_HAVE_FUSED
-
-// From this batch on, the input projection is computed inside the step, from packed W_ih
-// (its products made ahead, while the other workers finish the step), rather than as a
-// oneDNN GEMM over blocks of steps. Folded, each step streams W_ih as well as W_hh
-// through the cores' caches at 2N flops per 4 bytes of weights: at small batches that
-// read, not the FMA units, bounds the step, and the GEMM (its weights reused across 1024
-// rows) wins. Paired on the 2-core Sapphire Rapids, GEMM vs folded: T=256, N=16,
-// I=H=768 LSTM inference 1.075x faster, training 1.07x, GRU inference 1.16x; T=100,
-// I=H=512 N=32 1.015-1.05x; N=48 0.93x and N=64 0.95x (folding wins). (12 on the 2-core
-// Zen 5 of the earlier runs, measured before the products were made ahead.)
-constexpr int64_t kFoldBatch = 40;
-
-// float16 (and bfloat16 without AVX512-BF16) runs the fused loop (float products, x not
-// folded) below this batch: measured
-// at T=256, H=768, bfloat16, batch 16 went 0.52x -> 0.58x torch.nn (LSTM) and 1.18x ->
-// 1.46x (GRU), batch 1 0.25x -> 1.18x (LSTM, H=256); larger batches keep the 16-bit
-// GEMMs, whose peak is twice float's. bfloat16 with AVX512-BF16 runs it at any batch
-// (bf16 products, kPairs): at T=100, N=64, H=512, LSTM inference went 0.80x -> 0.95x.
-constexpr int64_t kFused16BitBatch = 32;
-
-// On AMX CPUs with the tiles off (FUSEDRNN_CPU_AMX=0; else amx_forward) bfloat16 without
-// bf16 products runs the fused loop (float products) while
-// a step's recurrent product has fewer than this many multiply-adds (N*G*H), and the GEMM
-// loop on oneDNN's AMX GEMMs above: their fixed cost (~45 us a step) loses to the fused
-// loop at small products, and their AMX rate wins at large ones. Measured on a 2-core
-// Sapphire Rapids (T=256, H=768: LSTM crosses near N=4..8, GRU near N=8; T=200, H=256:
-// the fused loop still 1.3x..4x faster at N=16).
-constexpr int64_t kAmxFusedMacs = 10'000'000;
-
-// Whether 16-bit storage without bf16 products runs the fused loop (float products) for
-// a step of N rows, G = gates*H columns.
-template <typename scalar_t>
-bool fused_16bit(int64_t N, int64_t G, int64_t H) {
-  if (std::is_same_v<scalar_t, c10::BFloat16> && amx_bf16_available()) {
-    return N * G * H < kAmxFusedMacs;
-  }
-  return N < kFused16BitBatch;
-}
 
 // k per pass of the AMX products over a block's row tiles: 128 k of the block's weights
 // (NA*4 KB) are read from L1 by every row tile.
 constexpr int64_t kAmxChunkK = 128;
-
-// bfloat16 on AMX CPUs runs the fused loop with its recurrent products on AMX tiles
-// (amx_gates; x W_ih^T from oneDNN's GEMM over blocks of steps, on AMX too) while a
-// step's product has at most this many multiply-adds (N*G*H), and the GEMM loop above.
-// Paired on the 2-core Sapphire Rapids, inference against the loops before (float
-// products below kAmxFusedMacs, oneDNN's per-step GEMMs above): T=256, N=16, H=768 LSTM
-// 79.2 -> 49.2 ms (torch.nn 64.4); T=100, N=64, H=512 LSTM 36.9 -> 31.3 ms (25.9), GRU
-// 42.8 -> 33.6 ms (69.1); T=200, H=256 LSTM N=8 7.22 -> 5.27 ms;
-// but T=50, N=256, H=1024 (1G) LSTM 362 -> 444 ms and GRU 245 -> 266 ms.
-// Below batch 8 a 16-row tile is mostly padding: at T=200, H=256 the float-product loop
-// was faster at N=1 (3.05 vs 3.79 ms, paired) and level at N=4.
-constexpr int64_t kAmxForwardMacs = 256'000'000;
-constexpr int64_t kAmxForwardBatch = 8;
-
-template <typename scalar_t>
-bool amx_forward(int64_t N, int64_t G, int64_t H) {
-#if FUSEDRNN_HAVE_AMX
-  return std::is_same_v<scalar_t, c10::BFloat16> && N >= kAmxForwardBatch &&
-         N * G * H <= kAmxForwardMacs && amx_usable();
-#else
-  (void)N, (void)G, (void)H;
-  return false;
-#endif
-}
 
 // The forward takes a block's rows in groups of up to kGroupRows: for each k chunk, all
 // the group's row tiles, so the chunk of panel (kChunkK x 64 floats, 32 KB) is read from
@@ -135,22 +42,6 @@ constexpr int64_t kGroupRows = 48;
 
 // The backward's row groups shrink to four tiles past this many bytes of rows.
 constexpr int64_t kGroupRowsBytes = 1 << 20;
-
-// float32 runs the fused loops while a step's rows (x and h_{t-1}) take at most this many
-// bytes (a core's L2), and the per-step GEMM loop (oneDNN's cache-blocked GEMMs) above;
-// GRU's forward up to kFusedGRURowsBytes. At T=50, N=256, I=H=1024 (2 MB of rows) the
-// GEMM loop had been faster (LSTM inference 1354 vs 1215 ms); with the panel prefetch,
-// hg's groups and the weight-gradient tiles the fused loops won there, paired on the
-// 2-core Sapphire Rapids (median of 4 alternations, GEMM loop -> fused): LSTM inference
-// 1105 -> 1022 ms, training forward 1402 -> 1320, backward 2719 -> 2582 (2758 -> 2502
-// and 2627 -> 2401 in two more runs); GRU backward 2143 -> 2028 ms, but GRU's forward
-// lost (training forward 880 -> 999 ms, inference level).
-constexpr int64_t kFusedRowsBytes = 2 << 20;
-constexpr int64_t kFusedGRURowsBytes = 1 << 20;
-
-inline bool fused_rows_fit(int64_t N, int64_t I, int64_t H, int64_t limit = kFusedRowsBytes) {
-  return N * (I + H) * int64_t(sizeof(float)) <= limit;
-}
 
 // Blocks per call of the cell in the forward loop (64 units).
 constexpr int64_t kCellBlocks = 4;
