@@ -50,7 +50,7 @@ struct Data {
   }
 };
 
-// acc[v] += h[k] * panel[k][16v..16v+16) for k in [k0, k1).
+// out[16v..16v+16) = sum over k of h[k] * block b's panel[k][16v..16v+16).
 AVX512 void h_block(const Data& d, int b, float* out, bool eight) {
   const float* p = d.wh.data() + b * K * kCols;
   __m512 a[8];
@@ -72,12 +72,12 @@ AVX512 void h_block(const Data& d, int b, float* out, bool eight) {
   for (int v = 0; v < 4; ++v) _mm512_storeu_ps(out + 16 * v, _mm512_add_ps(a[v], a[4 + v]));
 }
 
-// kXRows rows of x times block b's x panel, k in [k0, k1), added to out.
-AVX512 void x_tile(const Data& d, int b, int k0, int k1, float* out) {
+// kXRows rows of x times block b's x panel, added to out.
+AVX512 void x_tile(const Data& d, int b, float* out) {
   const float* p = d.wx.data() + b * K * kCols;
   __m512 a[kXRows][4];
   for (auto& r : a) for (auto& v : r) v = _mm512_setzero_ps();
-  for (int k = k0; k < k1; ++k) {
+  for (int k = 0; k < K; ++k) {
     __m512 w[4];
     for (int v = 0; v < 4; ++v) w[v] = _mm512_loadu_ps(p + k * kCols + 16 * v);
     for (int r = 0; r < kXRows; ++r) {
@@ -128,7 +128,7 @@ void step(Data& d, int mode, int s) {
     if (mode == 3) mixed(d, b, b / 4 * 4 + q, b % 4, oh, d.out_x.data());
   }
   if (mode == 2) {
-    for (int b = q; b < kBlocks; b += 4) x_tile(d, b, 0, K, d.out_x.data() + b * kCols);
+    for (int b = q; b < kBlocks; b += 4) x_tile(d, b, d.out_x.data() + b * kCols);
   }
   d.h[s % K] += 1e-7f * d.out_h[s % (kBlocks * kCols)];  // a dependence between steps
 }
