@@ -7,6 +7,7 @@ a non-default stream, bit-identical repeats, TF32 flag handling and memory stabi
 """
 import copy
 
+import fusedrnn
 import pytest
 import torch
 from conftest import CELLS, compare_with_torch, make_modules
@@ -20,6 +21,7 @@ from test_ops import (
     op_samples,
 )
 from test_packed_proj import LAYERS, PACKINGS, packed_case
+from torch.autograd import gradgradcheck
 from torch.nn.utils.rnn import PackedSequence
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -306,3 +308,75 @@ def test_no_memory_growth(cell):
         _train_step(m, x, s)
     torch.cuda.synchronize()
     assert torch.cuda.memory_allocated() == before
+
+
+# --- double backward, torch.compile (inductor) and torch.export on the GPU --------------
+
+@pytest.mark.parametrize("variant", ["padded", "proj", "packed"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_gradgradcheck_cuda(cell, variant):
+    """create_graph=True on CUDA tensors: the backward recomputes with differentiable torch
+    ops on the GPU; float64 gradgradcheck against finite differences."""
+    from test_double_backward import _layer_inputs
+
+    proj = 2 if variant == "proj" else 0
+    if cell == "GRU" and proj:
+        pytest.skip("proj_size is LSTM only")
+    ins, bs = _layer_inputs(cell, proj, variant == "packed")
+    ins = [a.detach().cuda().requires_grad_() for a in ins]
+    if cell == "LSTM":
+        def f(x, w_ih, w_hh, b_ih, b_hh, h0, c0, *w_hr):
+            return fusedrnn.LSTMFunction.apply(
+                x, w_ih, w_hh, b_ih, b_hh, h0, c0, False, w_hr[0] if w_hr else None, bs)[:3]
+    else:
+        def f(x, w_ih, w_hh, b_ih, b_hh, h0):
+            return fusedrnn.GRUFunction.apply(x, w_ih, w_hh, b_ih, b_hh, h0, False, bs)[:2]
+    assert gradgradcheck(f, ins)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_hessian_vector_product_matches_cpu(cell):
+    """d/dW <grad_x L, v> of a 2-layer bidirectional module on the GPU equals the same
+    module's on the CPU (cuDNN has no double backward to compare with), float64."""
+    _, m = make_modules(cell, 3, 4, 2, bidirectional=True, dtype=torch.float64)
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(5, 2, 3, generator=g, dtype=torch.float64)
+    v = torch.randn(5, 2, 3, generator=g, dtype=torch.float64)
+    results = []
+    for dev in ("cpu", "cuda"):
+        md = copy.deepcopy(m).to(dev)
+        x = x0.to(dev).requires_grad_()
+        y, _ = md(x)
+        (gx,) = torch.autograd.grad((y * y).sum(), x, create_graph=True)
+        results.append([h.cpu() for h in torch.autograd.grad((gx * v.to(dev)).sum(), list(md.parameters()))])
+    for (name, _), a, b in zip(m.named_parameters(), results[1], results[0], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=lambda s, n=name: f"{n}: {s}")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_compile_fullgraph_inductor_cuda(cell):
+    """torch.compile(fullgraph=True), default mode: one frame, and the outputs and every
+    gradient equal eager's (the same ops run; only the glue may be fused differently)."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    m, x, s = _inputs(cell)
+    counter = CompileCounterWithBackend("inductor")
+    compiled = torch.compile(m, backend=counter, fullgraph=True)
+    got = _train_step(compiled, x, s)
+    want = _train_step(m, x, s)
+    assert counter.frame_count == 1
+    for u, v in zip(got, want, strict=True):
+        torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-6)
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_export_inference_cuda(cell):
+    _, m = make_modules(cell, 4, 6, 2, bidirectional=True, batch_first=True, device="cuda")
+    m.eval()
+    x = torch.randn(3, 5, 4, device="cuda")
+    program = torch.export.export(m, (x,))
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert f"fusedrnn.{cell.lower()}_forward.default" in targets, targets
+    assert torch.equal(program.module()(x)[0], m(x)[0])
