@@ -168,3 +168,54 @@ def test_scratch_cache_shared_by_threads(cell, monkeypatch):
     for i in range(2):
         for a, b in zip(want[i], got[i], strict=True):
             assert torch.equal(a, b)
+
+
+def _has_from_blob_deleter():
+    # torch's stable shim has torch_from_blob (a deleter) from 2.11 on; 2.10 lacks it.
+    return tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 11)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_workspace_from_block_cache(cell, monkeypatch):
+    """The forward's saved workspace comes from the block cache and goes back to it when
+    torch frees it (common.h, cached_empty): its storage is ours (not resizable), a
+    repeat training call faults in almost no fresh pages, and outputs and gradients are
+    the bits of a plain allocation's (FUSEDRNN_CPU_CACHE_OUTPUTS=0). y and dx stay
+    plain, resizable tensors, as torch.nn's."""
+    import resource
+
+    if not _has_from_blob_deleter():
+        pytest.skip("torch < 2.11: the workspace is a plain allocation")
+    _, m = make_modules(cell, 64, 512, 1)
+    torch.manual_seed(4)
+    x = torch.randn(64, 64, 64, requires_grad=True)  # workspace 34 MB (GRU), 42 MB (LSTM)
+    g = torch.randn(64, 64, 512)
+    forward = getattr(torch.ops.fusedrnn, f"{cell.lower()}_forward")
+    w = [p.detach() for p in m.parameters()]
+    h0 = torch.zeros(64, 512)
+    states = (h0, torch.zeros(64, 512)) if cell == "LSTM" else (h0,)
+
+    def step():
+        y, _ = m(x)
+        return [y, *torch.autograd.grad(y, [x, *m.parameters()], g)]
+
+    def workspace():
+        if cell == "LSTM":
+            return forward(x.detach(), *w, None, *states, None, False, True)[-1]
+        return forward(x.detach(), *w, *states, None, False, True)[-1]
+
+    runs, faults = {}, {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv("FUSEDRNN_CPU_CACHE_OUTPUTS", mode)
+        for _ in range(3):
+            step()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        runs[mode] = step()
+        faults[mode] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        assert workspace().untyped_storage().resizable() == (mode == "0")
+        assert all(t.untyped_storage().resizable() for t in runs[mode][:2])  # y, dx
+    assert all(torch.equal(a, b) for a, b in zip(runs["0"], runs["1"], strict=True))
+    # glibc maps blocks of 32 MB and more fresh on every call: the workspace alone is
+    # 8,000 pages or more (where transparent huge pages are not on for all memory). With
+    # the cache, a call's fresh pages are the small temporaries'.
+    assert faults["1"] < 1000, faults

@@ -165,7 +165,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
   const ScalarType dt = x.scalar_type();
   Tensor y2 = empty_as(x, {st.R, H});
   Tensor h_n = empty_as(x, {st.N, H});
-  Tensor ws2 = empty_as(x, {save ? st.R : st.N, kGRUSaved * H}, opmath_type(dt));
+  Tensor ws2 = cached_empty(x, {save ? st.R : st.N, kGRUSaved * H}, opmath_type(dt));
   dispatch_floating(dt, "gru_forward", [&](auto tag) {
     gru_forward_impl<decltype(tag)>(st, x2, w_ih, w_hh, b_ih, b_hh, h0, reverse, save, y2, h_n,
                                     ws2);

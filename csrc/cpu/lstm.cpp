@@ -189,7 +189,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
   Tensor y2 = empty_as(x, {st.R, P});
   Tensor h_n = empty_as(x, {st.N, P});
   Tensor c_n = empty_as(x, {st.N, H});
-  Tensor ws2 = empty_as(x, {save ? st.R : st.N, kLSTMSaved * H}, opmath_type(dt));
+  Tensor ws2 = cached_empty(x, {save ? st.R : st.N, kLSTMSaved * H}, opmath_type(dt));
   dispatch_floating(dt, "lstm_forward", [&](auto tag) {
     lstm_forward_impl<decltype(tag)>(st, x2, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, reverse, save,
                                      y2, h_n, c_n, ws2);
