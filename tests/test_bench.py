@@ -40,6 +40,9 @@ def test_end_to_end_writes_outputs(tmp_path, capsys):
         assert r["torch_ms"] > 0 and r["fused_ms"] > 0
         assert r["ratio"] == pytest.approx(r["torch_ms"] / r["fused_ms"])
         assert r["ref_ms"] > 0  # float32 padded rows time the reference loop too
+        assert r["row_peak_gflops"] > 0
+        gflops = r["gflop"] / r["fused_ms"] * 1e3
+        assert r["fused_frac_row_peak"] == pytest.approx(gflops / r["row_peak_gflops"])
     inf = data["rows"][0]
     assert inf["err_ours"] < 1e-5 and inf["err_torch"] < 1e-5
     md = (tmp_path / "t.md").read_text()

@@ -17,7 +17,9 @@ I_l the layer's input size, P = proj_size or H (plus 2*R*P*H for a projection).
 Training (forward + backward) counts 3x that: backward does the input-gradient and the
 weight-gradient GEMMs, each as large as the forward's. Pointwise work is not counted.
 Peak: the best of torch's GEMMs on this device and dtype (a large square product, all
-threads), measured once per run; on the GPU in true fp32 (TF32 off).
+threads), measured once per run; on the GPU in true fp32 (TF32 off). Row peak: that GEMM
+timed again around each row (3 calls before, 3 after, the median), for the fraction of
+the peak in the row's own minutes.
 """
 import argparse
 import datetime
@@ -68,8 +70,8 @@ def flops(cell, shape, rows, mode):
     return total * (3 if mode == "training" else 1)
 
 
-def measure_peak(device, dtype):
-    """GFLOP/s of the best large GEMM torch offers here (the ceiling for fraction-of-peak)."""
+def _peak_gemms(device, dtype):
+    """The large square GEMMs torch offers here, {name: fn}, and their FLOPs."""
     n = 4096 if device.type == "cuda" else 2048
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
@@ -77,17 +79,43 @@ def measure_peak(device, dtype):
     if device.type == "cpu" and dtype != torch.float64 and torch.backends.mkldnn.is_available():
         am, bm = a.to_mkldnn(), b.t().contiguous().to_mkldnn()
         cands["onednn"] = lambda: torch._C._nn.mkldnn_linear(am, bm)
+    return cands, 2 * n**3
+
+
+def measure_peak(device, dtype):
+    """GFLOP/s of the best large GEMM torch offers here (the ceiling for fraction-of-peak)."""
+    cands, fl = _peak_gemms(device, dtype)
     clock = timer(device)
     best = {}
     for name, fn in cands.items():
         try:
             for _ in range(3):
                 fn()
-            best[name] = 2 * n**3 / statistics.median(clock(fn) for _ in range(7)) / 1e6
+            best[name] = fl / statistics.median(clock(fn) for _ in range(7)) / 1e6
         except RuntimeError:  # a GEMM this build lacks
             pass
     name = max(best, key=best.get)
     return best[name], name
+
+
+class RowPeak:
+    """The run's peak GEMM timed again around every row: GFLOP/s, the median of `runs`
+    calls before the row and `runs` after. A shared host's speed moves by a third within
+    minutes (torch.mm read 149-294 GFLOP/s in one afternoon on the 2-core CPU), so a
+    row's fraction of the peak measured once, at the start, says as much about the host
+    as about the kernel; against the peak of the row's own minutes it does not."""
+
+    def __init__(self, device, dtype, name, runs=3):
+        cands, self.flop = _peak_gemms(device, dtype)
+        self.fn, self.clock, self.runs, self.samples = cands[name], timer(device), runs, []
+        self.fn()
+
+    def sample(self):
+        self.samples += [self.clock(self.fn) for _ in range(self.runs)]
+
+    def gflops(self):
+        ms, self.samples = statistics.median(self.samples), []
+        return self.flop / ms / 1e6
 
 
 def environment(device):
@@ -231,12 +259,13 @@ def time_alternating(fns, device, budget_s, min_runs, max_runs):
 
 def run_grid(shapes, dtypes, cells, device, args, progress=sys.stderr):
     todo = [(c, s, d, m) for s in shapes for c in cells for d in dtypes for m in MODES]
-    peaks, rows = {}, []
+    peaks, row_peaks, rows = {}, {}, []
     start = time.perf_counter()
     for k, (cell, name, dt, mode) in enumerate(todo):
         dtype = getattr(torch, dt)
         if dt not in peaks:
             peaks[dt] = measure_peak(device, dtype)
+            row_peaks[dt] = RowPeak(device, dtype, peaks[dt][1])
         elapsed = time.perf_counter() - start
         eta = elapsed / k * (len(todo) - k) if k else float("nan")
         print(f"\r[{k + 1:3d}/{len(todo)}] {name:12s} {cell:4s} {dt:8s} {mode:9s} "
@@ -246,9 +275,11 @@ def run_grid(shapes, dtypes, cells, device, args, progress=sys.stderr):
         with_ref = args.reference and dt == "float32" and case.lengths is None
         if with_ref:
             fns.append(case.call(case.reference(), mode))
+        row_peaks[dt].sample()
         times, runs = time_alternating(fns, device, args.budget, args.min_runs, args.max_runs)
+        row_peaks[dt].sample()
         fl = flops(cell, case.shape, case.rows, mode)
-        peak = peaks[dt][0]
+        peak, row_peak = peaks[dt][0], row_peaks[dt].gflops()
         row = dict(
             cell=cell, shape=name, dtype=dt, mode=mode, runs=runs,
             **{k: v for k, v in case.shape.items() if k != "lengths"},
@@ -257,6 +288,8 @@ def run_grid(shapes, dtypes, cells, device, args, progress=sys.stderr):
             ratio=times[0] / times[1],
             fused_gflops=fl / times[1] / 1e6, torch_gflops=fl / times[0] / 1e6,
             fused_frac_peak=fl / times[1] / 1e6 / peak, torch_frac_peak=fl / times[0] / 1e6 / peak,
+            row_peak_gflops=row_peak, fused_frac_row_peak=fl / times[1] / 1e6 / row_peak,
+            torch_frac_row_peak=fl / times[0] / 1e6 / row_peak,
             fused_us_per_step=times[1] * 1e3 / case.shape["T"],
         )
         if mode == "inference" and args.errors:
@@ -276,11 +309,14 @@ def markdown(env, peaks, rows):
         "Median times in ms; ratio = torch.nn / fusedrnn (above 1: fusedrnn faster). "
         "GFLOP/s count the GEMMs only (training = 3x forward); % peak is against the best "
         "large GEMM measured in the same run: "
-        + ", ".join(f"{d} {p:.0f} GFLOP/s ({src})" for d, (p, src) in peaks.items()) + ".",
+        + ", ".join(f"{d} {p:.0f} GFLOP/s ({src})" for d, (p, src) in peaks.items()) + "; "
+        "row peak: that GEMM's GFLOP/s timed again just before and after the row (median of "
+        "6 calls), and % row peak fusedrnn's GFLOP/s against it.",
         "",
         "| shape | cell | dtype | mode | torch.nn ms | fusedrnn ms | ratio | fusedrnn GFLOP/s "
-        "| % peak | torch.nn % peak | reference ms | err fusedrnn | err torch.nn |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| % peak | torch.nn % peak | row peak GFLOP/s | % row peak | torch.nn % row peak "
+        "| reference ms | err fusedrnn | err torch.nn |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         ref = f"{r['ref_ms']:.2f}" if r["ref_ms"] is not None else "-"
@@ -289,7 +325,9 @@ def markdown(env, peaks, rows):
         lines.append(
             f"| {r['shape']} | {r['cell']} | {r['dtype']} | {r['mode']} | {r['torch_ms']:.2f} "
             f"| {r['fused_ms']:.2f} | **{r['ratio']:.2f}x** | {r['fused_gflops']:.0f} "
-            f"| {100 * r['fused_frac_peak']:.0f}% | {100 * r['torch_frac_peak']:.0f}% | {ref} "
+            f"| {100 * r['fused_frac_peak']:.0f}% | {100 * r['torch_frac_peak']:.0f}% "
+            f"| {r['row_peak_gflops']:.0f} | {100 * r['fused_frac_row_peak']:.0f}% "
+            f"| {100 * r['torch_frac_row_peak']:.0f}% | {ref} "
             f"| {eo} | {et} |"
         )
     return "\n".join(lines) + "\n"
