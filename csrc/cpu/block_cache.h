@@ -90,6 +90,9 @@ class BlockCache {
     std::free(p);
   }
 
+  // The most bytes it keeps (FUSEDRNN_CPU_CACHE_MB): larger blocks are freed on give().
+  size_t limit() const { return limit_; }
+
   // Bytes held.
   size_t cached() {
     std::lock_guard<std::mutex> lock(mutex_);

@@ -39,7 +39,11 @@ void dispatch_floating(ScalarType t, const char* name, F&& f) {
 }
 
 // torch_from_blob with a deleter: in torch's stable C shim from 2.11 on. The wheel targets
-// 2.10's ABI, so it is declared here weak: null where the running torch lacks it.
+// 2.10's ABI, so it is declared here weak: null where the running torch lacks it. Nightlies
+// of early 2026 exported a torch_from_blob with a one-argument deleter next to a
+// torch_from_blob_v2 (merged into today's signature before 2.11.0): where
+// torch_from_blob_v2 exists, ours is not used.
+extern "C" __attribute__((weak)) AOTITorchError torch_from_blob_v2();
 extern "C" __attribute__((weak)) AOTITorchError torch_from_blob(
     void* data, int64_t ndim, const int64_t* sizes_ptr, const int64_t* strides_ptr,
     int64_t storage_offset, int32_t dtype, int32_t device_type, int32_t device_index,
@@ -54,16 +58,26 @@ extern "C" __attribute__((weak)) AOTITorchError torch_from_blob(
 // calls in one process: that LSTM training 1.042, GRU 1.044; T=50, N=256, I=H=1024 LSTM
 // 1.003 and 1.031, GRU 1.042. y and dx as well gained about 1% more at the first shape:
 // left plain, so the tensors users see resize as torch.nn's do. Plain new_empty where
-// the running torch has no torch_from_blob (2.10), for small outputs, or with
-// FUSEDRNN_CPU_CACHE_OUTPUTS=0 (read per call: A/B in one process).
+// the running torch has no torch_from_blob (2.10), for small outputs and ones the cache
+// could not keep (above FUSEDRNN_CPU_CACHE_MB), or with FUSEDRNN_CPU_CACHE_OUTPUTS=0
+// (read per call: A/B in one process).
 inline Tensor cached_empty(const Tensor& like, const std::vector<int64_t>& sizes,
                            std::optional<ScalarType> dtype = std::nullopt) {
   const ScalarType dt = dtype.value_or(like.scalar_type());
-  int64_t n = 1;
-  for (int64_t v : sizes) n *= v;
-  const size_t bytes = size_t(n) * (dt == ScalarType::Double ? 8 : dt == ScalarType::Float ? 4 : 2);
+  size_t elem = 0;
+  switch (dt) {
+    case ScalarType::Double: elem = 8; break;
+    case ScalarType::Float: elem = 4; break;
+    case ScalarType::BFloat16:
+    case ScalarType::Half: elem = 2; break;
+    default: return empty_as(like, sizes, dt);
+  }
+  size_t bytes = elem;
+  for (int64_t v : sizes) bytes *= size_t(v);
   const char* env = std::getenv("FUSEDRNN_CPU_CACHE_OUTPUTS");
-  if (torch_from_blob == nullptr || bytes < BlockCache::kMinBytes || (env && env[0] == '0')) {
+  if (torch_from_blob == nullptr || torch_from_blob_v2 != nullptr ||
+      bytes < BlockCache::kMinBytes || bytes > BlockCache::global().limit() ||
+      (env && env[0] == '0')) {
     return empty_as(like, sizes, dt);
   }
   std::vector<int64_t> strides(sizes.size(), 1);
@@ -81,7 +95,8 @@ inline Tensor cached_empty(const Tensor& like, const std::vector<int64_t>& sizes
       d::to<int32_t>(d::from(torch::headeronly::Layout::Strided)), nullptr, 0, give_back,
       reinterpret_cast<void*>(uintptr_t(capacity)));
   if (err != AOTI_TORCH_SUCCESS) {
-    BlockCache::global().give(p, capacity);
+    // Not given back: a failure after torch made its data pointer has already run the
+    // deleter (out of memory there), and a block cached twice would be handed out twice.
     return empty_as(like, sizes, dt);
   }
   return Tensor(h);
