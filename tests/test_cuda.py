@@ -8,7 +8,6 @@ a non-default stream, bit-identical repeats, TF32 flag handling and memory stabi
 import copy
 import gc
 
-import fusedrnn
 import pytest
 import torch
 from conftest import CELLS, compare_with_torch, make_modules
@@ -322,21 +321,14 @@ def test_no_memory_growth(cell):
 def test_gradgradcheck_cuda(cell, variant):
     """create_graph=True on CUDA tensors: the backward recomputes with differentiable torch
     ops on the GPU; float64 gradgradcheck against finite differences."""
-    from test_double_backward import _layer_inputs
+    from test_double_backward import _layer_inputs, layer_function
 
     proj = 2 if variant == "proj" else 0
     if cell == "GRU" and proj:
         pytest.skip("proj_size is LSTM only")
     ins, bs = _layer_inputs(cell, proj, variant == "packed")
     ins = [a.detach().cuda().requires_grad_() for a in ins]
-    if cell == "LSTM":
-        def f(x, w_ih, w_hh, b_ih, b_hh, h0, c0, *w_hr):
-            return fusedrnn.LSTMFunction.apply(
-                x, w_ih, w_hh, b_ih, b_hh, h0, c0, False, w_hr[0] if w_hr else None, bs)[:3]
-    else:
-        def f(x, w_ih, w_hh, b_ih, b_hh, h0):
-            return fusedrnn.GRUFunction.apply(x, w_ih, w_hh, b_ih, b_hh, h0, False, bs)[:2]
-    assert gradgradcheck(f, ins)
+    assert gradgradcheck(layer_function(cell, False, bs), ins)
 
 
 @pytest.mark.parametrize("cell", CELLS)

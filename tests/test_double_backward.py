@@ -32,6 +32,20 @@ def _layer_inputs(cell, proj, packed):
     return ins, bs
 
 
+def layer_function(cell, reverse, bs):
+    """LSTMFunction / GRUFunction as a function of the tensors of _layer_inputs, returning
+    its differentiable outputs (y, h_n, c_n / y, h_n)."""
+    if cell == "LSTM":
+        def f(x, w_ih, w_hh, b_ih, b_hh, h0, c0, *w_hr):
+            return fusedrnn.LSTMFunction.apply(
+                x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse, w_hr[0] if w_hr else None, bs)[:3]
+        return f
+
+    def g(x, w_ih, w_hh, b_ih, b_hh, h0):
+        return fusedrnn.GRUFunction.apply(x, w_ih, w_hh, b_ih, b_hh, h0, reverse, bs)[:2]
+    return g
+
+
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("variant", ["padded", "proj", "packed", "packed-proj"])
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
@@ -40,14 +54,7 @@ def test_gradgradcheck_function(cell, variant, reverse):
     if cell == "GRU" and proj:
         pytest.skip("proj_size is LSTM only")
     ins, bs = _layer_inputs(cell, proj, "packed" in variant)
-    if cell == "LSTM":
-        def f(x, w_ih, w_hh, b_ih, b_hh, h0, c0, *w_hr):
-            return fusedrnn.LSTMFunction.apply(
-                x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse, w_hr[0] if w_hr else None, bs)[:3]
-    else:
-        def f(x, w_ih, w_hh, b_ih, b_hh, h0):
-            return fusedrnn.GRUFunction.apply(x, w_ih, w_hh, b_ih, b_hh, h0, reverse, bs)[:2]
-    assert gradgradcheck(f, ins)
+    assert gradgradcheck(layer_function(cell, reverse, bs), ins)
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])

@@ -38,6 +38,14 @@ void dispatch_floating(ScalarType t, const char* name, F&& f) {
   }
 }
 
+// Row-major strides of a contiguous tensor of these sizes.
+inline std::vector<int64_t> contiguous_strides(const std::vector<int64_t>& sizes) {
+  std::vector<int64_t> st(sizes.size(), 1);
+  for (int64_t i = static_cast<int64_t>(sizes.size()) - 2; i >= 0; --i)
+    st[i] = st[i + 1] * sizes[i + 1];
+  return st;
+}
+
 // torch_from_blob with a deleter: in torch's stable C shim from 2.11 on. The wheel targets
 // 2.10's ABI, so it is declared here weak: null where the running torch lacks it. Nightlies
 // of early 2026 exported a torch_from_blob with a one-argument deleter next to a
@@ -80,8 +88,7 @@ inline Tensor cached_empty(const Tensor& like, const std::vector<int64_t>& sizes
       (env && env[0] == '0')) {
     return empty_as(like, sizes, dt);
   }
-  std::vector<int64_t> strides(sizes.size(), 1);
-  for (int64_t i = int64_t(sizes.size()) - 2; i >= 0; --i) strides[i] = strides[i + 1] * sizes[i + 1];
+  const std::vector<int64_t> strides = contiguous_strides(sizes);
   size_t capacity = 0;
   void* p = BlockCache::global().take(bytes, &capacity);
   auto give_back = [](void* data, void* ctx) {
@@ -109,7 +116,7 @@ class ScratchTensor {
  public:
   ScratchTensor(const Tensor& like, const std::vector<int64_t>& sizes)
       : mem_(numel(sizes) * like.element_size()),
-        tensor(torch::stable::from_blob(mem_.data(), sizes, strides(sizes), like.device(),
+        tensor(torch::stable::from_blob(mem_.data(), sizes, contiguous_strides(sizes), like.device(),
                                         like.scalar_type())) {}
 
  private:
@@ -117,12 +124,6 @@ class ScratchTensor {
     int64_t n = 1;
     for (int64_t v : sizes) n *= v;
     return n;
-  }
-  static std::vector<int64_t> strides(const std::vector<int64_t>& sizes) {
-    std::vector<int64_t> st(sizes.size(), 1);
-    for (int64_t i = static_cast<int64_t>(sizes.size()) - 2; i >= 0; --i)
-      st[i] = st[i + 1] * sizes[i + 1];
-    return st;
   }
   Scratch<char> mem_;  // declared before tensor: outlives it
 
