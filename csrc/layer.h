@@ -67,6 +67,16 @@ inline Tensor empty_as(const Tensor& like, std::vector<int64_t> sizes,
   return torch::stable::new_empty(like, sizes, dtype);
 }
 
+// t in `dtype`: t itself where it already has it, else a converted copy.
+inline Tensor converted(const Tensor& t, ScalarType dtype) {
+  if (t.scalar_type() == dtype) return t;
+  std::vector<int64_t> sizes(t.dim());
+  for (int64_t d = 0; d < t.dim(); ++d) sizes[d] = t.size(d);
+  Tensor out = empty_as(t, sizes, dtype);
+  torch::stable::copy_(out, t);
+  return out;
+}
+
 // t is on `like`'s device, has its dtype, and has `dim` dimensions.
 inline void check_input(const Tensor& t, const char* what, const Tensor& like, int64_t dim) {
   STD_TORCH_CHECK(t.device() == like.device(), "fusedrnn: ", what,

@@ -113,6 +113,25 @@ def test_opcheck_packed_proj(op, extra, reverse):
     torch.library.opcheck(fn, args)
 
 
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() != "AVX512",
+                    reason="the fused loops need AVX-512")
+@pytest.mark.parametrize("N", [1, 31], ids=["N1", "N31"])
+@pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("op", ["lstm_backward", "gru_backward"])
+def test_16bit_small_batch_backward_is_float_backward(op, dt, N):
+    """16-bit backward below batch 32 runs the float32 fused backward on float copies of
+    its operands (fused_backward_16bit in csrc/cpu/loop_choice.h): each gradient is the
+    float32 op's, on the same inputs widened, rounded once. (The GEMM loop rounds the gate
+    gradients to 16 bits every step and gives other bits.) Packed and reversed too."""
+    for lengths, reverse in [(None, False), ([6, 4, 4, 1] if N > 1 else [6], True)]:
+        fn, args = op_samples(op, 6, N, 5, 33, True, reverse, False, dt, lengths=lengths)
+        wide = [a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                for a in args]
+        for ours, ref in zip(fn(*args), fn(*wide)):
+            assert ours.dtype == dt
+            assert torch.equal(ours, ref.to(dt))
+
+
 FUNCTIONS = {"LSTM": fusedrnn.LSTMFunction, "GRU": fusedrnn.GRUFunction}
 
 

@@ -119,6 +119,15 @@ bool amx_forward(int64_t N, int64_t G, int64_t H) {
 constexpr int64_t kFusedRowsBytes = 2 << 20;
 constexpr int64_t kFusedGRURowsBytes = 1 << 20;
 
+// Whether a 16-bit backward of batch N runs the float32 fused backward on float copies of
+// its operands (gradients rounded back at the end) rather than the GEMM loop, whose
+// per-step 16-bit GEMM calls and float-widened weight gradients cost most at small
+// batches. Float products and sums: more accurate than the GEMM loop, whose gate
+// gradients are rounded to 16 bits.
+inline bool fused_backward_16bit(ScalarType dt, int64_t N) {
+  return (dt == ScalarType::BFloat16 || dt == ScalarType::Half) && N < kFused16BitBatch;
+}
+
 inline bool fused_rows_fit(int64_t N, int64_t I, int64_t H, int64_t limit = kFusedRowsBytes) {
   return N * (I + H) * int64_t(sizeof(float)) <= limit;
 }

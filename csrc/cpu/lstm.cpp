@@ -347,14 +347,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   Tensor dx2, dw_ih, dw_hh;
   bool fused = false;
 #if FUSEDRNN_HAVE_FUSED
-  if (dt == ScalarType::Float && !w_hr && fused_available() && st.T > 0 &&
-      fused_rows_fit(st.N, I, H)) {
-    dx2 = empty_as(x2, {st.R, I});
-    dw_ih = empty_as(x2, {G, I});
-    dw_hh = empty_as(x2, {G, P});
-    lstm_backward_fused(st, reverse, gy2, ghn, gcn, c0, x2, y2, h0c,
-                        torch::stable::contiguous(w_ih), torch::stable::contiguous(w_hh), ws2,
-                        dx2, dh0, dc0, dw_ih, dw_hh, db);
+  if ((dt == ScalarType::Float || fused_backward_16bit(dt, st.N)) && !w_hr &&
+      fused_available() && st.T > 0 && fused_rows_fit(st.N, I, H)) {
+    // 16-bit storage: in float, on float copies (see fused_backward_16bit).
+    const auto f = [](const Tensor& a) { return converted(a, ScalarType::Float); };
+    const Tensor x2f = f(x2);
+    Tensor dx2f = empty_as(x2f, {st.R, I}), dh0f = empty_as(x2f, {st.N, P});
+    Tensor dc0f = empty_as(x2f, {st.N, H}), dbf = empty_as(x2f, {G});
+    Tensor dw_ihf = empty_as(x2f, {G, I}), dw_hhf = empty_as(x2f, {G, P});
+    lstm_backward_fused(st, reverse, f(gy2), f(ghn), f(gcn), f(c0), x2f, f(y2), f(h0c),
+                        f(torch::stable::contiguous(w_ih)), f(torch::stable::contiguous(w_hh)),
+                        ws2, dx2f, dh0f, dc0f, dw_ihf, dw_hhf, dbf);
+    const auto back = [dt](const Tensor& a) { return converted(a, dt); };
+    dx2 = back(dx2f), dw_ih = back(dw_ihf), dw_hh = back(dw_hhf);
+    torch::stable::copy_(dh0, dh0f);
+    torch::stable::copy_(dc0, dc0f);
+    torch::stable::copy_(db, dbf);
     fused = true;
   }
 #endif
