@@ -289,11 +289,20 @@ def test_matches_torch_fused_partial_cell_groups(cell, kw):
         torch.set_num_threads(threads)
 
 
+# The GEMM loop's backward (batch 32 and up, bfloat16) sums its weight gradients over
+# T*N rows: 1480 rows in chunks of 128 (T=37, N=40), output columns 96 and 160 (H=96, 129:
+# a last block of 32 columns), 165 rows padded to 192 (T=5, N=33).
+WEIGHT_GRAD_CASES = HALF_CASES + [case(37, 40, 6, 96, bidir=True), case(5, 33, 7, 129, L=2)]
+
+
+@pytest.mark.parametrize("dot", ["0", "1"], ids=["float", "vdpbf16ps"])
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("kw", HALF_CASES)
-def test_matches_torch_bf16_weight_grads_without_amx(cell, kw, monkeypatch):
-    """bfloat16 weight gradients through the float path (FUSEDRNN_CPU_AMX=0), what CPUs
-    without AMX run; the other bfloat16 tests take the AMX kernel (csrc/cpu/amx.h) on
-    CPUs that have it."""
+@pytest.mark.parametrize("kw", WEIGHT_GRAD_CASES)
+def test_matches_torch_bf16_weight_grads_without_amx(cell, kw, dot, monkeypatch):
+    """bfloat16 weight gradients as CPUs without AMX run them (FUSEDRNN_CPU_AMX=0): widened
+    to float, one oneDNN GEMM a chunk (FUSEDRNN_CPU_BF16_DOT=0), or on vdpbf16ps (=1,
+    dot_rows in csrc/cpu/amx.h, where the CPU has AVX512-BF16; elsewhere the float path
+    again). The other bfloat16 tests take the AMX kernel on CPUs that have it."""
     monkeypatch.setenv("FUSEDRNN_CPU_AMX", "0")
+    monkeypatch.setenv("FUSEDRNN_CPU_BF16_DOT", dot)
     compare_with_torch(cell, **kw, dtype=torch.bfloat16, device="cpu")

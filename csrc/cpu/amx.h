@@ -1,5 +1,6 @@
-// bfloat16 weight gradients on AMX (Sapphire Rapids and later): dW = dG^T @ X over all
-// T*N rows, on the tile unit, with a fixed summation order.
+// bfloat16 weight gradients on AMX (Sapphire Rapids and later) or, without it, on
+// vdpbf16ps (AVX512-BF16: Zen 4 and later): dW = dG^T @ X over all T*N rows, in bf16
+// products and float sums, with a fixed summation order.
 //
 // Why not oneDNN's bfloat16 GEMM: it runs on AMX too, but splits K across threads for some
 // shapes, so its sums changed with the thread count; and widened to float the same sums
@@ -66,6 +67,67 @@ FUSEDRNN_AMX inline void amx_rows(const uint16_t* At, int64_t Kp, const uint16_t
     for (int64_t p0 = 0; p0 < Pp; p0 += 32) amx_block(At, Kp, Bp, Pp, C, b * 32, p0, k0, k1, k0 == 0);
   }
   _tile_release();
+}
+
+// The same sums on vdpbf16ps (AVX512-BF16 without AMX: Zen 4 and later, Cooper Lake), for
+// C[4 rows from m0][16*NV columns from p0] over the pairs of k [q0, q1): each output adds
+// its products pair by pair, in k order, to the float C it starts from (zero if first).
+template <int NV>
+FUSEDRNN_AVX512_BF16 inline void dot_block(const uint16_t* At, int64_t Kp, const uint16_t* Bp,
+                                           int64_t Pp, float* C, int64_t m0, int64_t p0,
+                                           int64_t q0, int64_t q1, bool first) {
+  constexpr int MR = 4;
+  __m512 acc[MR][NV];
+  const uint16_t* a[MR];
+#pragma GCC unroll 4
+  for (int r = 0; r < MR; ++r) {
+    a[r] = At + (m0 + r) * Kp;
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      acc[r][v] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(C + (m0 + r) * Pp + p0 + 16 * v);
+    }
+  }
+  for (int64_t q = q0; q < q1; ++q) {
+    const uint16_t* b = Bp + (q * Pp + p0) * 2;
+    __m512i bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_si512(b + 32 * v);
+#pragma GCC unroll 4
+    for (int r = 0; r < MR; ++r) {
+      uint32_t pair;
+      std::memcpy(&pair, a[r] + 2 * q, sizeof(pair));
+      const __m512i av = _mm512_set1_epi32(static_cast<int>(pair));
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], (__m512bh)av, (__m512bh)bv[v]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(C + (m0 + r) * Pp + p0 + 16 * v, acc[r][v]);
+  }
+}
+
+// Pairs of k per pass over a thread's output rows: the pass's 64-column panel of packed X
+// (16 KB) stays in L1 across the rows' tiles.
+constexpr int64_t kDotChunkPairs = 64;
+
+// Output blocks [b0, b1) of 32 rows, all Pp columns, every k, on the calling thread: for
+// each chunk of pairs, each 64 (or last 32) columns, every 4-row tile.
+inline void dot_rows(const uint16_t* At, int64_t Kp, const uint16_t* Bp, int64_t Pp, float* C,
+                     int64_t b0, int64_t b1) {
+  for (int64_t q0 = 0; q0 < Kp / 2; q0 += kDotChunkPairs) {
+    const int64_t q1 = std::min(Kp / 2, q0 + kDotChunkPairs);
+    for (int64_t p0 = 0; p0 < Pp; p0 += 64) {
+      for (int64_t m0 = b0 * 32; m0 < b1 * 32; m0 += 4) {
+        if (p0 + 64 <= Pp) {
+          dot_block<4>(At, Kp, Bp, Pp, C, m0, p0, q0, q1, q0 == 0);
+        } else {
+          dot_block<2>(At, Kp, Bp, Pp, C, m0, p0, q0, q1, q0 == 0);
+        }
+      }
+    }
+  }
 }
 
 // d[j*ldd + i] = s[i*lds + j] for a 32x32 block of 16-bit values, in registers: three
@@ -169,10 +231,16 @@ inline Tensor weight_grad_amx(const AmxLhs& lhs, const Tensor& b) {
       }
     }
   });
-  for (int64_t k0 = 0; k0 < Kp; k0 += kAmxChunk) {
-    const int64_t k1 = std::min(Kp, k0 + kAmxChunk);
+  if (amx_usable()) {
+    for (int64_t k0 = 0; k0 < Kp; k0 += kAmxChunk) {
+      const int64_t k1 = std::min(Kp, k0 + kAmxChunk);
+      parallel_rows(Mp / 32, 1, [&](int64_t b0, int64_t b1) {
+        amx_rows(at, Kp, bt, Pp, C.data(), b0, b1, k0, k1);
+      });
+    }
+  } else {
     parallel_rows(Mp / 32, 1, [&](int64_t b0, int64_t b1) {
-      amx_rows(at, Kp, bt, Pp, C.data(), b0, b1, k0, k1);
+      dot_rows(at, Kp, bt, Pp, C.data(), b0, b1);
     });
   }
   Tensor out = empty_as(lhs.like, {M, P});
