@@ -238,7 +238,9 @@ def test_matches_torch_16bit_gemm_loop(cell, kw, dt, monkeypatch):
 
 @pytest.mark.parametrize("dot", ["0", "1"], ids=["float-products", "bf16-products"])
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("kw", HALF_CASES)
+# I=601 at batch 40 (x folded into the step): the bf16 products' k chunks (kPairsChunkK,
+# 512) split x's columns, the last chunk ending in half a pair.
+@pytest.mark.parametrize("kw", HALF_CASES + [case(3, 40, 601, 33, bidir=True)])
 def test_matches_torch_bf16_products(cell, kw, dot, monkeypatch):
     """bfloat16 as CPUs without AMX run it (FUSEDRNN_CPU_AMX=0), in the fused loop with
     float products (FUSEDRNN_CPU_BF16_DOT=0: AVX-512 CPUs without AVX512-BF16) and with

@@ -185,8 +185,9 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, 
     for (int64_t m0 = 0; m0 < B; m0 += kGroupRows) {
       const int64_t m1 = std::min(B, m0 + kGroupRows);
       bool first = first0;
-      for (int64_t k0 = 0; k0 < K; k0 += kChunkK) {
-        const int64_t k1 = std::min(K, k0 + kChunkK);
+      const int64_t chunk = kPairs ? kPairsChunkK : kChunkK;
+      for (int64_t k0 = 0; k0 < K; k0 += chunk) {
+        const int64_t k1 = std::min(K, k0 + chunk);
         // Float: the panel rows after the chunk (at the last, the next block's first) are
         // fetched into L2 meanwhile. Paired at T=100, N=64, H=512 inference: LSTM 151.5
         // -> 146.4 ms, GRU 115.1 -> 111.7; T=256, N=16, H=768 LSTM 235.8 -> 217.6 ms.

@@ -49,6 +49,15 @@ struct Slots {
 // twice as much as torch.nn's GEMMs (tests/test_accuracy.py).
 constexpr int64_t kChunkK = 128;
 
+// The chunk of the bf16 products (kPairs): their rows and sums are bf16-rounded around
+// float sums whose error is far below it, and a chunk's fixed cost (its partial sums
+// loaded, added and stored) weighs twice as much at vdpbf16ps's doubled rate. Paired on
+// a 2-core Zen 4, bfloat16 inference, chunks of 128 -> 512: T=100, N=64, H=512 LSTM
+// 72.3/77.6 -> 68.1/66.1 ms (0.91x -> 0.98x torch.nn), GRU 56.2/55.9 -> 51.5/53.2 ms;
+// T=256, N=16, H=768 LSTM 110.2/103.4 -> 98.6/99.6 ms; T=50, N=256, H=1024 LSTM 594 ->
+// 545 ms. 1024 and whole rows were level with 512.
+constexpr int64_t kPairsChunkK = 512;
+
 // Memory a micro-kernel call fetches into L2 as it runs, one cache line per k, from p up to
 // end (p advances): the next chunk of the panel, which its first row tile would otherwise
 // wait for. A worker's panels pass its core's L2 once a step where the weights outgrow it
