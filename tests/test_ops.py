@@ -115,14 +115,16 @@ def test_opcheck_packed_proj(op, extra, reverse):
 
 @pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() != "AVX512",
                     reason="the fused loops need AVX-512")
-@pytest.mark.parametrize("N", [1, 31], ids=["N1", "N31"])
-@pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("dt, N", [(torch.bfloat16, 1), (torch.bfloat16, 31),
+                                   (torch.float16, 1), (torch.float16, 64)],
+                         ids=["bf16-N1", "bf16-N31", "fp16-N1", "fp16-N64"])
 @pytest.mark.parametrize("op", ["lstm_backward", "gru_backward"])
-def test_16bit_small_batch_backward_is_float_backward(op, dt, N):
-    """16-bit backward below batch 32 runs the float32 fused backward on float copies of
-    its operands (fused_backward_16bit in csrc/cpu/loop_choice.h): each gradient is the
-    float32 op's, on the same inputs widened, rounded once. (The GEMM loop rounds the gate
-    gradients to 16 bits every step and gives other bits.) Packed and reversed too."""
+def test_16bit_backward_is_float_backward(op, dt, N):
+    """16-bit backward runs the float32 fused backward on float copies of its operands
+    (fused_backward_16bit in csrc/cpu/loop_choice.h: float16 at any batch, bfloat16 below
+    2048 row-units, N*H; here H=33): each gradient is the float32 op's, on the same inputs
+    widened, rounded once. (The GEMM loop rounds the gate gradients to 16 bits every step
+    and gives other bits.) Packed and reversed too."""
     for lengths, reverse in [(None, False), ([6, 4, 4, 1] if N > 1 else [6], True)]:
         fn, args = op_samples(op, 6, N, 5, 33, True, reverse, False, dt, lengths=lengths)
         wide = [a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a

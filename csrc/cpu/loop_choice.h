@@ -119,13 +119,34 @@ bool amx_forward(int64_t N, int64_t G, int64_t H) {
 constexpr int64_t kFusedRowsBytes = 2 << 20;
 constexpr int64_t kFusedGRURowsBytes = 1 << 20;
 
+// Whether the GEMM loop's bfloat16 weight gradients run on bf16 products (amx.h): AMX
+// tiles or vdpbf16ps. Elsewhere they are widened to float.
+inline bool bf16_weight_grad_products() {
+#if FUSEDRNN_HAVE_AMX
+  return amx_usable() || bf16_dot_available();
+#else
+  return false;
+#endif
+}
+
+// Below this many row-units (N*H) a bfloat16 backward whose weight gradients have bf16
+// products still runs the float fused backward. Paired on a 2-core Zen 4 (vdpbf16ps), LSTM
+// backward ms, fused float vs GEMM loop: T=200, H=256: N=1 4.2 vs 11.8, N=2 5.8 vs 10.2, N=4
+// 10.7 vs 13.1, N=8 34.8 vs 19.0 (GRU N=8 14.8 vs 17.3); T=256, H=768: N=1 42 vs 52, N=4
+// 111 vs 86, N=16 399 vs 243 (GRU N=2 44 vs 48, N=4 80 vs 66, N=16 314 vs 193).
+constexpr int64_t kFusedBackward16BitUnits = 2048;
+
 // Whether a 16-bit backward of batch N runs the float32 fused backward on float copies of
-// its operands (gradients rounded back at the end) rather than the GEMM loop, whose
-// per-step 16-bit GEMM calls and float-widened weight gradients cost most at small
-// batches. Float products and sums: more accurate than the GEMM loop, whose gate
-// gradients are rounded to 16 bits.
-inline bool fused_backward_16bit(ScalarType dt, int64_t N) {
-  return (dt == ScalarType::BFloat16 || dt == ScalarType::Half) && N < kFused16BitBatch;
+// its operands (gradients rounded back at the end) rather than the GEMM loop (16-bit
+// GEMMs a step, gate gradients rounded to 16 bits): float16 always (CPU float16 GEMMs are
+// slow: T=100, N=64, H=512 LSTM backward 295 ms fused vs 788), bfloat16 below
+// kFusedBackward16BitUnits where its weight gradients have bf16 products, else always
+// (widened to float, they ran at the float rate anyway). The caller checks that the
+// rows fit (fused_rows_fit).
+inline bool fused_backward_16bit(ScalarType dt, int64_t N, int64_t H) {
+  if (dt == ScalarType::Half) return true;
+  if (dt != ScalarType::BFloat16) return false;
+  return !bf16_weight_grad_products() || N * H < kFusedBackward16BitUnits;
 }
 
 inline bool fused_rows_fit(int64_t N, int64_t I, int64_t H, int64_t limit = kFusedRowsBytes) {

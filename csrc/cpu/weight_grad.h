@@ -139,8 +139,7 @@ inline Tensor mm_tn(const Tensor& a, const Tensor& b) {
 // vdpbf16ps kernel 161 ms, on a 2-core Zen 4.
 inline bool bf16_weight_grad(const Tensor& a) {
 #if FUSEDRNN_HAVE_AMX
-  return a.scalar_type() == ScalarType::BFloat16 && a.size(0) > 0 &&
-         (amx_usable() || bf16_dot_available());
+  return a.scalar_type() == ScalarType::BFloat16 && a.size(0) > 0 && bf16_weight_grad_products();
 #else
   (void)a;
   return false;
