@@ -91,7 +91,8 @@ HALF_CASES = [
     case(2, 64, 9, 129, bf=True, nc="step"),
     case(17, 3, 6, 128, hx=False, unb=True),
     case(1, 1, 3, 1, bias=False),
-    # Batches 12..31 run the fused CPU loop (16-bit storage, float math) without folding x.
+    # Batches 12..31 run the fused CPU loop (16-bit storage); float math leaves x unfolded,
+    # bf16 products fold it from batch 16 (fold_batch in csrc/cpu/loop_choice.h).
     case(9, 20, 6, 129, bidir=True),
 ]
 

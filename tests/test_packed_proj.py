@@ -177,7 +177,7 @@ def test_backward_chunks(cell, packed, N, lengths_hi, H):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16-dot"])
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
 def test_packed_folded_batch(cell, dtype, monkeypatch):
-    """50 sequences of 1..11 steps: at least kFoldBatch (40) rows, so the fused loop makes
+    """50 sequences of 1..11 steps: at least fold_batch() (16-40) rows, so the fused loop makes
     x's products inside the step, a step ahead of the recurrence, over a batch that
     shrinks from step to step (and grows, in reverse); bfloat16 on bf16 products (where
     the CPU has them: FUSEDRNN_CPU_BF16_DOT=1) folds too."""

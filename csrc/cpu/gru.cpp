@@ -94,7 +94,7 @@ void gru_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, con
     const bool pairs = std::is_same_v<scalar_t, c10::BFloat16> && (amx || bf16_dot_available());
     const bool fit = kFloat && fused_rows_fit(N, x2.size(1), H, kFusedGRURowsBytes);
     if (fused_available() && (fit || pairs || fused_16bit<scalar_t>(N, 3 * H, H))) {
-      const bool fold = (kFloat || pairs) && !amx && N >= kFoldBatch;
+      const bool fold = (kFloat || pairs) && !amx && N >= fold_batch(pairs);
       const Tensor w_ih_c = torch::stable::contiguous(w_ih);
       const Tensor w_hh_c = torch::stable::contiguous(w_hh), h0_c = torch::stable::contiguous(h0);
       // Folded, the accumulators are r, z (x and h terms), W_hn h, W_in x; else r, z, n of h.

@@ -45,16 +45,25 @@ inline bool bf16_dot_available() {
 
 #if FUSEDRNN_HAVE_FUSED
 
-// From this batch on, the input projection is computed inside the step, from packed W_ih
-// (its products made ahead, while the other workers finish the step), rather than as a
-// oneDNN GEMM over blocks of steps. Folded, each step streams W_ih as well as W_hh
-// through the cores' caches at 2N flops per 4 bytes of weights: at small batches that
-// read, not the FMA units, bounds the step, and the GEMM (its weights reused across 1024
-// rows) wins. Paired on the 2-core Sapphire Rapids, GEMM vs folded: T=256, N=16,
+// From the batch fold_batch() returns on, the input projection is computed inside the
+// step, from packed W_ih (its products made ahead, while the other workers finish the
+// step), rather than over blocks of steps (oneDNN's GEMM, or the workers' own_xg). Folded,
+// each step streams W_ih as well as W_hh through the cores' caches at 2N flops per 4
+// bytes of weights: at small batches that read, not the FMA units, bounds the step, and
+// the blocks of steps (their weights reused across up to 1024 rows) win. The crossover
+// differs by CPU. Paired on the 2-core Sapphire Rapids, GEMM vs folded: T=256, N=16,
 // I=H=768 LSTM inference 1.075x faster, training 1.07x, GRU inference 1.16x; T=100,
-// I=H=512 N=32 1.015-1.05x; N=48 0.93x and N=64 0.95x (folding wins). (12 on the 2-core
-// Zen 5 of the earlier runs, measured before the products were made ahead.)
-constexpr int64_t kFoldBatch = 40;
+// I=H=512 N=32 1.015-1.05x; N=48 0.93x and N=64 0.95x (folding wins): 40 on AMX CPUs. On
+// the 2-core Zen 4, T=100, N=32, I=H=512, 2 layers, bidirectional, inference, not folded
+// -> folded: LSTM 335.8/343.2 -> 326.9/325.3 ms, GRU 263.9 -> 253.1 ms; bfloat16 (bf16
+// products) LSTM 182.7 -> 170.6 ms; at T=256, N=16, H=768 float32 LSTM 191.9 -> 195.1 ms
+// (not folding wins), bfloat16 98.6 -> 95.5 ms: 32 elsewhere, 16 for bf16 products. (12
+// had been measured on the 2-core Zen 5 of the earlier runs, before the products were
+// made ahead.)
+inline int64_t fold_batch(bool pairs) {
+  if (pairs) return 16;
+  return amx_bf16_available() ? 40 : 32;
+}
 
 // float16 (and bfloat16 without AVX512-BF16) runs the fused loop (float products, x not
 // folded) below this batch: measured

@@ -118,7 +118,7 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
     const bool pairs = std::is_same_v<scalar_t, c10::BFloat16> && (amx || bf16_dot_available());
     const bool fit = kFloat && fused_rows_fit(N, x2.size(1), H);
     if (!w_hr && fused_available() && (fit || pairs || fused_16bit<scalar_t>(N, G, H))) {
-      const bool fold = (kFloat || pairs) && !amx && N >= kFoldBatch;
+      const bool fold = (kFloat || pairs) && !amx && N >= fold_batch(pairs);
       auto cell = [&](int64_t s, int64_t n, int64_t j0, int64_t j1, const float* hg,
                       int64_t hs, const scalar_t* xg_row) {
         const int64_t off = st.offset[reverse ? st.T - 1 - s : s];

@@ -82,7 +82,7 @@ void with_pairs(bool pairs, const F& f) {
 // hg_row[v*hs + j]. ws [R, ws_width] (or null) is the saved workspace the cell writes,
 // for Prefault. kPairs (bfloat16 storage): bf16
 // products of the rows in place (tile_pairs), float sums. With `fold` (the caller's choice:
-// float32 or kPairs, batches of kFoldBatch or more) the products with x are in hg (gate g of W_ih into accumulator XS::at[g]) and xg_row is
+// float32 or kPairs, batches of fold_batch() or more) the products with x are in hg (gate g of W_ih into accumulator XS::at[g]) and xg_row is
 // a row of zeros; below, xg_row is the row's x_t W_ih^T [gates*H] from the oneDNN GEMM
 // over a block of steps (xg). W_hh's gate g goes into accumulator HS::at[g]. h_{t-1} is
 // row n of the previous step's y while that step ran it, else h0 (packed reverse).
