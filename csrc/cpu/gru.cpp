@@ -288,17 +288,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     // 16-bit storage: in float, on float copies (see fused_backward_16bit).
     const auto f = [](const Tensor& a) { return converted(a, ScalarType::Float); };
     const Tensor x2f = f(x2);
-    Tensor dx2f = empty_as(x2f, {st.R, I}), dh0f = empty_as(x2f, {st.N, H});
-    Tensor db_ihf = empty_as(x2f, {G}), db_hhf = empty_as(x2f, {G});
+    // Small outputs: float32 writes them in place, 16-bit through float buffers.
+    const auto out = [dt](const Tensor& a) {
+      return dt == ScalarType::Float ? a : empty_as(a, {a.numel()}, ScalarType::Float);
+    };
+    Tensor dx2f = empty_as(x2f, {st.R, I}), dh0f = out(dh0), db_ihf = out(db_ih);
+    Tensor db_hhf = out(db_hh);
     Tensor dw_ihf = empty_as(x2f, {G, I}), dw_hhf = empty_as(x2f, {G, H});
     gru_backward_fused(st, reverse, f(gy2), f(ghn), x2f, f(y2), f(h0c),
                        f(torch::stable::contiguous(w_ih)), f(torch::stable::contiguous(w_hh)), ws2,
                        dx2f, dh0f, dw_ihf, dw_hhf, db_ihf, db_hhf);
     const auto back = [dt](const Tensor& a) { return converted(a, dt); };
     dx2 = back(dx2f), dw_ih = back(dw_ihf), dw_hh = back(dw_hhf);
-    torch::stable::copy_(dh0, dh0f);
-    torch::stable::copy_(db_ih, db_ihf);
-    torch::stable::copy_(db_hh, db_hhf);
+    if (dt != ScalarType::Float) {
+      torch::stable::copy_(dh0, torch::stable::reshape(dh0f, {st.N, H}));
+      torch::stable::copy_(db_ih, db_ihf);
+      torch::stable::copy_(db_hh, db_hhf);
+    }
     fused = true;
   }
 #endif

@@ -352,17 +352,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     // 16-bit storage: in float, on float copies (see fused_backward_16bit).
     const auto f = [](const Tensor& a) { return converted(a, ScalarType::Float); };
     const Tensor x2f = f(x2);
-    Tensor dx2f = empty_as(x2f, {st.R, I}), dh0f = empty_as(x2f, {st.N, P});
-    Tensor dc0f = empty_as(x2f, {st.N, H}), dbf = empty_as(x2f, {G});
+    // Small outputs: float32 writes them in place, 16-bit through float buffers.
+    const auto out = [dt](const Tensor& a) {
+      return dt == ScalarType::Float ? a : empty_as(a, {a.numel()}, ScalarType::Float);
+    };
+    Tensor dx2f = empty_as(x2f, {st.R, I}), dh0f = out(dh0), dc0f = out(dc0), dbf = out(db);
     Tensor dw_ihf = empty_as(x2f, {G, I}), dw_hhf = empty_as(x2f, {G, P});
     lstm_backward_fused(st, reverse, f(gy2), f(ghn), f(gcn), f(c0), x2f, f(y2), f(h0c),
                         f(torch::stable::contiguous(w_ih)), f(torch::stable::contiguous(w_hh)),
                         ws2, dx2f, dh0f, dc0f, dw_ihf, dw_hhf, dbf);
     const auto back = [dt](const Tensor& a) { return converted(a, dt); };
     dx2 = back(dx2f), dw_ih = back(dw_ihf), dw_hh = back(dw_hhf);
-    torch::stable::copy_(dh0, dh0f);
-    torch::stable::copy_(dc0, dc0f);
-    torch::stable::copy_(db, dbf);
+    if (dt != ScalarType::Float) {
+      torch::stable::copy_(dh0, torch::stable::reshape(dh0f, {st.N, P}));
+      torch::stable::copy_(dc0, torch::stable::reshape(dc0f, {st.N, H}));
+      torch::stable::copy_(db, dbf);
+    }
     fused = true;
   }
 #endif
