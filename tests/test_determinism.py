@@ -40,7 +40,10 @@ def test_bit_identical_across_thread_counts(cell, N, dt, loop, monkeypatch):
     in a fixed order: one thread and two give the same bits (H=256: blocks to share).
     The GEMM loop too: its weight gradients sum chunks of rows in double, each chunk one
     oneDNN GEMM (weight_grad.h): 128-row chunks up to 1024 rows (N=33: 990 rows, where
-    MKL's one GEMM split K across threads), 1024-row chunks above (N=64: 1920 rows)."""
+    MKL's one GEMM split K across threads), 1024-row chunks above (N=64: 1920 rows).
+    The GEMM loop's per-step products are oneDNN's own sums: this holds on the CPUs CI
+    runs on, not everywhere (the 16-core Xeon with AMX of a GPU lease, torch 2.11, split
+    K of the LSTM's dG W_hh at N=16 and 33; README, determinism)."""
     if loop == "gemm":
         monkeypatch.setenv("FUSEDRNN_CPU_FUSED", "0")
     _, m = make_modules(cell, 40, 256, 1, bidirectional=True)
