@@ -227,6 +227,41 @@ def test_matches_torch_gemm_loop_chunked_weight_grads(cell, kw, monkeypatch):
     compare_with_torch(cell, **kw, dtype=torch.float32, device="cpu")
 
 
+def _cpu_has_avx512f():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any("avx512f" in line.split() for line in f if line.startswith("flags"))
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _cpu_has_avx512f(), reason="the fused CPU loop needs AVX-512")
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("H,N,gemm_T,fused_T", [(1024, 1, 4, 8), (512, 1, 1, 2), (768, 2, 1, 3)])
+def test_short_float32_forward_runs_the_gemm_loop(cell, H, N, gemm_T, fused_T, monkeypatch):
+    """A float32 forward of fewer rows than its W_hh has 2 MB (fused_forward_pays,
+    loop_choice.h) runs the per-step GEMM loop even where the fused loop could: packing
+    W_hh into the fused loop's panels costs a pass over it (at T=1, N=1, H=1024 the fused
+    LSTM took 2.9 ms, the GEMM loop 0.65). At gemm_T steps the outputs must be the GEMM
+    loop's bits (FUSEDRNN_CPU_FUSED=0); at fused_T, where the rows repay the panels, the
+    fused loop's, which differ from the GEMM loop's. Both match torch.nn."""
+    ref, m = make_modules(cell, H, H, 1)
+    torch.manual_seed(3)
+    for T, want_gemm in ((gemm_T, True), (fused_T, False)):
+        x = torch.randn(T, N, H)
+        with torch.no_grad():
+            monkeypatch.delenv("FUSEDRNN_CPU_FUSED", raising=False)
+            y, fin = m(x)
+            monkeypatch.setenv("FUSEDRNN_CPU_FUSED", "0")
+            y_gemm, fin_gemm = m(x)
+            y_t, fin_t = ref(x)
+        outs = [y, *(fin if cell == "LSTM" else [fin])]
+        gemm = [y_gemm, *(fin_gemm if cell == "LSTM" else [fin_gemm])]
+        same = all(torch.equal(a, b) for a, b in zip(outs, gemm, strict=True))
+        assert same == want_gemm, f"T={T}: {'GEMM' if want_gemm else 'fused'} loop expected"
+        torch.testing.assert_close(y, y_t, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("kw", HALF_CASES)

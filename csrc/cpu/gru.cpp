@@ -86,14 +86,17 @@ void gru_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, con
   scalar_t* h_p = h.mutable_data_ptr<scalar_t>();
   acc_t* ws_p = ws2.mutable_data_ptr<acc_t>();
 #if FUSEDRNN_HAVE_FUSED
-  // As in lstm.cpp: float32 while a step's rows fit, bfloat16 on AMX tiles (amx_forward)
-  // or on bf16 products at any batch, other 16-bit storage at small steps (fused_16bit).
+  // As in lstm.cpp: float32 while a step's rows fit and repay the panels, bfloat16 on AMX
+  // tiles (amx_forward) or on bf16 products at any batch, other 16-bit storage at small
+  // steps (fused_16bit).
   constexpr bool kFloat = std::is_same_v<scalar_t, float>;
   if constexpr (!std::is_same_v<scalar_t, double>) {
     const bool amx = amx_forward<scalar_t>(N, 3 * H, H);
     const bool pairs = std::is_same_v<scalar_t, c10::BFloat16> && (amx || bf16_dot_available());
-    const bool fit = kFloat && fused_rows_fit(N, x2.size(1), H, kFusedGRURowsBytes);
-    if (fused_available() && (fit || pairs || fused_16bit<scalar_t>(N, 3 * H, H))) {
+    const bool use = kFloat ? fused_rows_fit(N, x2.size(1), H, kFusedGRURowsBytes) &&
+                                  fused_forward_pays(st.R, 3 * H, H)
+                            : pairs || fused_16bit<scalar_t>(N, 3 * H, H);
+    if (fused_available() && use) {
       const bool fold = (kFloat || pairs) && !amx && N >= fold_batch(pairs);
       const Tensor w_ih_c = torch::stable::contiguous(w_ih);
       const Tensor w_hh_c = torch::stable::contiguous(w_hh), h0_c = torch::stable::contiguous(h0);

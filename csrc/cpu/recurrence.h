@@ -65,6 +65,16 @@ constexpr int64_t kXgAhead = 4;
 // 256, 1024 rows 10% slower (T=256, N=16: the block's columns outgrew L2).
 constexpr int64_t kOwnXgRows = 256;
 
+// ... and only while W_ih (gates*H x I floats) takes at most this many bytes: its packed
+// copy, which own_xg reads for every block of steps, costs a pass over W_ih more than
+// oneDNN's GEMM, which reads W_ih in place. Paired on the 2-core Zen 4 (inference, us,
+// oneDNN's GEMM vs own_xg, medians of alternations): I=H=1024 LSTM (16 MB) T=1, N=1 1882
+// vs 2637, T=16, N=4 7778 vs 8819, T=64, N=16 88352 vs 95612; GRU (12 MB) T=64, N=16
+// 65093 vs 70447 (own_xg 6-14% slower at every T in 1..64, N in 1..16); I=H=768 LSTM (9
+// MB) T=256, N=16 193457 vs 190972, GRU (6.75 MB) 147613 vs 142246 (own_xg ahead at the
+// small-batch shape); I=H=512 own_xg 0-20% ahead.
+constexpr int64_t kOwnXgWeightBytes = 10 << 20;
+
 // f(std::bool_constant<pairs>{}) for bfloat16 storage, f(std::false_type{}) otherwise:
 // fused_forward's kPairs, chosen at run time (bf16_dot_available).
 template <typename scalar_t, typename F>
@@ -108,7 +118,8 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, 
   auto tt = [&](int64_t s) { return reverse ? st.T - 1 - s : s; };
   // Unfolded float32: x W_ih^T made by the workers themselves (own_xg), each for its own
   // units, a block of steps at a time (see kOwnXgRows), rather than by oneDNN's GEMM.
-  const bool own_xg = kFloat && XS::size == NA && !fold && !amx;
+  const bool own_xg = kFloat && XS::size == NA && !fold && !amx &&
+                      XS::size * H * I * int64_t(sizeof(float)) <= kOwnXgWeightBytes;
   const PackedWeights<scalar_t, kPairs> packed_h(w_hh, HS::size, H, H, amx ? 32 : 2);
   const PackedWeights<scalar_t, kPairs> packed_x(w_ih, XS::size, H, fold || own_xg ? I : 0);
   // own_xg: xrows[s] = the rows [lo, hi) of x of the block of steps that starts at step s
