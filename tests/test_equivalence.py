@@ -227,28 +227,41 @@ def test_matches_torch_gemm_loop_chunked_weight_grads(cell, kw, monkeypatch):
     compare_with_torch(cell, **kw, dtype=torch.float32, device="cpu")
 
 
-def _cpu_has_avx512f():
+def _cpu_flags():
     try:
         with open("/proc/cpuinfo") as f:
-            return any("avx512f" in line.split() for line in f if line.startswith("flags"))
+            return next((line.split() for line in f if line.startswith("flags")), [])
     except OSError:
-        return False
+        return []
 
 
-@pytest.mark.skipif(not _cpu_has_avx512f(), reason="the fused CPU loop needs AVX-512")
+@pytest.mark.skipif("avx512f" not in _cpu_flags(), reason="the fused CPU loop needs AVX-512")
+@pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("H,N,gemm_T,fused_T", [(1024, 1, 4, 8), (512, 1, 1, 2), (768, 2, 1, 3)])
-def test_short_float32_forward_runs_the_gemm_loop(cell, H, N, gemm_T, fused_T, monkeypatch):
+@pytest.mark.parametrize("H,N,gemm_T,fused_T", [(1024, 1, 4, 8), (512, 1, 1, 2), (768, 2, 1, 5)])
+def test_short_forward_runs_the_gemm_loop(cell, H, N, gemm_T, fused_T, dt, monkeypatch):
     """A float32 forward of fewer rows than its W_hh has 2 MB (fused_forward_pays,
-    loop_choice.h) runs the per-step GEMM loop even where the fused loop could: packing
-    W_hh into the fused loop's panels costs a pass over it (at T=1, N=1, H=1024 the fused
-    LSTM took 2.9 ms, the GEMM loop 0.65). At gemm_T steps the outputs must be the GEMM
-    loop's bits (FUSEDRNN_CPU_FUSED=0); at fused_T, where the rows repay the panels, the
-    fused loop's, which differ from the GEMM loop's. Both match torch.nn."""
+    loop_choice.h), and a bfloat16 one on bf16 products of fewer steps
+    (fused_forward_pays_bf16), runs the per-step GEMM loop even where the fused loop could:
+    packing W_hh into the fused loop's panels costs a pass over it (at T=1, N=1, H=1024 the
+    fused float32 LSTM took 2.9 ms, the GEMM loop 0.65). At gemm_T steps the outputs must
+    be the GEMM loop's bits (FUSEDRNN_CPU_FUSED=0); at fused_T, where the rows repay the
+    panels, the fused loop's, which differ from the GEMM loop's. Both match torch.nn."""
+    if dt == torch.bfloat16:
+        if "avx512_bf16" not in _cpu_flags():
+            pytest.skip("bf16 products need AVX512-BF16")
+        monkeypatch.setenv("FUSEDRNN_CPU_BF16_DOT", "1")
+        monkeypatch.setenv("FUSEDRNN_CPU_AMX", "0")
+        # The bf16 rule goes by steps; 16 rows fold x into the fused products, so that its
+        # bits differ from the GEMM loop's (at one step of 1 or 2 rows both loops take x
+        # W_ih^T from oneDNN, and h0 = 0 adds nothing: the same bits).
+        N = 16
     ref, m = make_modules(cell, H, H, 1)
+    ref, m = ref.to(dt), m.to(dt)
+    rtol, atol = (1e-4, 1e-5) if dt == torch.float32 else (2e-2, 2e-2)  # bf16: a few ulp
     torch.manual_seed(3)
     for T, want_gemm in ((gemm_T, True), (fused_T, False)):
-        x = torch.randn(T, N, H)
+        x = torch.randn(T, N, H, dtype=dt)
         with torch.no_grad():
             monkeypatch.delenv("FUSEDRNN_CPU_FUSED", raising=False)
             y, fin = m(x)
@@ -259,7 +272,7 @@ def test_short_float32_forward_runs_the_gemm_loop(cell, H, N, gemm_T, fused_T, m
         gemm = [y_gemm, *(fin_gemm if cell == "LSTM" else [fin_gemm])]
         same = all(torch.equal(a, b) for a, b in zip(outs, gemm, strict=True))
         assert same == want_gemm, f"T={T}: {'GEMM' if want_gemm else 'fused'} loop expected"
-        torch.testing.assert_close(y, y_t, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(y, y_t, rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])

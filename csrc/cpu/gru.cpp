@@ -95,7 +95,8 @@ void gru_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, con
     const bool pairs = std::is_same_v<scalar_t, c10::BFloat16> && (amx || bf16_dot_available());
     const bool use = kFloat ? fused_rows_fit(N, x2.size(1), H, kFusedGRURowsBytes) &&
                                   fused_forward_pays(st.R, 3 * H, H)
-                            : pairs || fused_16bit<scalar_t>(N, 3 * H, H);
+                            : (pairs && (amx || fused_forward_pays_bf16(st.T, 3 * H, H))) ||
+                                  (!pairs && fused_16bit<scalar_t>(N, 3 * H, H));
     if (fused_available() && use) {
       const bool fold = (kFloat || pairs) && !amx && N >= fold_batch(pairs);
       const Tensor w_ih_c = torch::stable::contiguous(w_ih);

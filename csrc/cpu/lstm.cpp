@@ -112,13 +112,15 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
   // float32 while a step's rows fit (fused_rows_fit) and there are enough of them to repay
   // the weight panels (fused_forward_pays), bfloat16 on AMX tiles up to
   // kAmxForwardMacs (amx_forward) or on bf16 products (AVX512-BF16 without AMX) at any
-  // batch, other 16-bit storage at small steps (fused_16bit).
+  // batch once there are enough steps (fused_forward_pays_bf16), other 16-bit storage at
+  // small steps (fused_16bit).
   constexpr bool kFloat = std::is_same_v<scalar_t, float>;
   if constexpr (!std::is_same_v<scalar_t, double>) {
     const bool amx = amx_forward<scalar_t>(N, G, H);
     const bool pairs = std::is_same_v<scalar_t, c10::BFloat16> && (amx || bf16_dot_available());
     const bool use = kFloat ? fused_rows_fit(N, x2.size(1), H) && fused_forward_pays(st.R, G, H)
-                            : pairs || fused_16bit<scalar_t>(N, G, H);
+                            : (pairs && (amx || fused_forward_pays_bf16(st.T, G, H))) ||
+                                  (!pairs && fused_16bit<scalar_t>(N, G, H));
     if (!w_hr && fused_available() && use) {
       const bool fold = (kFloat || pairs) && !amx && N >= fold_batch(pairs);
       auto cell = [&](int64_t s, int64_t n, int64_t j0, int64_t j1, const float* hg,

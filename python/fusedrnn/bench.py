@@ -47,6 +47,9 @@ SHAPES = {
     "deep": dict(T=100, N=32, I=512, H=512, layers=2, bidirectional=True),
     "packed": dict(T=99, N=64, I=512, H=512, lengths=(30, 100)),
     "flashrnn": dict(T=1024, N=16, I=768, H=768),  # FlashRNN's comparison shape, CUDA only
+    # One step of a decoder or a policy, called step by step: the weights' read, not the
+    # products, is the cost.
+    "step": dict(T=1, N=1, I=1024, H=1024),
 }
 CPU_SHAPES = ["fastrnns", "latency", "small-batch", "wide", "deep", "packed"]
 GRIDS = {
