@@ -152,6 +152,15 @@ inline Tensor linear(const Tensor& a, const Tensor& w) {
   return mm(a, t(w));
 }
 
+// The weight argument of linear() that makes linear(a, right_weight(v)) = a @ v, for v
+// [K, C] (the backward's dG W_ih and dG W_hh): float32's oneDNN linear takes a contiguous
+// [C, K], so a transposed copy; other dtypes reach mm(a, t(w)) = mm(a, v) on v itself,
+// with no copy. (The copy of W_ih, 32 MB at I=H=1024 in float64, and its page faults took
+// most of a T=1 float64 LSTM backward.)
+inline Tensor right_weight(const Tensor& v) {
+  return v.scalar_type() == ScalarType::Float ? torch::stable::contiguous(t(v)) : t(v);
+}
+
 // The input projection x @ W_ih^T, a block of about kBlockRows rows (whole steps) at a
 // time as the step loop reaches it. The [R, G] product never exists whole: each block is
 // still in cache when its steps read it, and no buffer is so large (52 MB at the fastrnns

@@ -193,7 +193,7 @@ void gru_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, co
   // Per row: dh carries dgh @ W_hh (and grad_h_n before a row's last step), dd carries
   // dh * z, the part of dh_prev that bypasses W_hh.
   std::vector<acc_t> dd(N * H, acc_t(0));
-  const Tensor w_hh_tc = torch::stable::contiguous(t(w_hh));  // [H, G], for linear()
+  const Tensor w_hh_tc = right_weight(w_hh);  // for linear(): dG W_hh
   Tensor dh = torch::stable::clone(ghn);
   const scalar_t* gy_p = gy2.const_data_ptr<scalar_t>();
   const scalar_t* hp_p = hp.const_data_ptr<scalar_t>();
@@ -327,7 +327,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
       column_sum<scalar_t>(dgh.const_data_ptr<scalar_t>(), st.R, G,
                            db_hh.mutable_data_ptr<scalar_t>());
     });
-    dx2 = linear(dgi, torch::stable::contiguous(t(w_ih)));
+    dx2 = linear(dgi, right_weight(w_ih));
     dw_ih = weight_grad(dgi, x2);
     dw_hh = weight_grad(dgh, hp);
   }
