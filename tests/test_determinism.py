@@ -66,6 +66,32 @@ def test_bit_identical_across_thread_counts(cell, N, dt, loop, monkeypatch):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("N", [1, 3])
+@pytest.mark.parametrize("cell", CELLS)
+def test_rowdot_loop_bit_identical_across_thread_counts(cell, N, monkeypatch):
+    """The small-batch forward of CPUs without AVX-512 (rowdot_loop.h), forced: each dot
+    product sums its k in one order (16 lanes, then the lanes in order) whatever the
+    number of workers, so 1 and 2 threads give the same bits; and they are not the GEMM
+    loop's (the loop did run)."""
+    monkeypatch.setenv("FUSEDRNN_CPU_FUSED", "0")
+    _, m = make_modules(cell, 40, 256, 1, bidirectional=True)
+    x = torch.randn(30, N, 40)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n, rowdot in ((1, "1"), (2, "1"), (2, "0")):
+            torch.set_num_threads(n)
+            monkeypatch.setenv("FUSEDRNN_CPU_ROWDOT", rowdot)
+            with torch.no_grad():
+                y, fin = m(x)
+            runs.append([y, *(fin if cell == "LSTM" else [fin])])
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(runs[0], runs[1], strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(runs[1][0], runs[2][0])
+
+
 @pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("N", [1, 16, 64, 130])
 @pytest.mark.parametrize("cell", CELLS)

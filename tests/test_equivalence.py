@@ -10,6 +10,7 @@ import random
 
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence
 
 from conftest import check_close, compare_with_torch, make_modules
 
@@ -273,6 +274,38 @@ def test_short_forward_runs_the_gemm_loop(cell, H, N, gemm_T, fused_T, dt, monke
         same = all(torch.equal(a, b) for a, b in zip(outs, gemm, strict=True))
         assert same == want_gemm, f"T={T}: {'GEMM' if want_gemm else 'fused'} loop expected"
         torch.testing.assert_close(y, y_t, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize(
+    "kw",
+    [c for c in DEFAULT_CASES if c.values[0]["N"] <= 4]
+    + [pytest.param(dict(T=9, N=4, I=6, H=33, lengths=(4, 9, 1, 7)), id="T9-N4-packed-H33")],
+)
+def test_matches_torch_rowdot_loop(cell, kw, monkeypatch):
+    """The small-batch float32 forward of CPUs without AVX-512 (rowdot_loop.h: dot products
+    with W_hh's rows in place, one barrier a step), forced with the fused loop off; its
+    workspace feeds the GEMM loop's backward."""
+    monkeypatch.setenv("FUSEDRNN_CPU_FUSED", "0")
+    monkeypatch.setenv("FUSEDRNN_CPU_ROWDOT", "1")
+    kw = dict(kw)
+    lengths = kw.pop("lengths", None)
+    if lengths is None:
+        compare_with_torch(cell, **kw, dtype=torch.float32, device="cpu")
+        return
+    ref, m = make_modules(cell, kw["I"], kw["H"], 1, bidirectional=True)
+    torch.manual_seed(5)
+    x = torch.randn(kw["T"], kw["N"], kw["I"], requires_grad=True)
+    outs = []
+    for mod in (m, ref):
+        packed = pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=False)
+        y, fin = mod(packed)
+        o = [y.data, *(fin if cell == "LSTM" else [fin])]
+        torch.manual_seed(0)
+        g = torch.autograd.grad(o, [x, *mod.parameters()], [torch.randn_like(t) for t in o])
+        outs.append([*o, *g])
+    for a, b in zip(*outs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])

@@ -4,6 +4,7 @@
 #include "common.h"
 #include "amx.h"
 #include "fused_backward.h"
+#include "rowdot_loop.h"
 #include "weight_grad.h"
 #include "../cells.h"
 
@@ -132,6 +133,26 @@ void gru_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, con
       } else {
         run(std::integral_constant<int, 3>{}, Slots<0, 1, 2>{}, Slots<0, 1, 2>{});
       }
+      return;
+    }
+  }
+  // Small float32 batches where the fused loop does not run: the row-dot loop, as in
+  // lstm.cpp.
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (N <= kRowDotBatch && rowdot_wanted()) {
+      auto cell = [&](int64_t s, int64_t n, int64_t j0, int64_t j1, const float* hg, int64_t hs,
+                      const float* xg_row) {
+        const int64_t off = st.offset[reverse ? st.T - 1 - s : s];
+        float* ws_row = save ? ws_p + (off + n) * kGRUSaved * H : nullptr;
+        with_flags(true, save, [&](auto, auto with_ws) {
+          gru_forward_units<true, with_ws>(xg_row, xg_row + 2 * H, hg, hs, b_i.data(), b_h.data(),
+                                           ha.data() + n * H, y_p + (off + n) * H, ws_row, H, j0,
+                                           j1);
+        });
+      };
+      const Tensor w_hh_c = torch::stable::contiguous(w_hh), h0_c = torch::stable::contiguous(h0);
+      rowdot_forward<3>(st, reverse, H, w_hh_c.const_data_ptr<float>(),
+                        h0_c.const_data_ptr<float>(), y_p, h_n.mutable_data_ptr<float>(), xg, cell);
       return;
     }
   }

@@ -7,6 +7,7 @@
 #include "common.h"
 #include "amx.h"
 #include "fused_backward.h"
+#include "rowdot_loop.h"
 #include "weight_grad.h"
 #include "../cells.h"
 
@@ -142,6 +143,26 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
             save ? ws_p : nullptr, kLSTMSaved * H, cell);
       });
       for (int64_t k = 0; k < N * H; ++k) cn_p[k] = static_cast<scalar_t>(c[k]);
+      return;
+    }
+  }
+  // Small float32 batches where the fused loop does not run (CPUs without AVX-512): the
+  // row-dot loop (rowdot_loop.h).
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (!w_hr && N <= kRowDotBatch && rowdot_wanted()) {
+      auto cell = [&](int64_t s, int64_t n, int64_t j0, int64_t j1, const float* hg, int64_t hs,
+                      const float* xg_row) {
+        const int64_t off = st.offset[reverse ? st.T - 1 - s : s];
+        float* ws_row = save ? ws_p + (off + n) * kLSTMSaved * H : nullptr;
+        with_flags(true, save, [&](auto with_xg, auto with_ws) {
+          lstm_forward_units<with_xg, with_ws>(xg_row, hg, hs, bias.data(), c.data() + n * H,
+                                               y_p + (off + n) * H, ws_row, H, j0, j1);
+        });
+      };
+      const Tensor w_hh_c = torch::stable::contiguous(w_hh), h0_c = torch::stable::contiguous(h0);
+      rowdot_forward<4>(st, reverse, H, w_hh_c.const_data_ptr<float>(),
+                        h0_c.const_data_ptr<float>(), y_p, h_n.mutable_data_ptr<float>(), xg, cell);
+      for (int64_t k = 0; k < N * H; ++k) cn_p[k] = c[k];
       return;
     }
   }

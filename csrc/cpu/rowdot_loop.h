@@ -1,0 +1,159 @@
+// The small-batch float32 forward for CPUs without AVX-512: the workers of workers.h (one
+// spin barrier a step), each computing its units' gates as dot products of h_{t-1} with
+// the rows of W_hh read in place, then the cell. Portable C++ whose 16 partial sums per
+// dot product the compiler vectorizes for each ISA (FUSEDRNN_CPU_CLONES: AVX-512, AVX2,
+// baseline x86-64).
+//
+// Why: without AVX-512 the layer ops ran the per-step GEMM loop, which pays a oneDNN GEMM
+// call (dispatcher, an OpenMP region) and tensor views every step: ~36 us a step at T=200,
+// N=1, H=256 LSTM, 0.47x torch.nn's oneDNN LSTM (measured on the 2-core Zen 4 with the
+// fused loop off). At small batches a step reads W_hh once whatever the batch, so the
+// dot products run at the memory's pace without the panels of the AVX-512 loop.
+//
+// Every dot product sums k in a fixed order (16 lanes, then the lanes in order), whatever
+// the number of workers: results are bit-identical for any thread count.
+#pragma once
+
+#include "common.h"
+#include "workers.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+namespace fusedrnn {
+
+#if FUSEDRNN_HAVE_FUSED
+
+// Batches up to this many rows take the row-dot loop where it runs (rowdot_wanted): its
+// dot products read W_hh once per row, so a step's cost grows with the batch, while the
+// GEMM loop's GEMMs reuse it across rows. GEMM loop / row-dot loop time on the 2-core Zen
+// 4 (T=64, the fused loop off, inference): N=4 1.70x (H=256 LSTM), 1.15x (512), 1.03x
+// (768), GRU 1.90x, 1.17x, 1.04x; N=8 1.27x, 0.88x, 0.81x (GRU 1.30x, 0.88x, 0.81x); N=16
+// 0.70x-1.01x.
+constexpr int64_t kRowDotBatch = 4;
+
+// True where the float32 forward takes the row-dot loop at small batches: by default on
+// CPUs without AVX-512F; FUSEDRNN_CPU_ROWDOT=1 turns it on elsewhere (tests and
+// benchmarks, with FUSEDRNN_CPU_FUSED=0), =0 off.
+inline bool rowdot_wanted() {
+  const char* env = std::getenv("FUSEDRNN_CPU_ROWDOT");
+  if (env && env[0]) return env[0] != '0';
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  return !avx512;
+}
+
+constexpr int kDotLanes = 16;
+
+// The lanes of one dot product summed in a fixed order.
+inline float lanes_sum(const float* s) {
+  float t[kDotLanes / 2];
+  for (int l = 0; l < kDotLanes / 2; ++l) t[l] = s[l] + s[l + kDotLanes / 2];
+  for (int w = kDotLanes / 4; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) t[l] = t[l] + t[l + w];
+  return t[0];
+}
+
+// 8 floats in the compiler's vector extension: one ymm on AVX2 (the CPUs this loop is
+// for) and AVX-512, two xmm on baseline x86-64 (the clones of FUSEDRNN_CPU_CLONES). A dot
+// product's 16 partial sums are two of them (16-float vectors left gcc's AVX2 clone
+// spilling its accumulators).
+typedef float Lanes __attribute__((vector_size(kDotLanes / 2 * sizeof(float))));
+
+inline Lanes load_lanes(const float* p) {
+  Lanes v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// out[v*H + j] = a . w[(v*H + j)*K : +K] for the gates v < NG and units j in [j0, j1):
+// the NG gate rows of a unit at once (NG independent streams), 16 partial sums each.
+template <int NG>
+FUSEDRNN_CPU_CLONES void row_dots(const float* __restrict a, const float* __restrict w, int64_t K,
+                                  int64_t H, int64_t j0, int64_t j1, float* __restrict out) {
+  const int64_t k16 = K / kDotLanes * kDotLanes;
+  constexpr int kHalf = kDotLanes / 2;
+  for (int64_t j = j0; j < j1; ++j) {
+    const float* row[NG];
+#pragma GCC unroll 4
+    for (int v = 0; v < NG; ++v) row[v] = w + (v * H + j) * K;
+    Lanes lo[NG], hi[NG];
+#pragma GCC unroll 4
+    for (int v = 0; v < NG; ++v) lo[v] = hi[v] = Lanes{};
+    for (int64_t k = 0; k < k16; k += kDotLanes) {
+      const Lanes a0 = load_lanes(a + k), a1 = load_lanes(a + k + kHalf);
+#pragma GCC unroll 4
+      for (int v = 0; v < NG; ++v) {
+        lo[v] += a0 * load_lanes(row[v] + k);
+        hi[v] += a1 * load_lanes(row[v] + k + kHalf);
+      }
+    }
+#pragma GCC unroll 4
+    for (int v = 0; v < NG; ++v) {
+      float lanes[kDotLanes];
+      std::memcpy(lanes, &lo[v], sizeof(lo[v]));
+      std::memcpy(lanes + kHalf, &hi[v], sizeof(hi[v]));
+      float tail = 0.f;
+      for (int64_t k = k16; k < K; ++k) tail += a[k] * row[v][k];
+      out[v * H + j] = lanes_sum(lanes) + tail;
+    }
+  }
+}
+
+// The forward recurrence over steps [0, T) in run order (s; t = s forward, T-1-s in
+// reverse), float32, x W_ih^T from xg (oneDNN's GEMM over blocks of steps). At step s each
+// worker computes, for the step's rows n and its units [j0, j1), gate v of unit j into
+// hg_row[v*H + j] (W_hh . h_{t-1}, no biases), then cell(s, n, j0, j1, hg_row, H, xg_row),
+// as fused_forward calls it. h_{t-1} is row n of the previous step's y while that step ran
+// it, else h0 (packed, reverse). Afterwards h_n[n] is row n of the last step that ran it.
+// w_hh [NG*H, H], h0 [N, H], y [R, H], contiguous.
+template <int NG, typename Cell>
+void rowdot_forward(const Steps& st, bool reverse, int64_t H, const float* w_hh, const float* h0,
+                    float* y, float* h_n, InputProjection& xg, const Cell& cell) {
+  const int64_t N = st.N, G = NG * H;
+  auto tt = [&](int64_t s) { return reverse ? st.T - 1 - s : s; };
+  const Scratch<float> hg(N * G);
+  // Workers by units, 16 at a time: enough work a step to keep a core busy for a few
+  // microseconds (as fused_forward), or one.
+  const int64_t groups = (H + kDotLanes - 1) / kDotLanes;
+  const int64_t workers = std::max<int64_t>(
+      1, std::min<int64_t>({int64_t(torch::stable::get_num_threads()), groups,
+                            N * G * H / (1 << 16)}));
+  auto units = [&](int64_t w) {
+    return std::pair<int64_t, int64_t>{std::min(H, groups * w / workers * kDotLanes),
+                                       std::min(H, groups * (w + 1) / workers * kDotLanes)};
+  };
+  std::vector<const float*> xg_step(st.T);
+  for (int64_t s0 = 0; s0 < st.T;) {
+    const int64_t s1 = xg.block_end(s0);
+    for (int64_t s = s0; s < s1; ++s) xg_step[s] = static_cast<const float*>(xg.step(s));
+    run_steps(
+        workers, s0, s1,
+        [&](int64_t w, int64_t s) {
+          const int64_t t = tt(s), B = st.batch[t];
+          const int64_t keep = st.carried(t, reverse), p = st.prev(t, reverse);
+          const auto [j0, j1] = units(w);
+          if (j1 <= j0) return;
+          for (int64_t n = 0; n < B; ++n) {
+            const float* a = n < keep ? y + (st.offset[p] + n) * H : h0 + n * H;
+            float* row = hg.data() + n * G;
+            row_dots<NG>(a, w_hh, H, H, j0, j1, row);
+            cell(s, n, j0, j1, row, H, xg_step[s] + n * G);
+          }
+        },
+        [](int64_t, int64_t) {});
+    s0 = s1;
+  }
+  for (int64_t n = 0; n < N; ++n) {
+    int64_t t = 0;
+    if (!reverse) {
+      t = st.T - 1;
+      while (st.batch[t] <= n) --t;
+    }
+    std::memcpy(h_n + n * H, y + (st.offset[t] + n) * H, H * sizeof(float));
+  }
+}
+
+#endif  // FUSEDRNN_HAVE_FUSED
+
+}  // namespace fusedrnn
