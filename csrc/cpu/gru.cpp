@@ -214,6 +214,34 @@ void gru_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, co
   // Per row: dh carries dgh @ W_hh (and grad_h_n before a row's last step), dd carries
   // dh * z, the part of dh_prev that bypasses W_hh.
   std::vector<acc_t> dd(N * H, acc_t(0));
+#if FUSEDRNN_HAVE_FUSED
+  // Small float32 batches where the fused loop does not run: the row-dot loop's workers.
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (rowdot_backward_wanted(N, G, H)) {
+      Tensor dh = torch::stable::clone(ghn);
+      float* dh_p = dh.mutable_data_ptr<float>();
+      const float* gy_p = gy2.const_data_ptr<float>();
+      const float* hp_p = hp.const_data_ptr<float>();
+      const float* ws_p = ws2.const_data_ptr<float>();
+      float* dgi_p = dgi.mutable_data_ptr<float>();
+      float* dgh_p = dgh.mutable_data_ptr<float>();
+      const Tensor w_hh_c = torch::stable::contiguous(w_hh);
+      rowdot_backward(st, reverse, G, H, w_hh_c.const_data_ptr<float>(), dgh_p, dh_p,
+                      [&](int64_t s, int64_t j0, int64_t j1) {
+                        const int64_t t = reverse ? s : st.T - 1 - s, off = st.offset[t];
+                        for (int64_t n = 0; n < st.batch[t]; ++n) {
+                          const int64_t r = off + n;
+                          gru_backward_units(gy_p + r * H, dh_p + n * H, hp_p + r * H,
+                                             ws_p + r * kGRUSaved * H, dd.data() + n * H,
+                                             dgi_p + r * G, dgh_p + r * G, H, j0, j1);
+                        }
+                      });
+      float* dh0_p = dh0.mutable_data_ptr<float>();
+      for (int64_t k = 0; k < N * H; ++k) dh0_p[k] = dd[k] + dh_p[k];
+      return;
+    }
+  }
+#endif
   const Tensor w_hh_tc = right_weight(w_hh);  // for linear(): dG W_hh
   Tensor dh = torch::stable::clone(ghn);
   const scalar_t* gy_p = gy2.const_data_ptr<scalar_t>();

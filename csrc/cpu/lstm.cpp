@@ -238,6 +238,38 @@ void lstm_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, c
   const int64_t N = st.N, H = w_hh.size(0) / 4, P = w_hh.size(1), G = 4 * H;
 
   std::vector<acc_t> dc = to_opmath<scalar_t>(gcn);  // grad of c, carried back per row
+#if FUSEDRNN_HAVE_FUSED
+  // Small float32 batches where the fused loop does not run: the row-dot loop's workers.
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (!w_hr && rowdot_backward_wanted(N, G, H)) {
+      const std::vector<float> c_first = to_opmath<float>(c0);
+      const float* ws_p = ws2.const_data_ptr<float>();
+      const float* gy_p = gy2.const_data_ptr<float>();
+      float* dg_p = dgates.mutable_data_ptr<float>();
+      Tensor dh = torch::stable::clone(ghn);
+      float* dh_p = dh.mutable_data_ptr<float>();
+      const Tensor w_hh_c = torch::stable::contiguous(w_hh);
+      rowdot_backward(st, reverse, G, H, w_hh_c.const_data_ptr<float>(), dg_p, dh_p,
+                      [&](int64_t s, int64_t j0, int64_t j1) {
+                        const int64_t t = reverse ? s : st.T - 1 - s, off = st.offset[t];
+                        for (int64_t n = 0; n < st.batch[t]; ++n) {
+                          const float* cp =
+                              n < st.carried(t, reverse)
+                                  ? ws_p + (st.offset[st.prev(t, reverse)] + n) * kLSTMSaved * H +
+                                        4 * H
+                                  : c_first.data() + n * H;
+                          lstm_backward_units(gy_p + (off + n) * H, dh_p + n * H,
+                                              ws_p + (off + n) * kLSTMSaved * H, cp,
+                                              dc.data() + n * H, dg_p + (off + n) * G, H, j0, j1);
+                        }
+                      });
+      torch::stable::copy_(dh0, dh);
+      float* dc0_p = dc0.mutable_data_ptr<float>();
+      for (int64_t k = 0; k < N * H; ++k) dc0_p[k] = dc[k];
+      return;
+    }
+  }
+#endif
   const std::vector<acc_t> c_first = to_opmath<scalar_t>(c0);
   // c_{t-1} of row n at time t: saved by the previous step (rows of stride 5H), or c0.
   const acc_t* ws_p = ws2.const_data_ptr<acc_t>();
