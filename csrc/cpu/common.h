@@ -152,13 +152,20 @@ inline Tensor linear(const Tensor& a, const Tensor& w) {
   return mm(a, t(w));
 }
 
-// The weight argument of linear() that makes linear(a, right_weight(v)) = a @ v, for v
-// [K, C] (the backward's dG W_ih and dG W_hh): float32's oneDNN linear takes a contiguous
-// [C, K], so a transposed copy; other dtypes reach mm(a, t(w)) = mm(a, v) on v itself,
-// with no copy. (The copy of W_ih, 32 MB at I=H=1024 in float64, and its page faults took
-// most of a T=1 float64 LSTM backward.)
-inline Tensor right_weight(const Tensor& v) {
-  return v.scalar_type() == ScalarType::Float ? torch::stable::contiguous(t(v)) : t(v);
+// The weight argument of linear() that makes linear(a, right_weight(v, rows)) = a @ v, for
+// v [K, C] (the backward's dG W_ih and dG W_hh) and `rows` rows of a in all: float32's
+// oneDNN linear takes a contiguous [C, K], so a transposed copy; other dtypes reach mm(a,
+// t(w)), which MKL ran faster on the transposed copy too (float64 backward ms, in place
+// vs copy: T=256, N=16, H=768 GRU 830 vs 689; T=100, N=64, H=512 LSTM 725 vs 678), except
+// for a few rows, where the copy (32 MB of W_ih at I=H=1024 in float64, and its page faults)
+// is most of the call (T=1, N=1: LSTM backward 83.0 ms with it, 33.7 without): up to
+// kInPlaceRows rows they get v itself. (Between 1 and 1584 rows the crossover was not
+// measured.)
+constexpr int64_t kInPlaceRows = 64;
+
+inline Tensor right_weight(const Tensor& v, int64_t rows) {
+  const bool copy = v.scalar_type() == ScalarType::Float || rows > kInPlaceRows;
+  return copy ? torch::stable::contiguous(t(v)) : t(v);
 }
 
 // The input projection x @ W_ih^T, a block of about kBlockRows rows (whole steps) at a

@@ -242,7 +242,7 @@ void gru_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, co
     }
   }
 #endif
-  const Tensor w_hh_tc = right_weight(w_hh);  // for linear(): dG W_hh
+  const Tensor w_hh_tc = right_weight(w_hh, st.R);  // for linear(): dG W_hh
   Tensor dh = torch::stable::clone(ghn);
   const scalar_t* gy_p = gy2.const_data_ptr<scalar_t>();
   const scalar_t* hp_p = hp.const_data_ptr<scalar_t>();
@@ -376,7 +376,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
       column_sum<scalar_t>(dgh.const_data_ptr<scalar_t>(), st.R, G,
                            db_hh.mutable_data_ptr<scalar_t>());
     });
-    dx2 = linear(dgi, right_weight(w_ih));
+    dx2 = linear(dgi, right_weight(w_ih, st.R));
     dw_ih = weight_grad(dgi, x2);
     dw_hh = weight_grad(dgh, hp);
   }

@@ -280,7 +280,7 @@ void lstm_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, c
   };
   const scalar_t* gy_p = gy2.const_data_ptr<scalar_t>();
   scalar_t* dg_p = dgates.mutable_data_ptr<scalar_t>();
-  const Tensor w_hh_tc = right_weight(w_hh);  // for linear(): dG W_hh
+  const Tensor w_hh_tc = right_weight(w_hh, st.R);  // for linear(): dG W_hh
   Tensor dh = torch::stable::clone(ghn);  // grad of h from later steps [N,P], per row
   Tensor dm = empty_as(gy2, {w_hr ? N : 0, H});
   Tensor zeros = torch::stable::new_zeros(gy2, {w_hr ? N : 0, H});
@@ -442,7 +442,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
                            db.mutable_data_ptr<scalar_t>());
       if (w_hr) dw_hr = weight_grad(dh_all, projection_inputs<scalar_t>(ws2, H, x2));
     });
-    dx2 = linear(dgates, right_weight(w_ih));
+    dx2 = linear(dgates, right_weight(w_ih, st.R));
     previous_states(y2, h0c, st, reverse, hp_mem.tensor);
     std::tie(dw_ih, dw_hh) = weight_grads(dgates, x2, hp_mem.tensor);
   }
