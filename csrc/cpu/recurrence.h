@@ -409,15 +409,7 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, 
         &balancer);
     s0 = s1;
   }
-  // h_n: forward, a row's last step is the last whose batch holds it; reverse, t = 0.
-  for (int64_t n = 0; n < N; ++n) {
-    int64_t t = 0;
-    if (!reverse) {
-      t = st.T - 1;
-      while (st.batch[t] <= n) --t;
-    }
-    std::memcpy(h_n + n * H, y + (st.offset[t] + n) * H, H * sizeof(scalar_t));
-  }
+  copy_final_states(st, reverse, H, y, h_n);
 }
 
 #endif  // FUSEDRNN_HAVE_FUSED

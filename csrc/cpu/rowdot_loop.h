@@ -160,14 +160,7 @@ void rowdot_forward(const Steps& st, bool reverse, int64_t H, const float* w_hh,
         [](int64_t, int64_t) {});
     s0 = s1;
   }
-  for (int64_t n = 0; n < N; ++n) {
-    int64_t t = 0;
-    if (!reverse) {
-      t = st.T - 1;
-      while (st.batch[t] <= n) --t;
-    }
-    std::memcpy(h_n + n * H, y + (st.offset[t] + n) * H, H * sizeof(float));
-  }
+  copy_final_states(st, reverse, H, y, h_n);
 }
 
 // out[j] = sum_g a[g] * w[g*C + j] for the columns j in [j0, j1) of w [G, C]: 8 columns a

@@ -165,6 +165,21 @@ class Balancer {
   std::vector<State> states_;
 };
 
+// h_n from y [R, H] after a recurrence: row n of the last step that ran it (forward, the
+// last step whose batch holds it; reverse, t = 0).
+template <typename scalar_t>
+void copy_final_states(const Steps& st, bool reverse, int64_t H, const scalar_t* y,
+                       scalar_t* h_n) {
+  for (int64_t n = 0; n < st.N; ++n) {
+    int64_t t = 0;
+    if (!reverse) {
+      t = st.T - 1;
+      while (st.batch[t] <= n) --t;
+    }
+    std::memcpy(h_n + n * H, y + (st.offset[t] + n) * H, H * sizeof(scalar_t));
+  }
+}
+
 // Runs f(w, s) for every worker w < workers and step s0 <= s < s1, steps in order, with
 // all of step s-1 finished before any of step s starts. Then, between finishing step s
 // and waiting for the others, each worker runs ahead(w, s): work of its own that needs
