@@ -146,6 +146,53 @@ def test_bit_identical_when_blocks_move(cell, N, dt, monkeypatch):
             assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("loop", ["fused", "rowdot"])
+@pytest.mark.parametrize("N", [1, 130])
+@pytest.mark.parametrize("cell", CELLS)
+def test_bit_identical_when_workers_sleep(cell, N, loop, monkeypatch):
+    """The fused loops' workers spin, then sleep, at the step barrier and at the
+    backward's wait for a block's weight-gradient chunks (waits.h). With no spin at all
+    (FUSEDRNN_CPU_SPIN_US=0) every wait sleeps and every store must still wake its
+    waiter in time: outputs and every gradient match the spinning run's bits, with blocks
+    moving between workers each step (N=130: every step closes a chunk) and packed rows.
+    With FUSEDRNN_CPU_SHARED=1 (the default) such a run marks the cores as shared, and
+    the calls after it run one worker (SharedCores, waits.h): the same bits again."""
+    if loop == "rowdot":
+        if platform.machine() not in ("x86_64", "AMD64") or N > 2:
+            pytest.skip("the row-dot loop: x86-64, batches up to 2")
+        monkeypatch.setenv("FUSEDRNN_CPU_FUSED", "0")
+        monkeypatch.setenv("FUSEDRNN_CPU_ROWDOT", "1")
+    _, m = make_modules(cell, 24, 192, 1, bidirectional=True)
+    torch.manual_seed(1)
+    lengths = torch.randint(1, 13, (N,))
+    lengths[0] = 12
+    x = torch.randn(12, N, 24, requires_grad=True)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setenv("FUSEDRNN_CPU_BALANCE", "test")
+        # Last, a run that sleeps nowhere: it clears the mark the others left.
+        for spin, shared in (("0", "1"), ("0", "0"), ("200", "0")):
+            monkeypatch.setenv("FUSEDRNN_CPU_SPIN_US", spin)
+            monkeypatch.setenv("FUSEDRNN_CPU_SHARED", shared)
+            res = []
+            for packed in (False, True):
+                inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
+                y, fin = m(inp)
+                outs = [y.data if packed else y, *(fin if cell == "LSTM" else [fin])]
+                torch.manual_seed(0)
+                grads = torch.autograd.grad(outs, [x, *m.parameters()],
+                                            [torch.randn_like(o) for o in outs])
+                res += [*outs, *grads]
+            runs.append(res)
+    finally:
+        torch.set_num_threads(threads)
+    for a, *others in zip(*runs, strict=True):
+        for b in others:
+            assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("loop", ["fused", "gemm"])
 @pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("cell", CELLS)

@@ -353,7 +353,7 @@ void fused_backward(const Steps& st, bool reverse, int64_t gates, int64_t H, int
   const ColumnPanels wh(w_hh, G, H), wi(w_ih, G, I);
   const int64_t blocks = wh.blocks, xblocks = wi.blocks;
   const int64_t workers = std::max<int64_t>(
-      1, std::min<int64_t>({int64_t(torch::stable::get_num_threads()), blocks + xblocks,
+      1, std::min<int64_t>({loop_threads(), blocks + xblocks,
                             N * G * (H + I) / (1 << 16)}));
   // dx rows are written a step after their own (see Prefault).
   const Prefault prefault(
@@ -375,6 +375,7 @@ void fused_backward(const Steps& st, bool reverse, int64_t gates, int64_t H, int
   }
   const std::unique_ptr<std::atomic<int64_t>[]> applied(new std::atomic<int64_t>[blocks]);
   for (int64_t b = 0; b < blocks; ++b) applied[b].store(0, std::memory_order_relaxed);
+  Waits waits;  // the step barrier's and those on applied
   run_steps(
       workers, 0, T + 1,
       [&](int64_t wk, int64_t s) {
@@ -416,14 +417,15 @@ void fused_backward(const Steps& st, bool reverse, int64_t gates, int64_t H, int
           const float* sh = b1 > b0 ? source_panels(K, hs.data() + k0, H, panels_h) : nullptr;
           for (int64_t b = b0; b < b1; ++b) {
             const int64_t j0 = b * kBackUnits, j1 = std::min(H, j0 + kBackUnits);
-            spin_until([&] { return applied[b].load(std::memory_order_acquire) >= chunk[s]; });
+            waits.until([&] { return applied[b].load(std::memory_order_acquire) >= chunk[s]; });
             const float* px = unit_tiles(K, gxs.data() + k0, gates, H, j0, j1, tiles_x);
             const float* ph = split ? unit_tiles(K, gs.data() + k0, gates, H, j0, j1, tiles_h) : px;
             weight_update(K, gxs.data() + k0, px, sx, I, gates, H, j0, j1, out.dw_ih, out.db_x,
                           first);
             weight_update(K, gs.data() + k0, ph, sh, H, gates, H, j0, j1, out.dw_hh, out.db_h,
                           first);
-            applied[b].store(chunk[s] + 1, std::memory_order_release);
+            applied[b].store(chunk[s] + 1, std::memory_order_seq_cst);
+            waits.notify();
           }
         }
         if (s > 0 && opens[s - 1] >= 0) {
@@ -433,7 +435,7 @@ void fused_backward(const Steps& st, bool reverse, int64_t gates, int64_t H, int
           for (int64_t b = x0; b < x1; ++b) rows_times_panel(row0[s] - k0, a_row, out_row, wi, b);
         }
       },
-      &balancer);
+      &balancer, &waits);
 }
 
 #endif  // FUSEDRNN_HAVE_FUSED

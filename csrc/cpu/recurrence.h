@@ -165,7 +165,7 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, 
   // Enough work per step to keep a core busy for a few microseconds, or one worker.
   const int64_t per_step = N * G * (H + (fold ? I : 0));
   const int64_t workers =
-      std::max<int64_t>(1, std::min<int64_t>({int64_t(torch::stable::get_num_threads()),
+      std::max<int64_t>(1, std::min<int64_t>({loop_threads(),
                                               packed_h.blocks(), per_step / (1 << 16)}));
   const int64_t xg_ld = fold ? 0 : G;
   std::vector<std::pair<void*, int64_t>> outputs{{y, H * int64_t(sizeof(scalar_t))}};

@@ -133,7 +133,7 @@ void rowdot_forward(const Steps& st, bool reverse, int64_t H, const float* w_hh,
   // microseconds (as fused_forward), or one.
   const int64_t groups = (H + kDotLanes - 1) / kDotLanes;
   const int64_t workers = std::max<int64_t>(
-      1, std::min<int64_t>({int64_t(torch::stable::get_num_threads()), groups,
+      1, std::min<int64_t>({loop_threads(), groups,
                             N * G * H / (1 << 16)}));
   auto units = [&](int64_t w) {
     return std::pair<int64_t, int64_t>{std::min(H, groups * w / workers * kDotLanes),
@@ -206,7 +206,7 @@ void rowdot_backward(const Steps& st, bool reverse, int64_t G, int64_t H, const 
   auto tt = [&](int64_t s) { return reverse ? s : st.T - 1 - s; };
   const int64_t groups = (H + kDotLanes - 1) / kDotLanes;
   const int64_t workers = std::max<int64_t>(
-      1, std::min<int64_t>({int64_t(torch::stable::get_num_threads()), groups,
+      1, std::min<int64_t>({loop_threads(), groups,
                             st.N * G * H / (1 << 16)}));
   run_steps(
       workers, 0, st.T + 1,

@@ -6,6 +6,7 @@
 
 #include "common.h"
 #include "tiles.h"
+#include "waits.h"
 
 #include <algorithm>
 #include <atomic>
@@ -13,7 +14,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
-#include <thread>
 #include <vector>
 
 #if defined(__linux__)
@@ -25,31 +25,29 @@ namespace fusedrnn {
 
 #if FUSEDRNN_HAVE_FUSED
 
-// Spin barrier between steps. Workers add how many of them arrived; step s may start
-// once all have finished step s-1. Spinning (then yielding) costs less than a sleep and
-// wake-up at the microsecond scale of a batch-1 step.
-// Spins (then yields) until done() holds.
-template <typename P>
-void spin_until(const P& done) {
-  for (int64_t spins = 0; !done(); ++spins) {
-    if (spins < (1 << 16)) {
-      _mm_pause();
-    } else {
-      std::this_thread::yield();
-    }
-  }
-}
-
+// Barrier between steps. Workers add how many of them arrived; step s may start once all
+// have finished step s-1. They spin, then sleep (waits.h): a sleep and wake-up cost more
+// than the microsecond scale of a batch-1 step, but a spinner on a shared core costs more.
 class StepBarrier {
  public:
-  void arrive(int64_t workers) { arrived_.fetch_add(workers, std::memory_order_release); }
+  explicit StepBarrier(Waits& waits) : waits_(waits) {}
+  void arrive(int64_t workers) {
+    arrived_.fetch_add(workers, std::memory_order_seq_cst);
+    waits_.notify();
+  }
   void wait(int64_t target) const {
-    spin_until([&] { return arrived_.load(std::memory_order_acquire) >= target; });
+    waits_.until([&] { return arrived_.load(std::memory_order_acquire) >= target; });
   }
 
  private:
   alignas(64) std::atomic<int64_t> arrived_{0};
+  Waits& waits_;
 };
+
+// The threads a fused loop may take: torch's, or one while the cores are shared.
+inline int64_t loop_threads() {
+  return SharedCores::now() ? 1 : int64_t(torch::stable::get_num_threads());
+}
 
 // Which blocks each worker runs, step by step, in proportion to the rate each worker
 // measured (blocks a second, averaged over steps): cores do not all run at one speed
@@ -189,9 +187,11 @@ void copy_final_states(const Steps& st, bool reverse, int64_t H, const scalar_t*
 // (fewer threads, or a nested parallel region that runs serially) runs them in turn.
 // With a Balancer, each worker begins each step with bal->begin and reports the step's
 // time (from the barrier to the end of its work ahead) with bal->end.
+// The workers wait for each other through `waits` (or a channel of the call's own), which
+// the caller's own waits in f or ahead share.
 template <typename F, typename A>
 void run_steps(int64_t workers, int64_t s0, int64_t s1, const F& f, const A& ahead,
-               Balancer* bal = nullptr) {
+               Balancer* bal = nullptr, Waits* waits = nullptr) {
   if (workers == 1) {
     for (int64_t s = s0; s < s1; ++s) {
       if (bal) bal->begin(0, s, s0);
@@ -200,7 +200,10 @@ void run_steps(int64_t workers, int64_t s0, int64_t s1, const F& f, const A& ahe
     }
     return;
   }
-  StepBarrier barrier;
+  Waits own;
+  Waits& channel = waits != nullptr ? *waits : own;
+  const int64_t slept = channel.sleeps();
+  StepBarrier barrier(channel);
   torch::stable::parallel_for(0, workers, 1, [&](int64_t w0, int64_t w1) {
     for (int64_t s = s0; s < s1; ++s) {
       if (s > s0) barrier.wait(workers * (s - s0));
@@ -217,6 +220,7 @@ void run_steps(int64_t workers, int64_t s0, int64_t s1, const F& f, const A& ahe
       }
     }
   });
+  SharedCores::report(s1 - s0, channel.sleeps() - slept);
 }
 
 // The first touch of the outputs written row by row ([R, width] arrays: y, the workspace,
