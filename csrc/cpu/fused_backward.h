@@ -1,7 +1,7 @@
 // The fused backward recurrence on AVX-512 (float32): per step the recurrent product
 // dG_{t'} W_hh, the cell's backward, and, every chunk of about kChunkK rows, the weight
 // and bias gradients of the chunk's rows and its input gradient dx. Run by the workers of
-// recurrence.h, one spin barrier per step.
+// recurrence.h, one barrier per step.
 //
 // Why the weight gradients are in the loop: as GEMMs after it they needed every step's
 // dG, a [T*N, G] buffer (52 MB at the fastrnns shape) that the allocator maps fresh and

@@ -7,7 +7,7 @@
 // pass, and a round trip of the gates through memory. Here each worker owns a set of
 // blocks of hidden units: it computes all gates of its units for the step's rows with
 // a register-blocked micro-kernel, applies the cell while those gates are in L1, and
-// meets the other workers at one spin barrier per step. A worker's slice of the weights
+// meets the other workers at one barrier per step (waits.h). A worker's slice of the weights
 // stays the same from step to step (the Balancer of workers.h moves a block only when
 // the cores' measured rates call for it), so it stays in that core's cache.
 //

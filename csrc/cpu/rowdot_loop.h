@@ -1,5 +1,5 @@
 // The small-batch float32 recurrences for CPUs without AVX-512: the workers of workers.h
-// (one spin barrier a step). Forward, each computes its units' gates as dot products of
+// (one barrier a step). Forward, each computes its units' gates as dot products of
 // h_{t-1} with the rows of W_hh read in place, then the cell; backward, the cell's
 // backward for its units, then its units' share of dG W_hh (rowdot_backward; the weight
 // gradients and dx stay the GEMM loop's GEMMs after the loop). Portable C++ whose 16 partial sums per

@@ -1,5 +1,5 @@
 // The workers of the fused loops (recurrence.h, fused_backward.h): torch's intra-op
-// threads in one parallel region for a whole sequence, meeting at one spin barrier per
+// threads in one parallel region for a whole sequence, meeting at one barrier (waits.h) per
 // step (run_steps), with the first touch of their outputs spread over them (Prefault).
 // Their scratch memory: Scratch (block_cache.h).
 #pragma once
