@@ -116,6 +116,15 @@ def test_bit_identical_when_blocks_move(cell, N, dt, monkeypatch):
     at T=10, N=128, I=1024, H=256: a race, seen only by chance.) The forward's odd steps
     run a worker's blocks in reverse (zigzag, recurrence.h): FUSEDRNN_CPU_ZIGZAG=0, one
     order, must give the same bits too."""
+    settings = [{"FUSEDRNN_CPU_BALANCE": mode, "FUSEDRNN_CPU_ZIGZAG": zigzag}
+                for mode, zigzag in (("0", "1"), ("test", "1"), ("1", "1"), ("test", "0"))]
+    _assert_same_bits_under(settings, cell, N, dt, monkeypatch)
+
+
+def _assert_same_bits_under(settings, cell, N, dt, monkeypatch):
+    """One bidirectional layer (I=24, H=192: 12 forward blocks, 3 backward blocks) on 2
+    threads, T=12, padded and packed (lengths 1..12): outputs and every gradient, once per
+    dict of environment variables in `settings`, all bit-identical."""
     _, m = make_modules(cell, 24, 192, 1, bidirectional=True)
     m = m.to(dt)
     torch.manual_seed(1)
@@ -126,9 +135,9 @@ def test_bit_identical_when_blocks_move(cell, N, dt, monkeypatch):
     runs = []
     try:
         torch.set_num_threads(2)
-        for mode, zigzag in (("0", "1"), ("test", "1"), ("1", "1"), ("test", "0")):
-            monkeypatch.setenv("FUSEDRNN_CPU_BALANCE", mode)
-            monkeypatch.setenv("FUSEDRNN_CPU_ZIGZAG", zigzag)
+        for env in settings:
+            for name, value in env.items():
+                monkeypatch.setenv(name, value)
             res = []
             for packed in (False, True):
                 inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
@@ -162,35 +171,11 @@ def test_bit_identical_when_workers_sleep(cell, N, loop, monkeypatch):
             pytest.skip("the row-dot loop: x86-64, batches up to 2")
         monkeypatch.setenv("FUSEDRNN_CPU_FUSED", "0")
         monkeypatch.setenv("FUSEDRNN_CPU_ROWDOT", "1")
-    _, m = make_modules(cell, 24, 192, 1, bidirectional=True)
-    torch.manual_seed(1)
-    lengths = torch.randint(1, 13, (N,))
-    lengths[0] = 12
-    x = torch.randn(12, N, 24, requires_grad=True)
-    threads = torch.get_num_threads()
-    runs = []
-    try:
-        torch.set_num_threads(2)
-        monkeypatch.setenv("FUSEDRNN_CPU_BALANCE", "test")
-        # Last, a run that sleeps nowhere: it clears the mark the others left.
-        for spin, shared in (("0", "1"), ("0", "0"), ("200", "0")):
-            monkeypatch.setenv("FUSEDRNN_CPU_SPIN_US", spin)
-            monkeypatch.setenv("FUSEDRNN_CPU_SHARED", shared)
-            res = []
-            for packed in (False, True):
-                inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
-                y, fin = m(inp)
-                outs = [y.data if packed else y, *(fin if cell == "LSTM" else [fin])]
-                torch.manual_seed(0)
-                grads = torch.autograd.grad(outs, [x, *m.parameters()],
-                                            [torch.randn_like(o) for o in outs])
-                res += [*outs, *grads]
-            runs.append(res)
-    finally:
-        torch.set_num_threads(threads)
-    for a, *others in zip(*runs, strict=True):
-        for b in others:
-            assert torch.equal(a, b)
+    monkeypatch.setenv("FUSEDRNN_CPU_BALANCE", "test")
+    # Last, a run that sleeps nowhere: it clears the mark the others left.
+    settings = [{"FUSEDRNN_CPU_SPIN_US": spin, "FUSEDRNN_CPU_SHARED": shared}
+                for spin, shared in (("0", "1"), ("0", "0"), ("200", "0"))]
+    _assert_same_bits_under(settings, cell, N, torch.float32, monkeypatch)
 
 
 @pytest.mark.parametrize("loop", ["fused", "gemm"])
