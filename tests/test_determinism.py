@@ -2,6 +2,7 @@
 across calls, thread counts, the unit blocks' assignment to workers (the Balancer),
 reused scratch memory and concurrent callers.
 """
+import itertools
 import platform
 
 import pytest
@@ -121,21 +122,22 @@ def test_bit_identical_when_blocks_move(cell, N, dt, monkeypatch):
     _assert_same_bits_under(settings, cell, N, dt, monkeypatch)
 
 
-def _assert_same_bits_under(settings, cell, N, dt, monkeypatch):
-    """One bidirectional layer (I=24, H=192: 12 forward blocks, 3 backward blocks) on 2
-    threads, T=12, padded and packed (lengths 1..12): outputs and every gradient, once per
-    dict of environment variables in `settings`, all bit-identical."""
-    _, m = make_modules(cell, 24, 192, 1, bidirectional=True)
+def _assert_same_bits_under(settings, cell, N, dt, monkeypatch, T=12, I=24, H=192, threads=(2,)):
+    """One bidirectional layer (by default I=24, H=192: 12 forward blocks, 3 backward
+    blocks; T=12) on 2 threads (or each of `threads`), padded and packed (lengths 1..T):
+    outputs and every gradient, once per dict of environment variables in `settings`, all
+    bit-identical. Returns torch.nn's layer, the input and the last run's results."""
+    theirs, m = make_modules(cell, I, H, 1, bidirectional=True)
     m = m.to(dt)
     torch.manual_seed(1)
-    lengths = torch.randint(1, 13, (N,))
-    lengths[0] = 12
-    x = torch.randn(12, N, 24, dtype=dt, requires_grad=True)
-    threads = torch.get_num_threads()
+    lengths = torch.randint(1, T + 1, (N,))
+    lengths[0] = T
+    x = torch.randn(T, N, I, dtype=dt, requires_grad=True)
+    saved_threads = torch.get_num_threads()
     runs = []
     try:
-        torch.set_num_threads(2)
-        for env in settings:
+        for n_threads, env in itertools.product(threads, settings):
+            torch.set_num_threads(n_threads)
             for name, value in env.items():
                 monkeypatch.setenv(name, value)
             res = []
@@ -149,10 +151,30 @@ def _assert_same_bits_under(settings, cell, N, dt, monkeypatch):
                 res += [*outs, *grads]
             runs.append(res)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(saved_threads)
     for a, *others in zip(*runs, strict=True):
         for b in others:
             assert torch.equal(a, b)
+    return theirs, x, runs[-1]
+
+
+@pytest.mark.parametrize("T,I,H", [(20, 24, 192), (37, 300, 213), (64, 256, 256), (41, 5, 7)])
+@pytest.mark.parametrize("cell", CELLS)
+def test_overlap_gives_same_bits(cell, T, I, H, monkeypatch):
+    """At batch 1 the float32 forward makes x W_ih^T in pieces that ride along the
+    recurrent products of earlier steps (overlap.h), from T=20 (LSTM; GRU 14): outputs and
+    every gradient must match the bits of the projection made ahead in blocks
+    (FUSEDRNN_CPU_OVERLAP=0), with blocks moving between workers each step, on 1 and 2
+    threads; T past whole groups of steps (37, 41), I other than H (its pieces cut
+    elsewhere), a masked last block (H=213, 7), one block (H=7). And the output is
+    torch.nn's within float32 tolerance."""
+    settings = [{"FUSEDRNN_CPU_OVERLAP": ov, "FUSEDRNN_CPU_BALANCE": bal}
+                for ov, bal in (("0", "0"), ("1", "0"), ("1", "test"), ("1", "1"))]
+    theirs, x, res = _assert_same_bits_under(settings, cell, 1, torch.float32, monkeypatch,
+                                             T=T, I=I, H=H, threads=(2, 1))
+    with torch.no_grad():
+        y_ref, _ = theirs(x)
+    torch.testing.assert_close(res[0], y_ref, rtol=2e-5, atol=2e-6)
 
 
 @pytest.mark.parametrize("loop", ["fused", "rowdot"])
