@@ -64,17 +64,31 @@ constexpr int64_t kPanelRows = 1024;
 
 // w [G, C] (torch's layout) cut into column blocks, [blocks][G][kBackUnits], zero past C:
 // each block one contiguous panel (read in place, the rows' 4C-byte stride cost TLB
-// misses). The owner of a block packs it at its first step (pack(b)).
+// misses). Each worker packs a share of the rows of every block at step 0 (pack_rows).
 struct ColumnPanels {
   ColumnPanels(const float* w, int64_t G, int64_t C)
       : w_(w), G_(G), C_(C), blocks((C + kBackUnits - 1) / kBackUnits),
         data(blocks * G * kBackUnits) {}
-  void pack(int64_t b) const {
-    const int64_t j0 = b * kBackUnits, u = std::min(C_ - j0, kBackUnits);
-    for (int64_t g = 0; g < G_; ++g) {
-      float* dst = start() + (b * G_ + g) * kBackUnits;
-      std::memcpy(dst, w_ + g * C_ + j0, u * sizeof(float));
-      std::fill(dst + u, dst + kBackUnits, 0.f);
+  // Rows [g0, g1) of every block: each row of w read once, in order. (Packed by blocks,
+  // each worker read its blocks' 256-byte slice of every row, C floats apart: backward
+  // time, medians of alternations, T=1, N=1, I=H=1024 (32 MB of panels) LSTM 12.9 ->
+  // 12.2 ms, GRU 7.0 -> 5.3 ms; T=200, N=1, H=256 and the wide, small-batch and
+  // fastrnns shapes level, 0.99-1.00.)
+  FUSEDRNN_AVX512 void pack_rows(int64_t g0, int64_t g1) const {
+    __mmask16 last[4];
+    block_masks((blocks - 1) * kBackUnits, C_, last);
+    for (int64_t g = g0; g < g1; ++g) {
+      const float* src = w_ + g * C_;
+      for (int64_t b = 0; b < blocks; ++b) {
+        float* dst = start() + (b * G_ + g) * kBackUnits;
+        const bool tail = b == blocks - 1;
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; ++q) {
+          const __m512 v = tail ? _mm512_maskz_loadu_ps(last[q], src + b * kBackUnits + q * kUnits)
+                                : _mm512_loadu_ps(src + b * kBackUnits + q * kUnits);
+          _mm512_storeu_ps(dst + q * kUnits, v);
+        }
+      }
     }
   }
   const float* block(int64_t b) const { return start() + b * G_ * kBackUnits; }
@@ -381,9 +395,9 @@ void fused_backward(const Steps& st, bool reverse, int64_t gates, int64_t H, int
       [&](int64_t wk, int64_t s) {
         const auto [b0, b1, x0, x1] = blocks_of(wk);
         if (s < T) prefault.at_step(s, wk, workers);
-        if (s == 0) {
-          for (int64_t b = b0; b < b1; ++b) wh.pack(b);
-          for (int64_t b = x0; b < x1; ++b) wi.pack(b);
+        if (s == 0) {  // (first read at step 1 and at a chunk's end: after the barrier)
+          wh.pack_rows(G * wk / workers, G * (wk + 1) / workers);
+          wi.pack_rows(G * wk / workers, G * (wk + 1) / workers);
         }
         const int64_t B = s < T ? st.batch[tt(s)] : 0;
         const int64_t kept = s > 0 ? std::min(B, st.batch[tt(s - 1)]) : 0;
