@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <mutex>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -45,13 +46,26 @@ class StepBarrier {
   Waits& waits_;
 };
 
-// The CPUs this process may run on (its affinity mask when first asked), or 0 if unknown.
+// The CPUs torch's intra-op threads may run on (the union of their affinity masks when
+// first asked), or 0 if unknown. Not the calling thread's mask alone: GOMP_CPU_AFFINITY
+// pins each OpenMP thread to one CPU, and the main thread's one CPU had the fused loops
+// take one worker (T=200, N=1, H=256 LSTM forward 3.9 ms instead of 1.7).
 inline int64_t usable_cpus() {
 #if defined(__linux__)
   static const int64_t n = [] {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    return sched_getaffinity(0, sizeof(set), &set) == 0 ? int64_t(CPU_COUNT(&set)) : int64_t(0);
+    cpu_set_t all;
+    CPU_ZERO(&all);
+    std::mutex mutex;
+    bool known = true;
+    torch::stable::parallel_for(0, torch::stable::get_num_threads(), 1, [&](int64_t, int64_t) {
+      cpu_set_t set;
+      CPU_ZERO(&set);
+      const bool got = sched_getaffinity(0, sizeof(set), &set) == 0;
+      const std::lock_guard<std::mutex> lock(mutex);
+      known = known && got;
+      CPU_OR(&all, &all, &set);
+    });
+    return known ? int64_t(CPU_COUNT(&all)) : int64_t(0);
   }();
   return n;
 #else
