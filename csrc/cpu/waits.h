@@ -86,7 +86,7 @@ class Waits {
       sleepers_.fetch_add(1, std::memory_order_seq_cst);
       const uint32_t epoch = epoch_.load(std::memory_order_seq_cst);
       std::atomic_thread_fence(std::memory_order_seq_cst);
-      if (!done()) sleep(epoch);
+      if (!done() && sleep(epoch) && done()) lost_.fetch_add(1, std::memory_order_relaxed);
       sleepers_.fetch_sub(1, std::memory_order_relaxed);
     }
   }
@@ -104,21 +104,29 @@ class Waits {
   // Waits that went to sleep.
   int64_t sleeps() const { return sleeps_.load(std::memory_order_relaxed); }
 
-  // Sleeps that ended by their timeout rather than a notify (a lost wakeup would end so:
-  // tests expect none).
+  // Sleeps that ended by their timeout rather than a notify: a lost wakeup ends so, and
+  // so does a sleep whose waker had not yet run (a busy or paused host).
   int64_t timeouts() const { return timeouts_.load(std::memory_order_relaxed); }
 
+  // Timed-out sleeps whose condition held when they woke: the store was made and its
+  // notify did not wake them (lost wakeups; tests expect none).
+  int64_t lost() const { return lost_.load(std::memory_order_relaxed); }
+
  private:
-  void sleep(uint32_t epoch) {
+  // True if the sleep ended by its timeout.
+  bool sleep(uint32_t epoch) {
 #if defined(__linux__)
     static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t));
     timespec timeout{timeout_ms_ / 1000, (timeout_ms_ % 1000) * 1000000};
     const long r = syscall(SYS_futex, reinterpret_cast<uint32_t*>(&epoch_), FUTEX_WAIT_PRIVATE,
                            epoch, &timeout, nullptr, 0);
-    if (r != 0 && errno == ETIMEDOUT) timeouts_.fetch_add(1, std::memory_order_relaxed);
+    const bool timed_out = r != 0 && errno == ETIMEDOUT;
+    if (timed_out) timeouts_.fetch_add(1, std::memory_order_relaxed);
+    return timed_out;
 #else
     (void)epoch;
     std::this_thread::yield();
+    return false;
 #endif
   }
 
@@ -126,6 +134,7 @@ class Waits {
   std::atomic<uint32_t> epoch_{0};
   std::atomic<int64_t> sleeps_{0};
   std::atomic<int64_t> timeouts_{0};
+  std::atomic<int64_t> lost_{0};
   int64_t spin_ns_;
   int64_t timeout_ms_;  // a sleep's longest wait before it checks its condition again
 };
