@@ -48,35 +48,6 @@ struct OverlapTile<3> {
   static constexpr int kRows = 7, kVectors = 3;
 };
 
-// acc[S::at[v]] += a[k] * bh[k*NA*kUnits + v*kUnits ...] for one k (the recurrent product).
-template <int NA, typename S>
-FUSEDRNN_AVX512 inline __attribute__((always_inline)) void rec_k(__m512 (&acc)[1][NA],
-                                                                const float* a, const float* bh,
-                                                                int64_t k) {
-  const __m512 av = _mm512_set1_ps(a[k]);
-#pragma GCC unroll 4
-  for (int v = 0; v < NA; ++v) {
-    acc[0][S::at[v]] =
-        _mm512_fmadd_ps(av, _mm512_loadu_ps(bh + (k * NA + v) * kUnits), acc[0][S::at[v]]);
-  }
-}
-
-// xa[r][v] += xr[r][k] * bx[k*NA*kUnits + v*kUnits ...] for one k (the projection tile).
-template <int NA, int RR, int XV>
-FUSEDRNN_AVX512 inline __attribute__((always_inline)) void xg_k(__m512 (&xa)[RR][XV],
-                                                               const float* const* xr,
-                                                               const float* bx, int64_t k) {
-  __m512 bv[XV];
-#pragma GCC unroll 4
-  for (int v = 0; v < XV; ++v) bv[v] = _mm512_loadu_ps(bx + (k * NA + v) * kUnits);
-#pragma GCC unroll 12
-  for (int r = 0; r < RR; ++r) {
-    const __m512 av = _mm512_set1_ps(xr[r][k]);
-#pragma GCC unroll 4
-    for (int v = 0; v < XV; ++v) xa[r][v] = _mm512_fmadd_ps(av, bv[v], xa[r][v]);
-  }
-}
-
 // The projection tile's raw sums xa into rows out[r] (gate XS::at[v0 + v] at out[r] + that
 // gate * H), stored (first) or added, lanes in mask; then zeroed: a finished kChunkK chunk.
 template <int RR, int XV, typename XS>
@@ -120,6 +91,7 @@ FUSEDRNN_AVX512 void overlap_block(const float* a, const float* bh, int64_t K, f
   __m512 acc[1][NA];
   __m512 xa[RR][XV];
   const float* rows[RR];  // locals: the loop's loads are not reloaded through xr
+  const float* arow[1] = {a};
 #pragma GCC unroll 12
   for (int r = 0; r < RR; ++r) {
     rows[r] = xr[r];
@@ -141,18 +113,20 @@ FUSEDRNN_AVX512 void overlap_block(const float* a, const float* bh, int64_t K, f
       const int64_t xe = x_end();
       for (; rk + kPairK <= k1 && xk < xe; rk += kPairK, ++xk) {
 #pragma GCC unroll 12
-        for (int i = 0; i < kPairK; ++i) rec_k<NA, HS>(acc, a, bh, rk + i);
-        xg_k<NA, RR, XV>(xa, rows, bx, xk);
+        for (int i = 0; i < kPairK; ++i) tile_k<1, NA, HS>(acc, arow, bh, rk + i);
+        tile_k<RR, XV, FirstSlots<XV>, NA>(xa, rows, bx, xk);
       }
       xg_flush_at<RR, XV, XS>(xa, xk, flushed, I, out, H, v0, xmask);
       if (xk < xe || xk == xk1) break;  // the recurrent chunk's end, or the projection's
     }
-    for (; rk < k1; ++rk) rec_k<NA, HS>(acc, a, bh, rk);
+    for (; rk < k1; ++rk) tile_k<1, NA, HS>(acc, arow, bh, rk);
     bool first = k0 == 0;
     chunk_done<1, NA>(acc, cr, gs, masks, first);
   }
   while (xk < xk1) {
-    for (const int64_t xe = x_end(); xk < xe; ++xk) xg_k<NA, RR, XV>(xa, rows, bx, xk);
+    for (const int64_t xe = x_end(); xk < xe; ++xk) {
+      tile_k<RR, XV, FirstSlots<XV>, NA>(xa, rows, bx, xk);
+    }
     xg_flush_at<RR, XV, XS>(xa, xk, flushed, I, out, H, v0, xmask);
   }
 #pragma GCC unroll 12

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <cpuid.h>
@@ -43,6 +44,16 @@ struct Slots {
   static constexpr int at[size] = {V...};
 };
 
+// Slots<0, 1, ..., N-1>.
+template <typename Seq>
+struct SlotsOf;
+template <int... V>
+struct SlotsOf<std::integer_sequence<int, V...>> {
+  using type = Slots<V...>;
+};
+template <int N>
+using FirstSlots = typename SlotsOf<std::make_integer_sequence<int, N>>::type;
+
 // The k loops run in chunks of this many terms; each chunk's sums start from zero and
 // are added to the partial result in c. A float dot product's rounding error grows with
 // the length of its running sum: summed whole, x W_ih^T + h W_hh^T over I + H terms erred
@@ -74,6 +85,24 @@ struct Prefetch {
 // medians of 150 alternations, LSTM 5.17 -> 4.88 ms, GRU 3.17 -> 3.12 ms.
 constexpr int64_t kPrefetchRows = 8;
 
+// acc[r][S::at[i]] += a[r][k] * b[k*kStride*kUnits + i*kUnits ...], i < S::size: one k of
+// an MR-row tile, over a panel whose rows hold kStride vectors.
+template <int MR, int NA, typename S, int kStride = S::size>
+FUSEDRNN_AVX512 inline __attribute__((always_inline)) void tile_k(__m512 (&acc)[MR][NA],
+                                                                 const float* const* a,
+                                                                 const float* b, int64_t k) {
+  constexpr int NV = S::size;
+  __m512 bv[NV];
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_ps(b + (k * kStride + v) * kUnits);
+#pragma GCC unroll 12
+  for (int r = 0; r < MR; ++r) {
+    const __m512 av = _mm512_set1_ps(a[r][k]);
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][S::at[v]] = _mm512_fmadd_ps(av, bv[v], acc[r][S::at[v]]);
+  }
+}
+
 // acc[r][S::at[i]] += sum_{k0 <= k < k1} a[r][k] * b[k, i*kUnits : (i+1)*kUnits], MR rows.
 template <int MR, int NA, typename S>
 FUSEDRNN_AVX512 inline __attribute__((always_inline)) void tile_product(
@@ -96,15 +125,7 @@ FUSEDRNN_AVX512 inline __attribute__((always_inline)) void tile_product(
       _mm_prefetch(pp, _MM_HINT_T1);
       pp += 64;
     }
-    __m512 bv[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_ps(b + (k * NV + v) * kUnits);
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
-      const __m512 av = _mm512_set1_ps(ar[r][k]);
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[r][S::at[v]] = _mm512_fmadd_ps(av, bv[v], acc[r][S::at[v]]);
-    }
+    tile_k<MR, NA, S>(acc, ar, b, k);
   }
   pf.p = pp;
 }
