@@ -122,6 +122,19 @@ def test_bit_identical_when_blocks_move(cell, N, dt, monkeypatch):
     _assert_same_bits_under(settings, cell, N, dt, monkeypatch)
 
 
+@pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("N", [1, 16, 130])
+@pytest.mark.parametrize("cell", CELLS)
+def test_loop_orders_give_same_bits(cell, N, dt, monkeypatch):
+    """The forward runs a block's products as whole-K row tiles, or by groups of rows,
+    chunk by chunk (whole_k_tiles, loop_choice.h; AMD CPUs take the first): the same sums
+    in the same order, so outputs and every gradient must match bit for bit. I=600: the x
+    panel (folded at N=130) has five float chunks and two bf16 ones; N=130: three groups
+    of rows and a short last tile."""
+    settings = [{"FUSEDRNN_CPU_TILE_OUTER": v} for v in ("0", "1")]
+    _assert_same_bits_under(settings, cell, N, dt, monkeypatch, I=600)
+
+
 def _assert_same_bits_under(settings, cell, N, dt, monkeypatch, T=12, I=24, H=192, threads=(2,)):
     """One bidirectional layer (by default I=24, H=192: 12 forward blocks, 3 backward
     blocks; T=12) on 2 threads (or each of `threads`), padded and packed (lengths 1..T):

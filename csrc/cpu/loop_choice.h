@@ -45,6 +45,27 @@ inline bool bf16_dot_available() {
 
 #if FUSEDRNN_HAVE_FUSED
 
+// The forward's loop order over a block's panel (recurrence.h, panel_products). True:
+// each row tile runs the whole K at once (its kChunkK chunks added in the call), the
+// panel streamed from L2 by every tile. False: rows in groups of kGroupRows, and for
+// each kChunkK chunk all the group's tiles, so that the chunk's 32 KB of panel is read
+// from L1 by each (one call per chunk and tile). Same sums in the same order either way.
+// The grouped order gained 10% on the 2-core Sapphire Rapids (recurrence.h, kGroupRows);
+// on the 2-core Zen 4, whose L2 feeds a tile's panel loads as fast as its FMAs take them
+// (a one-core replica: 96% of the FMA peak from L2, 93% per-chunk calls), whole-K tiles
+// win, float32 inference, separate processes alternated: T=50, N=256, I=H=1024 LSTM
+// 1046/1052/1036 -> 1011/1011/1013 ms, GRU 850/846/862 -> 845/815/855; T=256, N=16,
+// I=H=768 LSTM 194/196/192 -> 189/187/183, GRU 149/144/149 -> 141/139/141; T=100, N=64,
+// I=H=512 GRU 100/105/106 -> 97/101/101, LSTM 1% (noise); bfloat16 level to 1%. So: AMD
+// CPUs take whole-K tiles (Zen 5 not measured), others the grouped order.
+// FUSEDRNN_CPU_TILE_OUTER=1 / =0 picks one (tests, A/B).
+// Read once per op call (the tests switch it between calls).
+inline bool whole_k_tiles() {
+  static const bool amd = __builtin_cpu_is("amd");
+  const char* env = std::getenv("FUSEDRNN_CPU_TILE_OUTER");
+  return env && env[0] ? env[0] != '0' : amd;
+}
+
 // From the batch fold_batch() returns on, the input projection is computed inside the
 // step, from packed W_ih (its products made ahead, while the other workers finish the
 // step), rather than over blocks of steps (oneDNN's GEMM, or the workers' own_xg). Folded,

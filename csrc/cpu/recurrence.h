@@ -34,9 +34,10 @@ namespace fusedrnn {
 // (NA*4 KB) are read from L1 by every row tile.
 constexpr int64_t kAmxChunkK = 128;
 
-// The forward takes a block's rows in groups of up to kGroupRows: for each k chunk, all
-// the group's row tiles, so the chunk of panel (kChunkK x 64 floats, 32 KB) is read from
-// L1 by every tile rather than streamed from L2 by each. Paired timings on a 2-core
+// The forward's grouped order (whole_k_tiles false) takes a block's rows in groups of up
+// to kGroupRows: for each k chunk, all the group's row tiles, so the chunk of panel
+// (kChunkK x 64 floats, 32 KB) is read from L1 by every tile rather than streamed from L2
+// by each. Paired timings on a 2-core
 // Sapphire Rapids, LSTM inference: T=100, N=64, H=512 124 -> 112 ms and T=256, N=16,
 // H=768 259 -> 246 ms. (The backward's groups are smaller past kGroupRowsBytes of rows;
 // see backward_group_rows.)
@@ -198,9 +199,11 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, 
     }
   };
   // The products of rows [0, B) (row(n)) with block b's panel of x (of_x) or of h_{t-1},
-  // into out(n) (row n's first unit; rows ldc apart, gates gs apart), by groups of up to
-  // kGroupRows rows: for each k chunk, all the group's row tiles. The first chunk stores
-  // (where `first`), every later chunk adds, so each output sums its chunks in one order.
+  // into out(n) (row n's first unit; rows ldc apart, gates gs apart): whole-K row tiles,
+  // or by groups of up to kGroupRows rows, for each k chunk all the group's row tiles
+  // (whole_k_tiles). The first chunk stores (where `first`), every later chunk adds, so
+  // each output sums its chunks in one order.
+  const bool whole_k = whole_k_tiles();
   auto panel_products = [&](int64_t B, int64_t b, auto slots, bool of_x, bool first0,
                             const auto& row, const auto& out, int64_t ldc, int64_t gs) {
     using S = decltype(slots);
@@ -209,6 +212,22 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, 
     const int64_t K = of_x ? I : H;
     const in_t* panel = of_x ? packed_x.block(b) : packed_h.block(b);
     const in_t* panels_end = (of_x ? packed_x : packed_h).block(packed_h.blocks());
+    if (whole_k) {
+      for (int64_t n0 = 0; n0 < B; n0 += kTileRows<NA>) {
+        const int rows = static_cast<int>(std::min<int64_t>(kTileRows<NA>, B - n0));
+        const in_t* a[kTileRows<NA>];
+        for (int r = 0; r < rows; ++r) a[r] = row(n0 + r);
+        // The first tile fetches the next block's first chunk of panel into L2.
+        Prefetch pf;
+        if (!kPairs && n0 == 0 && B >= kPrefetchRows) {
+          const in_t* next = panel + K * S::size * kUnits;
+          const in_t* end = std::min(panels_end, next + kChunkK * S::size * kUnits);
+          pf = {reinterpret_cast<const char*>(next), reinterpret_cast<const char*>(end)};
+        }
+        chunk_rows<NA, S, in_t>(rows, a, panel, K, 0, K, out(n0), ldc, gs, mask, first0, pf);
+      }
+      return;
+    }
     for (int64_t m0 = 0; m0 < B; m0 += kGroupRows) {
       const int64_t m1 = std::min(B, m0 + kGroupRows);
       bool first = first0;

@@ -204,11 +204,12 @@ FUSEDRNN_AVX512_BF16 inline void chunk_pairs(__m512 (&acc)[MR][NA], const uint16
 template <int NA>
 constexpr int kTileRows = 24 / NA;
 
-// One chunk [k0, k1) of the products of `rows` (1..kTileRows) rows a with the panel b
-// (K columns in all; float, or bf16 pairs for uint16_t), for one block of kUnits units:
-// c[r*ldc + v*H + u] = acc[r][v] if `first` (every accumulator, products or not), else
-// c + acc. Called chunk by chunk for every row tile, the chunk's 32 KB of panel stays in
-// L1 across the tiles (whole-K tiles streamed a block's 256 KB panel from L2 per tile).
+// The columns [k0, k1) of the products of `rows` (1..kTileRows) rows a with the panel b
+// (K columns in all; float, or bf16 pairs for uint16_t), for one block of kUnits units,
+// by chunks of kChunkK (kPairsChunkK) from k0: for each, c[r*ldc + v*H + u] = acc[r][v]
+// if `first` and the chunk is the call's first (every accumulator, products or not),
+// else c + acc. Called for one chunk at a time, every row tile of a group in turn (the
+// chunk's 32 KB of panel stays in L1 across them), or for the whole K (whole_k_tiles).
 template <int NA, typename S, typename in_t, int MR = kTileRows<NA>>
 FUSEDRNN_AVX512 void chunk_rows(int rows, const in_t* const* a, const in_t* b, int64_t K,
                                 int64_t k0, int64_t k1, float* c, int64_t ldc, int64_t H,
@@ -229,11 +230,16 @@ FUSEDRNN_AVX512 void chunk_rows(int rows, const in_t* const* a, const in_t* b, i
   }
   for (int v = 0; v < NA; ++v) masks[v] = mask;
   if constexpr (std::is_same_v<in_t, float>) {
-    tile_product<MR, NA, S>(acc, a, b, k0, k1, pf);
+    for (int64_t c0 = k0; c0 < k1; c0 += kChunkK) {
+      tile_product<MR, NA, S>(acc, a, b, c0, std::min(k1, c0 + kChunkK), pf);
+      chunk_done<MR, NA>(acc, cr, H, masks, first);
+    }
   } else {
-    chunk_pairs<MR, NA, S>(acc, a, b, K, k0, k1);
+    for (int64_t c0 = k0; c0 < k1; c0 += kPairsChunkK) {
+      chunk_pairs<MR, NA, S>(acc, a, b, K, c0, std::min(k1, c0 + kPairsChunkK));
+      chunk_done<MR, NA>(acc, cr, H, masks, first);
+    }
   }
-  chunk_done<MR, NA>(acc, cr, H, masks, first);
 }
 
 // One 16 x 16 block, d[i * ld + j] = s[j * ls + i], in registers: unpack pairs, shuffle
