@@ -133,8 +133,9 @@ FUSEDRNN_AVX512 void rows_times_panel(int64_t rows, const A& a_row, const O& out
           const float* end = std::min(next + kChunkK * kBackUnits, w.block(w.blocks));
           pf = {reinterpret_cast<const char*>(next), reinterpret_cast<const char*>(end)};
         }
-        for (int64_t n0 = m0; n0 < m1; n0 += 6) {
-          const int m = static_cast<int>(std::min<int64_t>(6, m1 - n0));
+        for (int64_t n0 = m0, rows_n = 0; n0 < m1; n0 += rows_n) {
+          rows_n = tile_rows(m1 - n0, 6);
+          const int m = static_cast<int>(rows_n);
           const float* ar[6];
           float* cr[6];
           for (int r = 0; r < m; ++r) {

@@ -213,8 +213,8 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, 
     const in_t* panel = of_x ? packed_x.block(b) : packed_h.block(b);
     const in_t* panels_end = (of_x ? packed_x : packed_h).block(packed_h.blocks());
     if (whole_k) {
-      for (int64_t n0 = 0; n0 < B; n0 += kTileRows<NA>) {
-        const int rows = static_cast<int>(std::min<int64_t>(kTileRows<NA>, B - n0));
+      for (int64_t n0 = 0, rows = 0; n0 < B; n0 += rows) {
+        rows = tile_rows(B - n0, kTileRows<NA>);
         const in_t* a[kTileRows<NA>];
         for (int r = 0; r < rows; ++r) a[r] = row(n0 + r);
         // The first tile fetches the next block's first chunk of panel into L2.
@@ -224,7 +224,8 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, 
           const in_t* end = std::min(panels_end, next + kChunkK * S::size * kUnits);
           pf = {reinterpret_cast<const char*>(next), reinterpret_cast<const char*>(end)};
         }
-        chunk_rows<NA, S, in_t>(rows, a, panel, K, 0, K, out(n0), ldc, gs, mask, first0, pf);
+        chunk_rows<NA, S, in_t>(static_cast<int>(rows), a, panel, K, 0, K, out(n0), ldc, gs,
+                                mask, first0, pf);
       }
       return;
     }
@@ -243,11 +244,12 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, 
           const in_t* end = std::min(panels_end, next + kChunkK * S::size * kUnits);
           pf = {reinterpret_cast<const char*>(next), reinterpret_cast<const char*>(end)};
         }
-        for (int64_t n0 = m0; n0 < m1; n0 += kTileRows<NA>) {
-          const int rows = static_cast<int>(std::min<int64_t>(kTileRows<NA>, m1 - n0));
+        for (int64_t n0 = m0, rows = 0; n0 < m1; n0 += rows) {
+          rows = tile_rows(m1 - n0, kTileRows<NA>);
           const in_t* a[kTileRows<NA>];
           for (int r = 0; r < rows; ++r) a[r] = row(n0 + r);
-          chunk_rows<NA, S, in_t>(rows, a, panel, K, k0, k1, out(n0), ldc, gs, mask, first, pf);
+          chunk_rows<NA, S, in_t>(static_cast<int>(rows), a, panel, K, k0, k1, out(n0), ldc, gs,
+                                  mask, first, pf);
         }
         first = false;
       }
