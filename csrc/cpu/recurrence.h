@@ -212,30 +212,16 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, 
     const int64_t K = of_x ? I : H;
     const in_t* panel = of_x ? packed_x.block(b) : packed_h.block(b);
     const in_t* panels_end = (of_x ? packed_x : packed_h).block(packed_h.blocks());
-    if (whole_k) {
-      for (int64_t n0 = 0, rows = 0; n0 < B; n0 += rows) {
-        rows = tile_rows(B - n0, kTileRows<NA>);
-        const in_t* a[kTileRows<NA>];
-        for (int r = 0; r < rows; ++r) a[r] = row(n0 + r);
-        // The first tile fetches the next block's first chunk of panel into L2.
-        Prefetch pf;
-        if (!kPairs && n0 == 0 && B >= kPrefetchRows) {
-          const in_t* next = panel + K * S::size * kUnits;
-          const in_t* end = std::min(panels_end, next + kChunkK * S::size * kUnits);
-          pf = {reinterpret_cast<const char*>(next), reinterpret_cast<const char*>(end)};
-        }
-        chunk_rows<NA, S, in_t>(static_cast<int>(rows), a, panel, K, 0, K, out(n0), ldc, gs,
-                                mask, first0, pf);
-      }
-      return;
-    }
-    for (int64_t m0 = 0; m0 < B; m0 += kGroupRows) {
-      const int64_t m1 = std::min(B, m0 + kGroupRows);
+    // Whole-K tiles are the same loop with one group of all rows and one span of all K
+    // (chunk_rows adds the chunks inside the call).
+    const int64_t group = whole_k ? B : kGroupRows;
+    const int64_t span = whole_k ? K : kPairs ? kPairsChunkK : kChunkK;
+    for (int64_t m0 = 0; m0 < B; m0 += group) {
+      const int64_t m1 = std::min(B, m0 + group);
       bool first = first0;
-      const int64_t chunk = kPairs ? kPairsChunkK : kChunkK;
-      for (int64_t k0 = 0; k0 < K; k0 += chunk) {
-        const int64_t k1 = std::min(K, k0 + chunk);
-        // Float: the panel rows after the chunk (at the last, the next block's first) are
+      for (int64_t k0 = 0; k0 < K; k0 += span) {
+        const int64_t k1 = std::min(K, k0 + span);
+        // Float: the panel rows after the span (at the last, the next block's first) are
         // fetched into L2 meanwhile. Paired at T=100, N=64, H=512 inference: LSTM 151.5
         // -> 146.4 ms, GRU 115.1 -> 111.7; T=256, N=16, H=768 LSTM 235.8 -> 217.6 ms.
         Prefetch pf;
