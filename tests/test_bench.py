@@ -47,3 +47,21 @@ def test_end_to_end_writes_outputs(tmp_path, capsys):
     assert inf["err_ours"] < 1e-5 and inf["err_torch"] < 1e-5
     md = (tmp_path / "t.md").read_text()
     assert md.count("| latency | GRU | float32 |") == 2
+
+
+def test_rounds_report_the_median_round(tmp_path, capsys):
+    rc = bench.main(["--grid", "latency", "--cells", "GRU", "--dtypes", "float32",
+                     "--budget", "0", "--min-runs", "1", "--max-runs", "1", "--rounds", "3",
+                     "--no-reference", "--out", str(tmp_path), "--name", "t"])
+    assert rc == 0
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert [r["mode"] for r in data["rows"]] == ["inference", "training"]
+    for r in data["rows"]:
+        ratios = sorted(x["ratio"] for x in r["rounds"])
+        assert len(ratios) == 3
+        assert r["ratio"] == ratios[1]  # the median round, its own times with it
+        assert r["ratio"] == pytest.approx(r["torch_ms"] / r["fused_ms"])
+        assert (r["ratio_min"], r["ratio_max"]) == (ratios[0], ratios[2])
+    assert "err_ours" in data["rows"][0]  # errors from the first round carried over
+    md = (tmp_path / "t.md").read_text()
+    assert "3 rounds" in md and md.count("| latency | GRU | float32 |") == 2
