@@ -135,6 +135,21 @@ def test_loop_orders_give_same_bits(cell, N, dt, monkeypatch):
     _assert_same_bits_under(settings, cell, N, dt, monkeypatch, I=600)
 
 
+@pytest.mark.parametrize("T,N,I", [(1, 1, 600), (1, 3, 70), (2, 1, 600), (12, 1, 24), (3, 40, 600)])
+@pytest.mark.parametrize("cell", CELLS)
+def test_weights_in_place_give_same_bits(cell, T, N, I, monkeypatch):
+    """The fused backward reads a weight in place (strided rows, masked loads) where its
+    loop reads it once (panels_in_place, loop_choice.h; W_hh at T=1, W_ih for one chunk
+    of rows), else from packed column panels; with one chunk of rows it writes the weight
+    gradients with non-temporal stores (stream_weight_grads). The same sums in the same
+    order, so outputs and every gradient must match bit for bit under each choice forced.
+    I=600 and 70, H=192: partial last blocks (masked lanes); T=3, N=40: 120 rows, one
+    chunk, over several steps; T=12: W_hh read 12 times."""
+    settings = [{"FUSEDRNN_CPU_PANELS": p, "FUSEDRNN_CPU_STREAM": s}
+                for p, s in (("packed", "0"), ("inplace", "1"), ("inplace", "0"), ("", ""))]
+    _assert_same_bits_under(settings, cell, N, torch.float32, monkeypatch, T=T, I=I)
+
+
 def _assert_same_bits_under(settings, cell, N, dt, monkeypatch, T=12, I=24, H=192, threads=(2,)):
     """One bidirectional layer (by default I=24, H=192: 12 forward blocks, 3 backward
     blocks; T=12) on 2 threads (or each of `threads`), padded and packed (lengths 1..T):

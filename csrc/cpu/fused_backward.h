@@ -29,12 +29,37 @@ inline void block_masks(int64_t c0, int64_t C, __mmask16* masks) {
   }
 }
 
-// c[r][u] = sum_k a[r][k] * b[k*kBackUnits + u] for MR rows and the kBackUnits units of a
-// block, lanes in masks[u / kUnits]. k runs in chunks of kChunkK.
+// tile_product's sums (Slots<0, 1, 2, 3>: the same FMAs in the same order) over a block
+// read in place from the weight: row k at b + k * ldb, lanes past its columns zero.
+template <int MR>
+FUSEDRNN_AVX512 inline __attribute__((always_inline)) void strided_product(
+    __m512 (&acc)[MR][4], const float* const* a, const float* b, int64_t ldb,
+    const __mmask16* masks, int64_t k0, int64_t k1) {
+  const float* ar[MR];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) ar[r] = a[r];
+  const __mmask16 m[4] = {masks[0], masks[1], masks[2], masks[3]};
+  for (int64_t k = k0; k < k1; ++k) {
+    const float* row = b + k * ldb;
+    __m512 bv[4];
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) bv[v] = _mm512_maskz_loadu_ps(m[v], row + v * kUnits);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m512 av = _mm512_set1_ps(ar[r][k]);
+#pragma GCC unroll 4
+      for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+    }
+  }
+}
+
+// c[r][u] = sum_k a[r][k] * b[k*ldb + u] for MR rows and the kBackUnits units of a block,
+// lanes in masks[u / kUnits]; ldb = kBackUnits: a packed panel (ColumnPanels), else the
+// weight in place. k runs in chunks of kChunkK.
 // The k in [k0, k1) only, added to c unless `first`.
 template <int MR>
-FUSEDRNN_AVX512 void block_tile(const float* const* a, const float* b, int64_t k0, int64_t k1,
-                                float* const* c, const __mmask16* masks, bool first,
+FUSEDRNN_AVX512 void block_tile(const float* const* a, const float* b, int64_t ldb, int64_t k0,
+                                int64_t k1, float* const* c, const __mmask16* masks, bool first,
                                 Prefetch& pf) {
   __m512 acc[MR][4];
 #pragma GCC unroll 8
@@ -43,19 +68,23 @@ FUSEDRNN_AVX512 void block_tile(const float* const* a, const float* b, int64_t k
     for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_setzero_ps();
   for (int64_t k = k0; k < k1; k += kChunkK) {
     // The panel's rows are [4 vectors of 16 units], the forward panels' layout with 4 gates.
-    tile_product<MR, 4, Slots<0, 1, 2, 3>>(acc, a, b, k, std::min(k1, k + kChunkK), pf);
+    if (ldb == kBackUnits) {
+      tile_product<MR, 4, Slots<0, 1, 2, 3>>(acc, a, b, k, std::min(k1, k + kChunkK), pf);
+    } else {
+      strided_product<MR>(acc, a, b, ldb, masks, k, std::min(k1, k + kChunkK));
+    }
     chunk_done<MR, 4>(acc, c, kUnits, masks, first);
   }
 }
 
 template <int MR = 6>
-FUSEDRNN_AVX512 void block_rows(int rows, const float* const* a, const float* b, int64_t k0,
-                                int64_t k1, float* const* c, const __mmask16* masks,
+FUSEDRNN_AVX512 void block_rows(int rows, const float* const* a, const float* b, int64_t ldb,
+                                int64_t k0, int64_t k1, float* const* c, const __mmask16* masks,
                                 bool first, Prefetch& pf) {
   if constexpr (MR > 1) {
-    if (rows < MR) return block_rows<MR - 1>(rows, a, b, k0, k1, c, masks, first, pf);
+    if (rows < MR) return block_rows<MR - 1>(rows, a, b, ldb, k0, k1, c, masks, first, pf);
   }
-  block_tile<MR>(a, b, k0, k1, c, masks, first, pf);
+  block_tile<MR>(a, b, ldb, k0, k1, c, masks, first, pf);
 }
 
 // Panel rows (k) per pass over the row tiles: 256 KB of panel, which stays in L2 while
@@ -65,16 +94,20 @@ constexpr int64_t kPanelRows = 1024;
 // w [G, C] (torch's layout) cut into column blocks, [blocks][G][kBackUnits], zero past C:
 // each block one contiguous panel (read in place, the rows' 4C-byte stride cost TLB
 // misses). Each worker packs a share of the rows of every block at step 0 (pack_rows).
+// in_place: no copy; block b is read from w's columns (ld() = C), for a weight the loop
+// reads once or twice, where the copy's read and write of all of w cost more than the
+// strided reads (panels_in_place).
 struct ColumnPanels {
-  ColumnPanels(const float* w, int64_t G, int64_t C)
-      : w_(w), G_(G), C_(C), blocks((C + kBackUnits - 1) / kBackUnits),
-        data(blocks * G * kBackUnits) {}
+  ColumnPanels(const float* w, int64_t G, int64_t C, bool in_place = false)
+      : w_(w), G_(G), C_(C), blocks((C + kBackUnits - 1) / kBackUnits), in_place(in_place),
+        data(in_place ? 0 : blocks * G * kBackUnits) {}
   // Rows [g0, g1) of every block: each row of w read once, in order. (Packed by blocks,
   // each worker read its blocks' 256-byte slice of every row, C floats apart: backward
   // time, medians of alternations, T=1, N=1, I=H=1024 (32 MB of panels) LSTM 12.9 ->
   // 12.2 ms, GRU 7.0 -> 5.3 ms; T=200, N=1, H=256 and the wide, small-batch and
   // fastrnns shapes level, 0.99-1.00.)
   FUSEDRNN_AVX512 void pack_rows(int64_t g0, int64_t g1) const {
+    if (in_place) return;
     __mmask16 last[4];
     block_masks((blocks - 1) * kBackUnits, C_, last);
     for (int64_t g = g0; g < g1; ++g) {
@@ -91,10 +124,14 @@ struct ColumnPanels {
       }
     }
   }
-  const float* block(int64_t b) const { return start() + b * G_ * kBackUnits; }
+  const float* block(int64_t b) const {
+    return in_place ? w_ + b * kBackUnits : start() + b * G_ * kBackUnits;
+  }
+  int64_t ld() const { return in_place ? C_ : kBackUnits; }
   float* start() const { return data.data(); }
   const float* w_;
   int64_t G_, C_, blocks;
+  bool in_place;
   Scratch<> data;
 };
 
@@ -110,16 +147,19 @@ inline int64_t backward_group_rows(int64_t rows, int64_t K) {
 }
 
 // out_row(n)[j] = a_row(n) . w[:, j] for rows n < rows and the columns j of block b of w
-// (a_row(n) has w's G entries).
+// (a_row(n) has w's G entries); only the terms k in [kb, ke) (a whole number of kChunkK
+// chunks from kb, added to out_row unless kb is 0).
 template <typename A, typename O>
 FUSEDRNN_AVX512 void rows_times_panel(int64_t rows, const A& a_row, const O& out_row,
-                                      const ColumnPanels& w, int64_t b) {
+                                      const ColumnPanels& w, int64_t b, int64_t kb = 0,
+                                      int64_t ke = -1) {
   const int64_t j0 = b * kBackUnits;
   __mmask16 masks[4];
   block_masks(j0, w.C_, masks);
   const int64_t group = backward_group_rows(rows, w.G_);
-  for (int64_t k0 = 0; k0 < w.G_; k0 += kPanelRows) {
-    const int64_t k1 = std::min(w.G_, k0 + kPanelRows);
+  if (ke < 0) ke = w.G_;
+  for (int64_t k0 = kb; k0 < ke; k0 += kPanelRows) {
+    const int64_t k1 = std::min(ke, k0 + kPanelRows);
     for (int64_t m0 = 0; m0 < rows; m0 += group) {
       const int64_t m1 = std::min(rows, m0 + group);
       for (int64_t c0 = k0; c0 < k1; c0 += kChunkK) {
@@ -129,7 +169,7 @@ FUSEDRNN_AVX512 void rows_times_panel(int64_t rows, const A& a_row, const O& out
         // ms, GRU 312 -> 298 ms; T=256, N=16, H=768 GRU 462 -> 435 ms, LSTM level.
         const float* next = w.block(b) + c1 * kBackUnits;
         Prefetch pf;
-        if (rows >= kPrefetchRows) {
+        if (rows >= kPrefetchRows && !w.in_place) {
           const float* end = std::min(next + kChunkK * kBackUnits, w.block(w.blocks));
           pf = {reinterpret_cast<const char*>(next), reinterpret_cast<const char*>(end)};
         }
@@ -142,9 +182,30 @@ FUSEDRNN_AVX512 void rows_times_panel(int64_t rows, const A& a_row, const O& out
             ar[r] = a_row(n0 + r);
             cr[r] = out_row(n0 + r) + j0;
           }
-          block_rows(m, ar, w.block(b), c0, c1, cr, masks, c0 == 0, pf);
+          block_rows(m, ar, w.block(b), w.ld(), c0, c1, cr, masks, c0 == 0, pf);
         }
       }
+    }
+  }
+}
+
+// The products of rows_times_panel for the blocks [b0, b1): block by block from packed
+// panels; read in place, by pieces of kInPlacePieceRows rows of w for all the blocks in turn,
+// so that each row's span of the blocks' columns is read whole, from L2 after its first
+// block (block by block, each block's 256 bytes of a row came from memory on their own,
+// 4 KB apart at C = 1024). Each column's sums stay in the same order: the same bits.
+constexpr int64_t kInPlacePieceRows = kChunkK;
+
+template <typename A, typename O>
+FUSEDRNN_AVX512 void rows_times_blocks(int64_t rows, const A& a_row, const O& out_row,
+                                       const ColumnPanels& w, int64_t b0, int64_t b1) {
+  if (!w.in_place) {
+    for (int64_t b = b0; b < b1; ++b) rows_times_panel(rows, a_row, out_row, w, b);
+    return;
+  }
+  for (int64_t k = 0; k < w.G_; k += kInPlacePieceRows) {
+    for (int64_t b = b0; b < b1; ++b) {
+      rows_times_panel(rows, a_row, out_row, w, b, k, std::min(w.G_, k + kInPlacePieceRows));
     }
   }
 }
@@ -157,9 +218,30 @@ constexpr int64_t kTileUnits = 6;
 // lanes in masks[q]. a[k*kTileUnits + i]: dG (or dX) of row k for the tile's unit i; b is
 // the panel of the same rows' x (or h_{t-1}) columns, [K][kBackUnits]. k runs in chunks of kChunkK, each chunk's sums added
 // to c, as in the forward.
+// chunk_done's store of a first chunk, for a weight gradient that is one chunk: past the
+// caches (non-temporal) where a vector is whole and 64-byte aligned, the gradient written
+// once and not read again in this call.
+template <int MR>
+FUSEDRNN_AVX512 inline __attribute__((always_inline)) void stream_done(
+    __m512 (&acc)[MR][4], float* const* c, const __mmask16* masks) {
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) {
+      float* p = c[r] + v * kUnits;
+      if (masks[v] == 0xFFFF && (reinterpret_cast<uintptr_t>(p) & 63) == 0) {
+        _mm512_stream_ps(p, acc[r][v]);
+      } else {
+        _mm512_mask_storeu_ps(p, masks[v], acc[r][v]);
+      }
+    }
+  }
+}
+
 template <int MR>
 FUSEDRNN_AVX512 void outer_tile(const float* a, const float* b, int64_t K,
-                                float* c, int64_t ldc, const __mmask16* masks, bool first) {
+                                float* c, int64_t ldc, const __mmask16* masks, bool first,
+                                bool stream = false) {
   __m512 acc[MR][4];
   float* cr[MR];
 #pragma GCC unroll 8
@@ -186,18 +268,22 @@ FUSEDRNN_AVX512 void outer_tile(const float* a, const float* b, int64_t K,
         for (int q = 0; q < 4; ++q) acc[i][q] = _mm512_fmadd_ps(av, bv[q], acc[i][q]);
       }
     }
-    chunk_done<MR, 4>(acc, cr, kUnits, masks, first);
+    if (stream) {
+      stream_done<MR>(acc, cr, masks);
+    } else {
+      chunk_done<MR, 4>(acc, cr, kUnits, masks, first);
+    }
   }
 }
 
 template <int MR = 6>
 FUSEDRNN_AVX512 void outer_rows(int rows, const float* a, const float* b,
                                 int64_t K, float* c, int64_t ldc, const __mmask16* masks,
-                                bool first) {
+                                bool first, bool stream = false) {
   if constexpr (MR > 1) {
-    if (rows < MR) return outer_rows<MR - 1>(rows, a, b, K, c, ldc, masks, first);
+    if (rows < MR) return outer_rows<MR - 1>(rows, a, b, K, c, ldc, masks, first, stream);
   }
-  outer_tile<MR>(a, b, K, c, ldc, masks, first);
+  outer_tile<MR>(a, b, K, c, ldc, masks, first, stream);
 }
 
 // The columns v*H + j of K rows g, for the units [j0, j1) of every gate v, by tiles of
@@ -264,8 +350,9 @@ FUSEDRNN_AVX512 inline const float* source_panels(int64_t K, const float* const*
 FUSEDRNN_AVX512 inline void weight_update(int64_t K, const float* const* g, const float* packed,
                                           const float* panels, int64_t C, int64_t gates,
                                           int64_t H, int64_t j0, int64_t j1, float* dw,
-                                          double* db, bool first) {
+                                          double* db, bool first, bool stream = false) {
   const int64_t tiles = (j1 - j0 + kTileUnits - 1) / kTileUnits;
+  stream = stream && first && K <= kChunkK;
   for (int64_t c0 = 0; c0 < C; c0 += kBackUnits) {
     __mmask16 masks[4];
     block_masks(c0, C, masks);
@@ -274,10 +361,11 @@ FUSEDRNN_AVX512 inline void weight_update(int64_t K, const float* const* g, cons
       for (int64_t i0 = j0; i0 < j1; i0 += kTileUnits) {
         const int m = static_cast<int>(std::min<int64_t>(kTileUnits, j1 - i0));
         const float* a = packed + (v * tiles + (i0 - j0) / kTileUnits) * K * kTileUnits;
-        outer_rows(m, a, panel, K, dw + (v * H + i0) * C + c0, C, masks, first);
+        outer_rows(m, a, panel, K, dw + (v * H + i0) * C + c0, C, masks, first, stream);
       }
     }
   }
+  if (stream) _mm_sfence();
   if (db == nullptr) return;
   // Each unit's column sum over k in order, in double: 8 units a vector (it ran scalar,
   // through the stack: 3% of a GRU backward at T=50, N=256, H=1024).
@@ -365,7 +453,10 @@ void fused_backward(const Steps& st, bool reverse, int64_t gates, int64_t H, int
     }
   }
   const Scratch rec(N * H);
-  const ColumnPanels wh(w_hh, G, H), wi(w_ih, G, I);
+  int64_t chunks = 0;
+  for (int64_t s = 0; s < T; ++s) chunks += opens[s] >= 0;
+  const ColumnPanels wh(w_hh, G, H, panels_in_place(T)), wi(w_ih, G, I, panels_in_place(chunks));
+  const bool stream = stream_weight_grads(chunks, G * (I + H));
   const int64_t blocks = wh.blocks, xblocks = wi.blocks;
   const int64_t workers = std::max<int64_t>(
       1, std::min<int64_t>({loop_threads(), blocks + xblocks,
@@ -405,9 +496,7 @@ void fused_backward(const Steps& st, bool reverse, int64_t gates, int64_t H, int
         if (s > 0) {  // dG of the step before times W_hh: this step's rec, or dh0 rows
           auto a_row = [&](int64_t n) -> const float* { return gs[row0[s - 1] + n]; };
           auto out_row = [&](int64_t n) { return n < kept ? rec.data() + n * H : out.dh0 + n * H; };
-          for (int64_t b = b0; b < b1; ++b) {
-            rows_times_panel(st.batch[tt(s - 1)], a_row, out_row, wh, b);
-          }
+          rows_times_blocks(st.batch[tt(s - 1)], a_row, out_row, wh, b0, b1);
         }
         if (s < T) {
           for (int64_t b = b0; b < b1; ++b) {
@@ -436,9 +525,9 @@ void fused_backward(const Steps& st, bool reverse, int64_t gates, int64_t H, int
             const float* px = unit_tiles(K, gxs.data() + k0, gates, H, j0, j1, tiles_x);
             const float* ph = split ? unit_tiles(K, gs.data() + k0, gates, H, j0, j1, tiles_h) : px;
             weight_update(K, gxs.data() + k0, px, sx, I, gates, H, j0, j1, out.dw_ih, out.db_x,
-                          first);
+                          first, stream);
             weight_update(K, gs.data() + k0, ph, sh, H, gates, H, j0, j1, out.dw_hh, out.db_h,
-                          first);
+                          first, stream);
             applied[b].store(chunk[s] + 1, std::memory_order_seq_cst);
             waits.notify();
           }
@@ -447,7 +536,7 @@ void fused_backward(const Steps& st, bool reverse, int64_t gates, int64_t H, int
           const int64_t k0 = row0[opens[s - 1]];
           auto a_row = [&](int64_t i) -> const float* { return gxs[k0 + i]; };
           auto out_row = [&](int64_t i) { return dxs[k0 + i]; };
-          for (int64_t b = x0; b < x1; ++b) rows_times_panel(row0[s] - k0, a_row, out_row, wi, b);
+          rows_times_blocks(row0[s] - k0, a_row, out_row, wi, x0, x1);
         }
       },
       &balancer, &waits);

@@ -179,6 +179,40 @@ inline bool fused_backward_16bit(ScalarType dt, int64_t N, int64_t H) {
   return !bf16_weight_grad_products() || N * H < kFusedBackward16BitUnits;
 }
 
+// Whether the fused backward reads a weight in place (ColumnPanels in_place: strided
+// rows, masked loads) rather than packing it into column panels first, by how many
+// times its loop reads it: W_hh once a step, W_ih once a chunk of kChunkK rows. The copy
+// reads and writes all of the weight once more; it repays itself from kInPlaceReads + 1
+// reads on. Same sums in the same order either way: the same bits.
+// FUSEDRNN_CPU_PANELS=packed / =inplace picks one (tests, A/B).
+constexpr int64_t kInPlaceReads = 1;
+
+inline bool panels_in_place(int64_t reads) {
+  const char* env = std::getenv("FUSEDRNN_CPU_PANELS");
+  if (env && env[0] == 'p') return false;
+  if (env && env[0] == 'i') return true;
+  return reads <= kInPlaceReads;
+}
+
+// Whether the fused backward writes its weight gradients with non-temporal stores (past
+// the caches): where the loop has one chunk of rows, so each gradient element is stored
+// once and not read back, and the gradients (`values` floats) outgrow a core's L2.
+// Plain stores first read each line in (read for ownership) and evict the weights the
+// loop still reads. Paired, backward (then SGD's step) ms, plain -> non-temporal, 2-core
+// Zen 4, T=1, N=1: I=H=1024 GRU 3.31 (1.52) -> 2.03 (1.46), LSTM 4.43 (2.07) -> 2.65
+// (2.03); I=H=512 GRU 0.90 (0.29) -> 0.57 (0.35), LSTM 0.87 (0.29) -> 0.52 (0.35); I=H=256
+// GRU 0.37 -> 0.23, LSTM 0.58 -> 0.36; T=1, N=4, H=512 LSTM 1.87 -> 1.31; T=8, N=8, H=512
+// LSTM and T=4, N=16, H=1024 level. FUSEDRNN_CPU_STREAM=0 / =1 forces plain / streamed
+// (where there is one chunk) stores (tests, A/B).
+constexpr int64_t kStreamBytes = 1 << 20;
+
+inline bool stream_weight_grads(int64_t chunks, int64_t values) {
+  if (chunks != 1) return false;
+  const char* env = std::getenv("FUSEDRNN_CPU_STREAM");
+  if (env && env[0]) return env[0] != '0';
+  return values * int64_t(sizeof(float)) >= kStreamBytes;
+}
+
 inline bool fused_rows_fit(int64_t N, int64_t I, int64_t H, int64_t limit = kFusedRowsBytes) {
   return N * (I + H) * int64_t(sizeof(float)) <= limit;
 }
