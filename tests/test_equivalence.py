@@ -120,6 +120,15 @@ def test_matches_torch_16bit_sweep(cell, kw, dt, device):
     compare_with_torch(cell, **kw, dtype=dt, device=device)
 
 
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("kw", [case(1, 1, 1024, 1024), case(2, 3, 1000, 1030, hx=False)])
+def test_matches_torch_bf16_few_rows_large_weights(cell, kw):
+    """bfloat16 with at most 16 rows of weights of 4M values or more (G x (I + H)) takes
+    the GEMM loop's backward instead of the float fused one (fused_backward_16bit,
+    loop_choice.h): the `step` shape's case."""
+    compare_with_torch(cell, **kw, dtype=torch.bfloat16, device="cpu")
+
+
 def _run(module, x, hx, grad_seed=1):
     """Forward, then backward of a fixed random projection; returns output and grads."""
     y, _ = module(x, hx)

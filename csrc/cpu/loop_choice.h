@@ -173,10 +173,24 @@ constexpr int64_t kFusedBackward16BitUnits = 2048;
 // kFusedBackward16BitUnits where its weight gradients have bf16 products, else always
 // (widened to float, they ran at the float rate anyway). The caller checks that the
 // rows fit (fused_rows_fit).
-inline bool fused_backward_16bit(ScalarType dt, int64_t N, int64_t H) {
+// Not, with bf16 products, for a few rows (R, at most kGemmLoop16BitRows) of large
+// weights (G x (I + H) of kGemmLoop16BitValues or more): there the float copies of the
+// weights and of their gradients cost more than the GEMM loop's whole backward. Paired on
+// the 2-core Zen 4, backward ms, fused float vs GEMM loop, N=1, I=H=1024: T=1 GRU 20.0
+// vs 6.0, LSTM 12.6 vs 5.8; T=2 17.0 vs 6.6, 16.0 vs 8.4; T=4 13.9 vs 3.7, 11.6 vs 6.4;
+// T=16 19.7 vs 7.2, 23.0 vs 12.4. Smaller weights: I=H=256, T=1 LSTM 1.21 vs 0.61, GRU
+// 0.66 vs 0.77, T=8 LSTM 1.71 vs 0.95, GRU level, T=32 the fused loop ahead (GRU 1.53 vs
+// 1.67, LSTM 1.66 vs 2.10); T=1, N=4, I=H=512 GRU level, LSTM 1.98 vs 2.74.
+constexpr int64_t kGemmLoop16BitRows = 16;
+constexpr int64_t kGemmLoop16BitValues = 4 << 20;
+
+inline bool fused_backward_16bit(ScalarType dt, int64_t N, int64_t H, int64_t R = 0,
+                                 int64_t G = 0, int64_t I = 0) {
   if (dt == ScalarType::Half) return true;
   if (dt != ScalarType::BFloat16) return false;
-  return !bf16_weight_grad_products() || N * H < kFusedBackward16BitUnits;
+  if (!bf16_weight_grad_products()) return true;
+  if (R <= kGemmLoop16BitRows && G * (I + H) >= kGemmLoop16BitValues) return false;
+  return N * H < kFusedBackward16BitUnits;
 }
 
 // Whether the fused backward reads a weight in place (ColumnPanels in_place: strided

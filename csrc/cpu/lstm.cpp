@@ -404,7 +404,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   Tensor dx2, dw_ih, dw_hh;
   bool fused = false;
 #if FUSEDRNN_HAVE_FUSED
-  if ((dt == ScalarType::Float || fused_backward_16bit(dt, st.N, H)) && !w_hr &&
+  if ((dt == ScalarType::Float || fused_backward_16bit(dt, st.N, H, st.R, G, I)) && !w_hr &&
       fused_available() && st.T > 0 && fused_rows_fit(st.N, I, H)) {
     // 16-bit storage: in float, on float copies (see fused_backward_16bit).
     const auto f = [](const Tensor& a) { return converted(a, ScalarType::Float); };
