@@ -55,7 +55,7 @@ SHAPES = {
 }
 CPU_SHAPES = ["fastrnns", "latency", "small-batch", "wide", "deep", "packed"]
 GRIDS = {
-    "cpu": (CPU_SHAPES, ["float32", "float64", "bfloat16"]),
+    "cpu": (CPU_SHAPES + ["step"], ["float32", "float64", "bfloat16"]),
     "cuda": (CPU_SHAPES + ["flashrnn"], ["float32", "bfloat16", "float16"]),
     "gpu-check": (["fastrnns", "latency", "flashrnn"], ["float32", "bfloat16"]),
 }
