@@ -150,6 +150,22 @@ def test_weights_in_place_give_same_bits(cell, T, N, I, monkeypatch):
     _assert_same_bits_under(settings, cell, N, torch.float32, monkeypatch, T=T, I=I)
 
 
+@pytest.mark.parametrize("T,N,I", [(1, 1, 600), (1, 4, 70), (2, 2, 600), (4, 1, 31)])
+@pytest.mark.parametrize("dt", [torch.float64, torch.bfloat16], ids=["fp64", "bf16"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_few_rows_give_same_bits_on_any_thread_count(cell, T, N, I, dt, monkeypatch):
+    """The few-row products (few_rows.h: at most 4 rows, float64 and bfloat16) split their
+    outputs between threads, never a sum: outputs and every gradient must match bit for
+    bit on 1 and 2 threads, with the GEMM loop everywhere (FUSEDRNN_CPU_FUSED=0) and by
+    default. I=600: past whole 32-value loads (24 left), H=192: 3 passes of rows split
+    where the threads' shares end; packed rows give steps of fewer rows. T*N <= 4: every
+    product has few rows (more rows take MKL's float64 GEMMs, whose bits move with the
+    thread count where they split K: README, determinism)."""
+    settings = [{"FUSEDRNN_CPU_FUSED": f} for f in ("0", "1")]
+    _assert_same_bits_under(settings[:1], cell, N, dt, monkeypatch, T=T, I=I, threads=(1, 2))
+    _assert_same_bits_under(settings[1:], cell, N, dt, monkeypatch, T=T, I=I, threads=(1, 2))
+
+
 def _assert_same_bits_under(settings, cell, N, dt, monkeypatch, T=12, I=24, H=192, threads=(2,)):
     """One bidirectional layer (by default I=24, H=192: 12 forward blocks, 3 backward
     blocks; T=12) on 2 threads (or each of `threads`), padded and packed (lengths 1..T):

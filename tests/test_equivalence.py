@@ -245,6 +245,32 @@ def _cpu_flags():
         return []
 
 
+# Products of at most 4 rows (csrc/cpu/few_rows.h): T=1 and the GEMM loop's steps at
+# N <= 4. I and H around the 32-value loads and 8-row passes: 7, 31, 33, 97, 129.
+FEW_ROWS_CASES = [
+    case(1, 1, 1024, 1024),
+    case(1, 1, 7, 7),
+    case(1, 4, 33, 129),
+    case(2, 2, 31, 97, bidir=True),
+    case(3, 3, 65, 40, L=2, hx=False),
+    case(17, 1, 129, 33, bf=True, nc="step"),
+]
+
+
+@pytest.mark.skipif("avx512bw" not in _cpu_flags(), reason="the few-row loops need AVX-512BW")
+@pytest.mark.parametrize("fused", ["1", "0"], ids=["default", "gemm-loop"])
+@pytest.mark.parametrize("dt", [torch.float64, torch.bfloat16], ids=["fp64", "bf16"])
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("kw", FEW_ROWS_CASES)
+def test_matches_torch_few_rows(cell, kw, dt, fused, monkeypatch):
+    """float64 and bfloat16 products of at most 4 rows with a weight read in place
+    (few_rows.h): x W^T (the forward's input projection and, per step, h W_hh^T), dG W
+    (the backward's dx and dh) and dG^T x (the weight gradients, non-temporal stores from
+    1 MB), with the fused loop (where it runs) or the GEMM loop everywhere."""
+    monkeypatch.setenv("FUSEDRNN_CPU_FUSED", fused)
+    compare_with_torch(cell, **kw, dtype=dt, device="cpu")
+
+
 @pytest.mark.skipif("avx512f" not in _cpu_flags(), reason="the fused CPU loop needs AVX-512")
 @pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("cell", CELLS)

@@ -4,6 +4,7 @@
 
 #include "../layer.h"
 #include "block_cache.h"
+#include "few_rows.h"
 
 #include <torch/headeronly/util/BFloat16.h>
 #include <torch/headeronly/util/Half.h>
@@ -138,6 +139,10 @@ class ScratchTensor {
 // dtypes, and torch builds without that op, use aten::mm (bfloat16 already reaches oneDNN
 // there). The op is probed once; a build that lacks it logs one error and falls back.
 inline Tensor linear(const Tensor& a, const Tensor& w) {
+  if (a.size(0) <= kFewRows && a.numel() > 0) {  // a few rows: the weight read in place
+    Tensor out = empty_as(a, {a.size(0), w.size(0)});
+    if (few_rows_mm(a, t(w), out)) return out;
+  }
   static bool have_onednn = true;
   if (have_onednn && a.scalar_type() == ScalarType::Float && a.numel() > 0) {
     using torch::stable::detail::from;
@@ -204,7 +209,8 @@ class InputProjection {
           buf_ = std::make_unique<ScratchTensor>(x2_, std::vector<int64_t>{rows_, w_ih_.size(0)});
         }
         block_ = rows(buf_->tensor, 0, rows_);
-        mm_out(rows(x2_, r0_, rows_), t(w_ih_), block_);
+        const Tensor x_rows = rows(x2_, r0_, rows_);
+        if (!few_rows_mm(x_rows, t(w_ih_), block_)) mm_out(x_rows, t(w_ih_), block_);
       }
       end_ = e;
     }
