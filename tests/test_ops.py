@@ -1,6 +1,9 @@
 """The op layer and the autograd Functions: opcheck, gradcheck, and the module contract
 that is not numerics (state_dict, flatten_parameters). Determinism: test_determinism.py.
 """
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -383,3 +386,64 @@ def test_grads_when_outputs_unused(cell, used):
         grads.append([xi.grad, *(p.grad for p in m.parameters())])
     for g_t, g_o in zip(*grads, strict=True):
         torch.testing.assert_close(g_o, g_t, rtol=1e-9, atol=1e-12)
+
+
+_STEP_LOOP = """
+import torch, fusedrnn
+torch.manual_seed(0)
+m = fusedrnn.GRU(1024, 1024)
+x = torch.randn(1, 1, 1024)
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+def step():
+    for p in m.parameters():
+        p.grad = None
+    y = m(x.detach().requires_grad_())[0]
+    y.backward(torch.ones_like(y))
+for _ in range(20):
+    step()
+start = rss()
+for _ in range(300):
+    step()
+print(rss() - start)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+def test_step_training_loop_memory_stays_flat():
+    """A step-by-step training loop (T=1, N=1, I=H=1024 GRU, grads set to None each call,
+    as RL and decoder loops run) keeps its resident memory: the weight gradients' 12 MB
+    blocks come from the op's BlockCache (cached_empty, common.h). From glibc they
+    fragmented its heap, which grew by 60 MB-2 GB within 300 calls in 10 of 10 runs on
+    the 2-core Zen 4 (313 MB at start). In a fresh process: the test suite's heap is not
+    this loop's."""
+    out = subprocess.run([sys.executable, "-c", _STEP_LOOP], capture_output=True, text=True,
+                         check=True, timeout=300)
+    grew_mb = float(out.stdout.strip().splitlines()[-1])
+    assert grew_mb < 32, f"resident memory grew by {grew_mb:.0f} MB over 300 steps"
+
+
+@pytest.mark.parametrize("dt", [torch.float32, torch.float64, torch.bfloat16],
+                         ids=["fp32", "fp64", "bf16"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_cached_weight_grads_behave_as_torch(cell, dt):
+    """Weight gradients from BlockCache (float32, and few-row float64 / bfloat16 ones) are
+    ordinary tensors to autograd and optimizers: a second backward accumulates into them,
+    zero_() and an SGD step work in place, and each matches torch.nn's."""
+    theirs, ours = make_modules(cell, 300, 256, 1, dtype=dt)
+    torch.manual_seed(3)
+    x = torch.randn(1, 1, 300, dtype=dt)
+    for m in (theirs, ours):
+        for _ in range(2):  # the second call accumulates into .grad
+            y = m(x)[0]
+            y.backward(torch.ones_like(y))
+    tol = dict(rtol=2e-2, atol=2e-2) if dt == torch.bfloat16 else {}
+    for (name, a), b in zip(ours.named_parameters(), theirs.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, **tol, msg=name)
+    opt = torch.optim.SGD(ours.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in ours.parameters()]
+    opt.step()
+    for p, p0 in zip(ours.parameters(), before, strict=True):
+        torch.testing.assert_close(p.detach(), p0 - 0.1 * p.grad, **tol)
+        p.grad.zero_()
+        assert p.grad.abs().max() == 0

@@ -491,19 +491,23 @@ inline bool few_rows_mm(const Tensor& a, const Tensor& b, Tensor& out) {
   return true;
 }
 
-// a^T @ b for a [R, G], b [R, K] (rows contiguous), R <= kFewRows: [G, K], with
-// non-temporal stores from kFewRowsStreamBytes on (each element stored once, not read
-// back: plain stores would read every line in and evict the weights). Empty where these
-// loops do not take the case.
+// Whether few_rows_tn takes a^T @ b: a [R, G], b [R, K] (rows contiguous), R <= kFewRows.
+inline bool few_rows_tn_takes(const Tensor& a, const Tensor& b) {
+  const int64_t R = a.size(0);
+  return R >= 1 && R <= kFewRows && a.size(1) > 0 && b.size(1) > 0 &&
+         few_rows_available(a.scalar_type()) && b.scalar_type() == a.scalar_type() &&
+         a.stride(1) == 1 && b.stride(1) == 1;
+}
+
+// out = a^T @ b (out [G, K] contiguous) where few_rows_tn_takes(a, b), with non-temporal
+// stores from kFewRowsStreamBytes on (each element stored once, not read back: plain
+// stores would read every line in and evict the weights).
 constexpr int64_t kFewRowsStreamBytes = 1 << 20;
 
-inline std::optional<Tensor> few_rows_tn(const Tensor& a, const Tensor& b) {
+inline void few_rows_tn(const Tensor& a, const Tensor& b, Tensor& out) {
   namespace d = few_rows_detail;
   const ScalarType dt = a.scalar_type();
   const int64_t R = a.size(0), G = a.size(1), K = b.size(1);
-  if (R < 1 || R > kFewRows || G == 0 || K == 0 || !few_rows_available(dt)) return std::nullopt;
-  if (b.scalar_type() != dt || a.stride(1) != 1 || b.stride(1) != 1) return std::nullopt;
-  Tensor out = empty_as(a, {G, K});
   const int64_t es = out.element_size();
   const bool aligned = reinterpret_cast<uintptr_t>(out.const_data_ptr()) % 64 == 0 &&
                        (K * es) % 64 == 0;
@@ -525,13 +529,13 @@ inline std::optional<Tensor> few_rows_tn(const Tensor& a, const Tensor& b) {
     case ScalarType::Double: run(double{}); break;
     default: run(c10::BFloat16{}); break;
   }
-  return out;
 }
 
 #else
 
 inline bool few_rows_mm(const Tensor&, const Tensor&, Tensor&) { return false; }
-inline std::optional<Tensor> few_rows_tn(const Tensor&, const Tensor&) { return std::nullopt; }
+inline bool few_rows_tn_takes(const Tensor&, const Tensor&) { return false; }
+inline void few_rows_tn(const Tensor&, const Tensor&, Tensor&) {}
 
 #endif  // FUSEDRNN_HAVE_FEW_ROWS
 

@@ -347,7 +347,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     };
     Tensor dx2f = empty_as(x2f, {st.R, I}), dh0f = out(dh0), db_ihf = out(db_ih);
     Tensor db_hhf = out(db_hh);
-    Tensor dw_ihf = empty_as(x2f, {G, I}), dw_hhf = empty_as(x2f, {G, H});
+    Tensor dw_ihf = cached_empty(x2f, {G, I}), dw_hhf = cached_empty(x2f, {G, H});
     gru_backward_fused(st, reverse, f(gy2), f(ghn), x2f, f(y2), f(h0c),
                        f(torch::stable::contiguous(w_ih)), f(torch::stable::contiguous(w_hh)), ws2,
                        dx2f, dh0f, dw_ihf, dw_hhf, db_ihf, db_hhf);

@@ -414,7 +414,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
       return dt == ScalarType::Float ? a : empty_as(a, {a.numel()}, ScalarType::Float);
     };
     Tensor dx2f = empty_as(x2f, {st.R, I}), dh0f = out(dh0), dc0f = out(dc0), dbf = out(db);
-    Tensor dw_ihf = empty_as(x2f, {G, I}), dw_hhf = empty_as(x2f, {G, P});
+    Tensor dw_ihf = cached_empty(x2f, {G, I}), dw_hhf = cached_empty(x2f, {G, P});
     lstm_backward_fused(st, reverse, f(gy2), f(ghn), f(gcn), f(c0), x2f, f(y2), f(h0c),
                         f(torch::stable::contiguous(w_ih)), f(torch::stable::contiguous(w_hh)),
                         ws2, dx2f, dh0f, dc0f, dw_ihf, dw_hhf, dbf);

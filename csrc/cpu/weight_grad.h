@@ -148,8 +148,16 @@ inline bool bf16_weight_grad(const Tensor& a) {
 
 // A weight gradient a^T @ b (a [K, M], b [K, P], contiguous): on bf16 products where
 // bf16_weight_grad(a), else mm_tn.
+// a^T @ b of a few rows (few_rows.h) into an output from BlockCache (cached_empty).
+inline std::optional<Tensor> few_rows_grad(const Tensor& a, const Tensor& b) {
+  if (!few_rows_tn_takes(a, b)) return std::nullopt;
+  Tensor out = cached_empty(a, {a.size(1), b.size(1)});
+  few_rows_tn(a, b, out);
+  return out;
+}
+
 inline Tensor weight_grad(const Tensor& a, const Tensor& b) {
-  if (std::optional<Tensor> few = few_rows_tn(a, b)) return *few;
+  if (std::optional<Tensor> few = few_rows_grad(a, b)) return *few;
 #if FUSEDRNN_HAVE_AMX
   if (bf16_weight_grad(a)) {
     return weight_grad_amx(torch::stable::contiguous(a), torch::stable::contiguous(b));
@@ -162,8 +170,8 @@ inline Tensor weight_grad(const Tensor& a, const Tensor& b) {
 // of dG): on bf16 products, a is transposed once for both.
 inline std::pair<Tensor, Tensor> weight_grads(const Tensor& a, const Tensor& b1,
                                               const Tensor& b2) {
-  if (std::optional<Tensor> g1 = few_rows_tn(a, b1)) {
-    if (std::optional<Tensor> g2 = few_rows_tn(a, b2)) return {*g1, *g2};
+  if (few_rows_tn_takes(a, b1) && few_rows_tn_takes(a, b2)) {
+    return {*few_rows_grad(a, b1), *few_rows_grad(a, b2)};
   }
 #if FUSEDRNN_HAVE_AMX
   if (bf16_weight_grad(a)) {
