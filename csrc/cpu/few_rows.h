@@ -40,8 +40,11 @@ namespace fusedrnn {
 // vs 0.47-0.57 (from L3, 59-69 GB/s; 0.29-0.33 with bf16 widened by vpmovzxwd instead of
 // by pairs); layer inference, GRU float64 T=1, N=4, I=H=1024 3.34 vs 5.62, T=16, N=4,
 // I=H=512 4.99 vs 5.38, N=2 3.56 vs 4.30; training T=1, N=4, I=H=1024 LSTM float64 32.5 vs
-// 37.0, GRU bfloat16 3.68 vs 6.07. Not float32: oneDNN's products there were faster than
-// these (T=1, N=1, I=H=1024 GRU inference 0.73 vs 0.85 ms; N=4, I=H=512 0.44 vs 0.60).
+// 37.0, GRU bfloat16 3.68 vs 6.07 (these loops ran first after torch.nn's call in each
+// alternation, the slot that reads slower). Not float32: against oneDNN's products, in an
+// order-balanced alternation, inference ms, T=1, N=1, I=H=1024 GRU 0.786 vs 0.718, LSTM
+// 1.58 vs 1.61; N=4, I=H=512 GRU 0.337 vs 0.335, LSTM 0.701 vs 0.706; T=4, N=1, I=H=1024
+// GRU 1.80 vs 1.96; I=H=256 0.110 vs 0.110: no consistent gain.
 constexpr int64_t kFewRows = 4;
 
 #if FUSEDRNN_HAVE_FEW_ROWS
