@@ -65,3 +65,17 @@ def test_rounds_report_the_median_round(tmp_path, capsys):
     assert "err_ours" in data["rows"][0]  # errors from the first round carried over
     md = (tmp_path / "t.md").read_text()
     assert "3 rounds" in md and md.count("| latency | GRU | float32 |") == 2
+
+
+def test_alternation_rotates_the_order():
+    """Each fn takes every slot of the alternation equally often (time_alternating): the
+    call right after another one reads slower, so a fixed order biases the ratio."""
+    calls = []
+    fns = [lambda i=i: calls.append(i) for i in range(3)]
+    _, runs = bench.time_alternating(fns, "cpu", 0, 6, 6)
+    assert runs == 6
+    timed = calls[6:]  # after each fn's warm-up call and its first timed call
+    slots = [timed[r * 3:(r + 1) * 3] for r in range(runs)]
+    assert all(sorted(s) == [0, 1, 2] for s in slots)
+    for fn in range(3):
+        assert sorted(s.index(fn) for s in slots) == [0, 0, 1, 1, 2, 2]

@@ -248,7 +248,13 @@ def _data(y):
 
 def time_alternating(fns, device, budget_s, min_runs, max_runs):
     """Median ms of each fn, run alternately after one warm-up call each, as many runs as
-    fit in budget_s per function (at least min_runs)."""
+    fit in budget_s per function (at least min_runs). The order rotates every run (run k
+    starts with fn k mod len(fns)), so that no fn always runs right after the same other
+    one: that slot reads slower (the caches hold the other's data). On the 2-core Zen 4,
+    fusedrnn twice in one alternation (two settings that are level when their order is
+    swapped every run) read the one right after torch.nn's call 8-10% slower at T=200,
+    N=1, I=H=256. The grids up to c536f6a ran torch.nn, fusedrnn, the
+    reference in that order every run."""
     clock = timer(device)
     first = []
     for fn in fns:
@@ -256,9 +262,10 @@ def time_alternating(fns, device, budget_s, min_runs, max_runs):
         first.append(clock(fn))
     runs = max(min_runs, min(max_runs, int(budget_s * 1e3 / max(max(first), 1e-3))))
     samples = [[] for _ in fns]
-    for _ in range(runs):
-        for s, fn in zip(samples, fns):
-            s.append(clock(fn))
+    for k in range(runs):
+        for i in range(len(fns)):
+            j = (i + k) % len(fns)
+            samples[j].append(clock(fns[j]))
     return [statistics.median(s) for s in samples], runs
 
 
