@@ -8,6 +8,10 @@
 #include <cstdint>
 #include <cstring>
 
+#if !defined(__CUDACC__) && defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
 #if defined(__CUDACC__)
 #define FUSEDRNN_HOST_DEVICE __host__ __device__ __forceinline__
 #elif defined(__GNUC__)
@@ -177,5 +181,90 @@ struct GRUCell {
     return b;
   }
 };
+
+
+// The forward cells on 16 floats at a time (AVX-512), for the CPU's per-unit loops on
+// CPUs that have it (x86-64-v4). The same math as above: exp_'s range reduction and
+// polynomial, tanh_'s two branches; n rounded by vrndscaleps and 2^n applied by
+// vscalefps, and each division 1/d of sigmoid and tanh made as vrcp14ps's estimate
+// (relative error < 2^-14) and one Newton step, r + r(1 - d r). Within 1.0 (exp),
+// 1.6 (sigmoid), 2.3 (tanh) float eps of the true value over their whole range
+// (test_cells.cpp); NaN in gives NaN out. Written as scalar code, gcc vectorized exp_ and
+// tanh_ into 5 divisions a unit and the integer steps of 2^n: the LSTM forward cell took
+// 2.40 ns a unit on one Zen 4 core, these 1.9.
+#if !defined(__CUDACC__) && defined(__x86_64__) && defined(__GNUC__)
+#define FUSEDRNN_HAVE_CELLS16 1
+#define FUSEDRNN_CELLS16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+#define FUSEDRNN_CELLS16 inline __attribute__((always_inline)) FUSEDRNN_CELLS16_TARGET
+
+namespace cells16 {
+
+// (The masked forms, all lanes, with a source operand: gcc 12's unmasked min, max,
+// rcp14, scalef and roundscale pass an "undefined" vector that -Wall reports as
+// maybe-uninitialized wherever they inline.)
+constexpr __mmask16 kAll = 0xFFFF;
+
+FUSEDRNN_CELLS16 __m512 exp(__m512 x) {
+  // Clamped as exp_ (max(lo, x): a NaN x is vmaxps's second operand, so it passes).
+  x = _mm512_mask_max_ps(x, kAll, _mm512_set1_ps(-87.0f), x);
+  x = _mm512_mask_min_ps(x, kAll, _mm512_set1_ps(88.0f), x);
+  const __m512 y = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
+  const __m512 n =
+      _mm512_mask_roundscale_ps(y, kAll, y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_mask_scalef_ps(p, kAll, p, n);
+}
+
+// 1/d: the estimate and one Newton step.
+FUSEDRNN_CELLS16 __m512 recip(__m512 d) {
+  const __m512 r = _mm512_mask_rcp14_ps(d, kAll, d);
+  return _mm512_fmadd_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(1.0f)), r);
+}
+
+FUSEDRNN_CELLS16 __m512 sigmoid(__m512 x) {
+  return recip(_mm512_add_ps(_mm512_set1_ps(1.0f), exp(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+
+FUSEDRNN_CELLS16 __m512 tanh(__m512 x) {
+  // |x| < 0.625: tanh_'s odd polynomial; else 1 - 2/(e^2x + 1), which keeps the sign.
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const __m512 big = _mm512_fnmadd_ps(_mm512_set1_ps(2.0f),
+                                      recip(_mm512_add_ps(exp(_mm512_add_ps(x, x)), one)), one);
+  const __m512 z = _mm512_mul_ps(x, x);
+  __m512 q = _mm512_set1_ps(-5.70498872745e-3f);
+  q = _mm512_fmadd_ps(q, z, _mm512_set1_ps(2.06390887954e-2f));
+  q = _mm512_fmadd_ps(q, z, _mm512_set1_ps(-5.37397155531e-2f));
+  q = _mm512_fmadd_ps(q, z, _mm512_set1_ps(1.33314422036e-1f));
+  q = _mm512_fmadd_ps(q, z, _mm512_set1_ps(-3.33332819422e-1f));
+  const __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(x, z), q, x);
+  const __mmask16 near0 = _mm512_cmp_ps_mask(_mm512_abs_ps(x), _mm512_set1_ps(0.625f), _CMP_LT_OQ);
+  return _mm512_mask_blend_ps(near0, big, small);
+}
+
+// LSTMCell<float>::forward and GRUCell<float>::forward on 16 units.
+struct LSTM {
+  __m512 i, f, g, o, c, h;
+  FUSEDRNN_CELLS16 LSTM(__m512 pi, __m512 pf, __m512 pg, __m512 po, __m512 c_prev)
+      : i(sigmoid(pi)), f(sigmoid(pf)), g(tanh(pg)), o(sigmoid(po)),
+        c(_mm512_fmadd_ps(f, c_prev, _mm512_mul_ps(i, g))), h(_mm512_mul_ps(o, tanh(c))) {}
+};
+
+struct GRU {
+  __m512 r, z, n, h;
+  FUSEDRNN_CELLS16 GRU(__m512 pr, __m512 pz, __m512 xn, __m512 hn, __m512 h_prev)
+      : r(sigmoid(pr)), z(sigmoid(pz)), n(tanh(_mm512_fmadd_ps(r, hn, xn))),
+        h(_mm512_fmadd_ps(z, _mm512_sub_ps(h_prev, n), n)) {}
+};
+
+}  // namespace cells16
+#endif
 
 }  // namespace fusedrnn

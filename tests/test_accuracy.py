@@ -26,7 +26,11 @@ SEEDS = range(8)
     ],
     ids=["fp32-T100-N64-H7-L2-bi", "fp32-T50-N16-H129", "bf16-T30-N8-H64"],
 )
-def test_median_error_within_2x_torch(cell, shape, dtype):
+@pytest.mark.parametrize("cells16", ["1", "0"], ids=["cells16", "scalar-cells"])
+def test_median_error_within_2x_torch(cell, shape, dtype, cells16, monkeypatch):
+    """Both forms of the forward cells: 16 units at a time on AVX-512 (cells16, the
+    default there) and the scalar loops of other CPUs (FUSEDRNN_CPU_CELLS16=0)."""
+    monkeypatch.setenv("FUSEDRNN_CPU_CELLS16", cells16)
     runs = [compare_with_torch(cell, **shape, dtype=dtype, seed=s) for s in SEEDS]
     for name in runs[0]:
         ours = statistics.median(r[name][0] for r in runs)

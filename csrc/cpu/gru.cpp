@@ -6,6 +6,7 @@
 #include "fused_backward.h"
 #include "rowdot_loop.h"
 #include "weight_grad.h"
+#include "cells16.h"
 #include "../cells.h"
 
 namespace fusedrnn {
@@ -23,7 +24,7 @@ constexpr int64_t kGRUSaved = 4;
 // kXg false: xg is not read (the fused loop folded x W_ir, x W_iz into hg); kSave false: w
 // is not written (inference).
 template <bool kXg, bool kSave, typename scalar_t, typename xn_t, typename hg_t, typename acc_t>
-FUSEDRNN_CPU_CLONES void gru_forward_units(
+FUSEDRNN_CPU_CLONES void gru_forward_scalar(
     const scalar_t* __restrict xg, const xn_t* __restrict xn, const hg_t* __restrict hg, int64_t hs,
     const acc_t* __restrict bi, const acc_t* __restrict bh, acc_t* __restrict h,
     scalar_t* __restrict y, acc_t* __restrict w, int64_t H, int64_t j0, int64_t j1) {
@@ -42,6 +43,53 @@ FUSEDRNN_CPU_CLONES void gru_forward_units(
     h[j] = f.h;
     y[j] = static_cast<scalar_t>(f.h);
   }
+}
+
+#if FUSEDRNN_HAVE_CELLS16
+// gru_forward_scalar on 16 units at a time (cells16.h), float opmath and float hg.
+template <bool kXg, bool kSave, typename scalar_t, typename xn_t>
+FUSEDRNN_CELLS16_TARGET void gru_forward_units16(const scalar_t* xg, const xn_t* xn,
+                                                 const float* hg, int64_t hs, const float* bi,
+                                                 const float* bh, float* h, scalar_t* y,
+                                                 float* w, int64_t H, int64_t j0, int64_t j1) {
+  for (int64_t j = j0; j < j1; j += 16) {
+    const __mmask16 m = lanes16(j1 - j);
+    const __m512 hn = _mm512_add_ps(load16(hg + 2 * hs + j, m), load16(bh + 2 * H + j, m));
+    __m512 pre[2];
+#pragma GCC unroll 2
+    for (int v = 0; v < 2; ++v) {
+      __m512 p = load16(hg + v * hs + j, m);
+      if constexpr (kXg) p = _mm512_add_ps(load16(xg + v * H + j, m), p);
+      pre[v] = _mm512_add_ps(_mm512_add_ps(p, load16(bi + v * H + j, m)), load16(bh + v * H + j, m));
+    }
+    const __m512 xnb = _mm512_add_ps(load16(xn + j, m), load16(bi + 2 * H + j, m));
+    const cells16::GRU f(pre[0], pre[1], xnb, hn, load16(h + j, m));
+    if constexpr (kSave) {
+      store16(w + j, m, f.r);
+      store16(w + H + j, m, f.z);
+      store16(w + 2 * H + j, m, f.n);
+      store16(w + 3 * H + j, m, hn);
+    }
+    store16(h + j, m, f.h);
+    store16(y + j, m, f.h);
+  }
+}
+#endif
+
+// The forward cell over the units [j0, j1) of one row: 16 at a time with v16
+// (cells16_on()) where the types allow, else the scalar loop.
+template <bool kXg, bool kSave, typename scalar_t, typename xn_t, typename hg_t, typename acc_t>
+inline void gru_forward_units(bool v16, const scalar_t* xg, const xn_t* xn, const hg_t* hg,
+                              int64_t hs, const acc_t* bi, const acc_t* bh, acc_t* h, scalar_t* y,
+                              acc_t* w, int64_t H, int64_t j0, int64_t j1) {
+#if FUSEDRNN_HAVE_CELLS16
+  if constexpr (kCells16Storage<scalar_t> && kCells16Storage<xn_t> &&
+                std::is_same_v<hg_t, float> && std::is_same_v<acc_t, float>) {
+    if (v16) return gru_forward_units16<kXg, kSave>(xg, xn, hg, hs, bi, bh, h, y, w, H, j0, j1);
+  }
+#endif
+  (void)v16;
+  gru_forward_scalar<kXg, kSave>(xg, xn, hg, hs, bi, bh, h, y, w, H, j0, j1);
 }
 
 // gy: grad of y_t [H]; rec: dgh_{t+1} @ W_hh [H]; hp: h_{t-1} [H]; w: saved [4H];
@@ -71,6 +119,7 @@ void gru_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, con
                       Tensor& ws2) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t N = st.N, H = w_hh.size(1), G = 3 * H;
+  const bool v16 = cells16_on();
 
   InputProjection xg(st, x2, w_ih, reverse);
   const std::vector<acc_t> b_i = bias_vector<scalar_t>(b_ih, G);
@@ -109,11 +158,11 @@ void gru_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, con
         float* ws_row = save ? ws_p + (off + n) * kGRUSaved * H : nullptr;
         with_flags(!fold, save, [&](auto with_xg, auto with_ws) {
           if constexpr (with_xg) {
-            gru_forward_units<true, with_ws>(xg_row, xg_row + 2 * H, hg, hs, b_i.data(), b_h.data(),
+            gru_forward_units<true, with_ws>(v16, xg_row, xg_row + 2 * H, hg, hs, b_i.data(), b_h.data(),
                                              ha.data() + n * H, y_p + (off + n) * H, ws_row, H,
                                              j0, j1);
           } else {
-            gru_forward_units<false, with_ws>(xg_row, hg + 3 * hs, hg, hs, b_i.data(), b_h.data(),
+            gru_forward_units<false, with_ws>(v16, xg_row, hg + 3 * hs, hg, hs, b_i.data(), b_h.data(),
                                               ha.data() + n * H, y_p + (off + n) * H, ws_row,
                                               H, j0, j1);
           }
@@ -145,7 +194,7 @@ void gru_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, con
         const int64_t off = st.offset[reverse ? st.T - 1 - s : s];
         float* ws_row = save ? ws_p + (off + n) * kGRUSaved * H : nullptr;
         with_flags(true, save, [&](auto, auto with_ws) {
-          gru_forward_units<true, with_ws>(xg_row, xg_row + 2 * H, hg, hs, b_i.data(), b_h.data(),
+          gru_forward_units<true, with_ws>(v16, xg_row, xg_row + 2 * H, hg, hs, b_i.data(), b_h.data(),
                                            ha.data() + n * H, y_p + (off + n) * H, ws_row, H, j0,
                                            j1);
         });
@@ -165,7 +214,7 @@ void gru_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, con
     const scalar_t* xg_p = static_cast<const scalar_t*>(xg.step(s));
     acc_t* ws_s = save ? ws_p + off * kGRUSaved * H : ws_p;
     for_each_unit_chunk(B, H, [&](int64_t n, int64_t j0, int64_t j1) {
-      gru_forward_units<true, true>(xg_p + n * G, xg_p + n * G + 2 * H, hg_p + n * G, H, b_i.data(),
+      gru_forward_units<true, true>(v16, xg_p + n * G, xg_p + n * G + 2 * H, hg_p + n * G, H, b_i.data(),
                         b_h.data(), ha.data() + n * H, y_p + (off + n) * H,
                         ws_s + n * kGRUSaved * H, H, j0, j1);
     });

@@ -9,6 +9,7 @@
 #include "fused_backward.h"
 #include "rowdot_loop.h"
 #include "weight_grad.h"
+#include "cells16.h"
 #include "../cells.h"
 
 namespace fusedrnn {
@@ -27,7 +28,7 @@ constexpr int64_t kLSTMSaved = 5;
 // kXg false: xg is not read (the fused loop folded x into hg); kSave false: w is not
 // written (inference).
 template <bool kXg, bool kSave, typename scalar_t, typename hg_t, typename acc_t>
-FUSEDRNN_CPU_CLONES void lstm_forward_units(
+FUSEDRNN_CPU_CLONES void lstm_forward_scalar(
     const scalar_t* __restrict xg, const hg_t* __restrict hg, int64_t hs, const acc_t* __restrict b,
     acc_t* __restrict c, scalar_t* __restrict y, acc_t* __restrict w, int64_t H, int64_t j0,
     int64_t j1) {
@@ -47,6 +48,51 @@ FUSEDRNN_CPU_CLONES void lstm_forward_units(
     c[j] = f.c;
     y[j] = static_cast<scalar_t>(f.h);
   }
+}
+
+#if FUSEDRNN_HAVE_CELLS16
+// lstm_forward_scalar on 16 units at a time (cells16.h), float opmath and float hg.
+template <bool kXg, bool kSave, typename scalar_t>
+FUSEDRNN_CELLS16_TARGET void lstm_forward_units16(const scalar_t* xg, const float* hg, int64_t hs,
+                                                  const float* b, float* c, scalar_t* y,
+                                                  float* w, int64_t H, int64_t j0, int64_t j1) {
+  for (int64_t j = j0; j < j1; j += 16) {
+    const __mmask16 m = lanes16(j1 - j);
+    __m512 pre[4];
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) {
+      __m512 p = load16(hg + v * hs + j, m);
+      if constexpr (kXg) p = _mm512_add_ps(load16(xg + v * H + j, m), p);
+      pre[v] = _mm512_add_ps(p, load16(b + v * H + j, m));
+    }
+    const cells16::LSTM f(pre[0], pre[1], pre[2], pre[3], load16(c + j, m));
+    if constexpr (kSave) {
+      store16(w + j, m, f.i);
+      store16(w + H + j, m, f.f);
+      store16(w + 2 * H + j, m, f.g);
+      store16(w + 3 * H + j, m, f.o);
+      store16(w + 4 * H + j, m, f.c);
+    }
+    store16(c + j, m, f.c);
+    store16(y + j, m, f.h);
+  }
+}
+#endif
+
+// The forward cell over the units [j0, j1) of one row: 16 at a time with v16
+// (cells16_on()) where the types allow, else the scalar loop.
+template <bool kXg, bool kSave, typename scalar_t, typename hg_t, typename acc_t>
+inline void lstm_forward_units(bool v16, const scalar_t* xg, const hg_t* hg, int64_t hs,
+                               const acc_t* b, acc_t* c, scalar_t* y, acc_t* w, int64_t H,
+                               int64_t j0, int64_t j1) {
+#if FUSEDRNN_HAVE_CELLS16
+  if constexpr (kCells16Storage<scalar_t> && std::is_same_v<hg_t, float> &&
+                std::is_same_v<acc_t, float>) {
+    if (v16) return lstm_forward_units16<kXg, kSave>(xg, hg, hs, b, c, y, w, H, j0, j1);
+  }
+#endif
+  (void)v16;
+  lstm_forward_scalar<kXg, kSave>(xg, hg, hs, b, c, y, w, H, j0, j1);
 }
 
 // gy: grad of y_t [H]; dh: grad of h_t from later steps [H]; w: saved [5H];
@@ -92,6 +138,7 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
                        Tensor& ws2) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t N = st.N, H = w_ih.size(0) / 4, P = w_hh.size(1), G = 4 * H;
+  const bool v16 = cells16_on();
 
   InputProjection xg(st, x2, w_ih, reverse);
   const std::vector<acc_t> b_i = bias_vector<scalar_t>(b_ih, G);
@@ -129,7 +176,7 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
         const int64_t off = st.offset[reverse ? st.T - 1 - s : s];
         float* ws_row = save ? ws_p + (off + n) * kLSTMSaved * H : nullptr;
         with_flags(!fold, save, [&](auto with_xg, auto with_ws) {
-          lstm_forward_units<with_xg, with_ws>(xg_row, hg, hs, bias.data(), c.data() + n * H,
+          lstm_forward_units<with_xg, with_ws>(v16, xg_row, hg, hs, bias.data(), c.data() + n * H,
                                                y_p + (off + n) * H, ws_row, H, j0, j1);
         });
       };
@@ -155,7 +202,7 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
         const int64_t off = st.offset[reverse ? st.T - 1 - s : s];
         float* ws_row = save ? ws_p + (off + n) * kLSTMSaved * H : nullptr;
         with_flags(true, save, [&](auto with_xg, auto with_ws) {
-          lstm_forward_units<with_xg, with_ws>(xg_row, hg, hs, bias.data(), c.data() + n * H,
+          lstm_forward_units<with_xg, with_ws>(v16, xg_row, hg, hs, bias.data(), c.data() + n * H,
                                                y_p + (off + n) * H, ws_row, H, j0, j1);
         });
       };
@@ -176,7 +223,7 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
     acc_t* ws_s = save ? ws_p + off * kLSTMSaved * H : ws_p;
     scalar_t* out = w_hr ? m_p : y_p + off * H;  // rows of m, or of y (P = H)
     for_each_unit_chunk(B, H, [&](int64_t n, int64_t j0, int64_t j1) {
-      lstm_forward_units<true, true>(xg_p + n * G, hg_p + n * G, H, bias.data(), c.data() + n * H,
+      lstm_forward_units<true, true>(v16, xg_p + n * G, hg_p + n * G, H, bias.data(), c.data() + n * H,
                          out + n * H, ws_s + n * kLSTMSaved * H, H, j0, j1);
     });
     if (w_hr) {

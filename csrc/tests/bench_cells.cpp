@@ -61,6 +61,32 @@ BENCH_CLONES void gru_bwd(CR a, CR b, CR c, CR d, CR s, CR ga, R o0, R o1, R o2,
   }
 }
 
+#if FUSEDRNN_HAVE_CELLS16
+// The same loops on the 16-lane cells (cells16, AVX-512: the forward loops' form there).
+FUSEDRNN_CELLS16_TARGET __attribute__((noinline)) void lstm_fwd16(
+    CR a, CR b, CR c, CR d, CR s, R o0, R o1, R o2, R o3, R o4, R o5, int64_t n) {
+  for (int64_t k = 0; k + 16 <= n; k += 16) {
+    const fusedrnn::cells16::LSTM r(_mm512_loadu_ps(a + k), _mm512_loadu_ps(b + k),
+                                    _mm512_loadu_ps(c + k), _mm512_loadu_ps(d + k),
+                                    _mm512_loadu_ps(s + k));
+    _mm512_storeu_ps(o0 + k, r.i), _mm512_storeu_ps(o1 + k, r.f), _mm512_storeu_ps(o2 + k, r.g);
+    _mm512_storeu_ps(o3 + k, r.o), _mm512_storeu_ps(o4 + k, r.c), _mm512_storeu_ps(o5 + k, r.h);
+  }
+}
+
+FUSEDRNN_CELLS16_TARGET __attribute__((noinline)) void gru_fwd16(CR a, CR b, CR c, CR d, CR s,
+                                                                 R o0, R o1, R o2, R o3,
+                                                                 int64_t n) {
+  for (int64_t k = 0; k + 16 <= n; k += 16) {
+    const fusedrnn::cells16::GRU r(_mm512_loadu_ps(a + k), _mm512_loadu_ps(b + k),
+                                   _mm512_loadu_ps(c + k), _mm512_loadu_ps(d + k),
+                                   _mm512_loadu_ps(s + k));
+    _mm512_storeu_ps(o0 + k, r.r), _mm512_storeu_ps(o1 + k, r.z), _mm512_storeu_ps(o2 + k, r.n);
+    _mm512_storeu_ps(o3 + k, r.h);
+  }
+}
+#endif
+
 // Best of 7 runs, each repeating fn until about 20 ms have passed.
 template <typename F>
 double ns_per_element(F fn, int64_t n) {
@@ -103,6 +129,13 @@ int main(int argc, char** argv) {
   row("lstm forward", ns_per_element([&] { lstm_fwd(a, b, c, d, s, o0, o1, o2, o3, o4, o5, n); }, n), 11);
   row("lstm backward", ns_per_element([&] { lstm_bwd(a, b, c, d, s, ga, gb, o0, o1, o2, o3, o4, n); }, n), 12);
   row("gru forward", ns_per_element([&] { gru_fwd(a, b, c, d, s, o0, o1, o2, o3, n); }, n), 9);
+#if FUSEDRNN_HAVE_CELLS16
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
+    row("lstm fwd 16", ns_per_element([&] { lstm_fwd16(a, b, c, d, s, o0, o1, o2, o3, o4, o5, n); }, n), 11);
+    row("gru fwd 16", ns_per_element([&] { gru_fwd16(a, b, c, d, s, o0, o1, o2, o3, n); }, n), 9);
+  }
+#endif
   row("gru backward", ns_per_element([&] { gru_bwd(a, b, c, d, s, ga, o0, o1, o2, o3, o4, n); }, n), 11);
   // Read the outputs back so the stores stay observable.
   double sum = 0;
