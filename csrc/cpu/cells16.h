@@ -1,6 +1,6 @@
 // The per-unit forward loops of lstm.cpp and gru.cpp on 16 units at a time (cells16 of
-// ../cells.h), for float opmath with float or bfloat16 storage on AVX-512 CPUs: loads and
-// stores of 16 storage values, and the switch.
+// ../cells.h), for float opmath with float or bfloat16 storage on AVX-512 CPUs: the loops,
+// loads and stores of 16 storage values, and the switch.
 #pragma once
 
 #include "common.h"
@@ -48,6 +48,63 @@ FUSEDRNN_CELLS16 void store16(c10::BFloat16* p, __mmask16 m, __m512 v) {
       _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))), 16);
   hi = _mm512_mask_mov_epi32(hi, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
   _mm256_mask_storeu_epi16(p, m, _mm512_cvtepi32_epi16(hi));
+}
+
+// lstm.cpp's lstm_forward_scalar on 16 units at a time: float opmath and float hg (xg,
+// y: float or bfloat16 storage).
+template <bool kXg, bool kSave, typename scalar_t>
+FUSEDRNN_CELLS16_TARGET void lstm_forward_units16(const scalar_t* xg, const float* hg, int64_t hs,
+                                                  const float* b, float* c, scalar_t* y,
+                                                  float* w, int64_t H, int64_t j0, int64_t j1) {
+  for (int64_t j = j0; j < j1; j += 16) {
+    const __mmask16 m = lanes16(j1 - j);
+    __m512 pre[4];
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) {
+      __m512 p = load16(hg + v * hs + j, m);
+      if constexpr (kXg) p = _mm512_add_ps(load16(xg + v * H + j, m), p);
+      pre[v] = _mm512_add_ps(p, load16(b + v * H + j, m));
+    }
+    const cells16::LSTM f(pre[0], pre[1], pre[2], pre[3], load16(c + j, m));
+    if constexpr (kSave) {
+      store16(w + j, m, f.i);
+      store16(w + H + j, m, f.f);
+      store16(w + 2 * H + j, m, f.g);
+      store16(w + 3 * H + j, m, f.o);
+      store16(w + 4 * H + j, m, f.c);
+    }
+    store16(c + j, m, f.c);
+    store16(y + j, m, f.h);
+  }
+}
+
+// gru.cpp's gru_forward_scalar on 16 units at a time: float opmath and float hg.
+template <bool kXg, bool kSave, typename scalar_t, typename xn_t>
+FUSEDRNN_CELLS16_TARGET void gru_forward_units16(const scalar_t* xg, const xn_t* xn,
+                                                 const float* hg, int64_t hs, const float* bi,
+                                                 const float* bh, float* h, scalar_t* y,
+                                                 float* w, int64_t H, int64_t j0, int64_t j1) {
+  for (int64_t j = j0; j < j1; j += 16) {
+    const __mmask16 m = lanes16(j1 - j);
+    const __m512 hn = _mm512_add_ps(load16(hg + 2 * hs + j, m), load16(bh + 2 * H + j, m));
+    __m512 pre[2];
+#pragma GCC unroll 2
+    for (int v = 0; v < 2; ++v) {
+      __m512 p = load16(hg + v * hs + j, m);
+      if constexpr (kXg) p = _mm512_add_ps(load16(xg + v * H + j, m), p);
+      pre[v] = _mm512_add_ps(_mm512_add_ps(p, load16(bi + v * H + j, m)), load16(bh + v * H + j, m));
+    }
+    const __m512 xnb = _mm512_add_ps(load16(xn + j, m), load16(bi + 2 * H + j, m));
+    const cells16::GRU f(pre[0], pre[1], xnb, hn, load16(h + j, m));
+    if constexpr (kSave) {
+      store16(w + j, m, f.r);
+      store16(w + H + j, m, f.z);
+      store16(w + 2 * H + j, m, f.n);
+      store16(w + 3 * H + j, m, hn);
+    }
+    store16(h + j, m, f.h);
+    store16(y + j, m, f.h);
+  }
 }
 
 #else

@@ -45,37 +45,6 @@ FUSEDRNN_CPU_CLONES void gru_forward_scalar(
   }
 }
 
-#if FUSEDRNN_HAVE_CELLS16
-// gru_forward_scalar on 16 units at a time (cells16.h), float opmath and float hg.
-template <bool kXg, bool kSave, typename scalar_t, typename xn_t>
-FUSEDRNN_CELLS16_TARGET void gru_forward_units16(const scalar_t* xg, const xn_t* xn,
-                                                 const float* hg, int64_t hs, const float* bi,
-                                                 const float* bh, float* h, scalar_t* y,
-                                                 float* w, int64_t H, int64_t j0, int64_t j1) {
-  for (int64_t j = j0; j < j1; j += 16) {
-    const __mmask16 m = lanes16(j1 - j);
-    const __m512 hn = _mm512_add_ps(load16(hg + 2 * hs + j, m), load16(bh + 2 * H + j, m));
-    __m512 pre[2];
-#pragma GCC unroll 2
-    for (int v = 0; v < 2; ++v) {
-      __m512 p = load16(hg + v * hs + j, m);
-      if constexpr (kXg) p = _mm512_add_ps(load16(xg + v * H + j, m), p);
-      pre[v] = _mm512_add_ps(_mm512_add_ps(p, load16(bi + v * H + j, m)), load16(bh + v * H + j, m));
-    }
-    const __m512 xnb = _mm512_add_ps(load16(xn + j, m), load16(bi + 2 * H + j, m));
-    const cells16::GRU f(pre[0], pre[1], xnb, hn, load16(h + j, m));
-    if constexpr (kSave) {
-      store16(w + j, m, f.r);
-      store16(w + H + j, m, f.z);
-      store16(w + 2 * H + j, m, f.n);
-      store16(w + 3 * H + j, m, hn);
-    }
-    store16(h + j, m, f.h);
-    store16(y + j, m, f.h);
-  }
-}
-#endif
-
 // The forward cell over the units [j0, j1) of one row: 16 at a time with v16
 // (cells16_on()) where the types allow, else the scalar loop.
 template <bool kXg, bool kSave, typename scalar_t, typename xn_t, typename hg_t, typename acc_t>

@@ -50,35 +50,6 @@ FUSEDRNN_CPU_CLONES void lstm_forward_scalar(
   }
 }
 
-#if FUSEDRNN_HAVE_CELLS16
-// lstm_forward_scalar on 16 units at a time (cells16.h), float opmath and float hg.
-template <bool kXg, bool kSave, typename scalar_t>
-FUSEDRNN_CELLS16_TARGET void lstm_forward_units16(const scalar_t* xg, const float* hg, int64_t hs,
-                                                  const float* b, float* c, scalar_t* y,
-                                                  float* w, int64_t H, int64_t j0, int64_t j1) {
-  for (int64_t j = j0; j < j1; j += 16) {
-    const __mmask16 m = lanes16(j1 - j);
-    __m512 pre[4];
-#pragma GCC unroll 4
-    for (int v = 0; v < 4; ++v) {
-      __m512 p = load16(hg + v * hs + j, m);
-      if constexpr (kXg) p = _mm512_add_ps(load16(xg + v * H + j, m), p);
-      pre[v] = _mm512_add_ps(p, load16(b + v * H + j, m));
-    }
-    const cells16::LSTM f(pre[0], pre[1], pre[2], pre[3], load16(c + j, m));
-    if constexpr (kSave) {
-      store16(w + j, m, f.i);
-      store16(w + H + j, m, f.f);
-      store16(w + 2 * H + j, m, f.g);
-      store16(w + 3 * H + j, m, f.o);
-      store16(w + 4 * H + j, m, f.c);
-    }
-    store16(c + j, m, f.c);
-    store16(y + j, m, f.h);
-  }
-}
-#endif
-
 // The forward cell over the units [j0, j1) of one row: 16 at a time with v16
 // (cells16_on()) where the types allow, else the scalar loop.
 template <bool kXg, bool kSave, typename scalar_t, typename hg_t, typename acc_t>

@@ -223,6 +223,20 @@ inline int64_t tile_rows(int64_t left, int64_t MR) {
 // if `first` and the chunk is the call's first (every accumulator, products or not),
 // else c + acc. Called for one chunk at a time, every row tile of a group in turn (the
 // chunk's 32 KB of panel stays in L1 across them), or for the whole K (whole_k_tiles).
+// A row tile's start: sums zero, row r's outputs at c + r*ldc, every gate's lanes in mask.
+template <int MR, int NA>
+FUSEDRNN_AVX512 inline __attribute__((always_inline)) void tile_begin(
+    __m512 (&acc)[MR][NA], float* (&cr)[MR], __mmask16 (&masks)[NA], float* c, int64_t ldc,
+    __mmask16 mask) {
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+    cr[r] = c + r * ldc;
+#pragma GCC unroll 4
+    for (int v = 0; v < NA; ++v) acc[r][v] = _mm512_setzero_ps();
+  }
+  for (int v = 0; v < NA; ++v) masks[v] = mask;
+}
+
 template <int NA, typename S, int MR>
 FUSEDRNN_AVX512_BF16 void chunk_rows_pairs(const uint16_t* const* a, const uint16_t* b,
                                            int64_t K, int64_t k0, int64_t k1, float* c,
@@ -243,13 +257,7 @@ FUSEDRNN_AVX512 void chunk_rows(int rows, const in_t* const* a, const in_t* b, i
     __m512 acc[MR][NA];
     __mmask16 masks[NA];
     float* cr[MR];
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
-      cr[r] = c + r * ldc;
-#pragma GCC unroll 4
-      for (int v = 0; v < NA; ++v) acc[r][v] = _mm512_setzero_ps();
-    }
-    for (int v = 0; v < NA; ++v) masks[v] = mask;
+    tile_begin<MR, NA>(acc, cr, masks, c, ldc, mask);
     for (int64_t c0 = k0; c0 < k1; c0 += kChunkK) {
       tile_product<MR, NA, S>(acc, a, b, c0, std::min(k1, c0 + kChunkK), pf);
       chunk_done<MR, NA>(acc, cr, H, masks, first);
@@ -269,13 +277,7 @@ FUSEDRNN_AVX512_BF16 void chunk_rows_pairs(const uint16_t* const* a, const uint1
   __m512 acc[MR][NA];
   __mmask16 masks[NA];
   float* cr[MR];
-#pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r) {
-    cr[r] = c + r * ldc;
-#pragma GCC unroll 4
-    for (int v = 0; v < NA; ++v) acc[r][v] = _mm512_setzero_ps();
-  }
-  for (int v = 0; v < NA; ++v) masks[v] = mask;
+  tile_begin<MR, NA>(acc, cr, masks, c, ldc, mask);
   for (int64_t c0 = k0; c0 < k1; c0 += kPairsChunkK) {
     chunk_pairs<MR, NA, S>(acc, a, b, K, c0, std::min(k1, c0 + kPairsChunkK));
     chunk_done<MR, NA>(acc, cr, H, masks, first);
