@@ -51,7 +51,11 @@ def test_bit_identical_across_thread_counts(cell, N, dt, loop, monkeypatch):
         monkeypatch.setenv("FUSEDRNN_CPU_FUSED", "0")
     _, m = make_modules(cell, 40, 256, 1, bidirectional=True)
     m = m.to(dt)
-    x = torch.randn(30, N, 40, dtype=dt, requires_grad=True)
+    _assert_same_bits_on_1_and_2_threads(cell, m, torch.randn(30, N, 40, dtype=dt))
+
+
+def _assert_same_bits_on_1_and_2_threads(cell, m, x):
+    x = x.requires_grad_()
     threads = torch.get_num_threads()
     runs = []
     try:
@@ -67,6 +71,17 @@ def test_bit_identical_across_thread_counts(cell, N, dt, loop, monkeypatch):
         torch.set_num_threads(threads)
     for a, b in zip(*runs, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("H", [60, 100])
+@pytest.mark.parametrize("cell", CELLS)
+def test_small_layers_bit_identical_across_thread_counts(cell, H):
+    """From 8K multiply-adds a step (kWorkerStepMacs, workers.h) a fused loop takes a
+    second worker: at N=1, H=60 (4 unit blocks, the last part padding) and H=100 (7
+    blocks, split unevenly) run on two workers forward and backward, and must give one
+    worker's bits."""
+    _, m = make_modules(cell, H, H, 1)
+    _assert_same_bits_on_1_and_2_threads(cell, m, torch.randn(50, 1, H))
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"),

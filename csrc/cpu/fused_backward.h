@@ -267,9 +267,7 @@ void fused_backward(const Steps& st, bool reverse, int64_t gates, int64_t H, int
   const ColumnPanels wh(w_hh, G, H, panels_in_place(T)), wi(w_ih, G, I, panels_in_place(chunks));
   const bool stream = stream_weight_grads(chunks, G * (I + H));
   const int64_t blocks = wh.blocks, xblocks = wi.blocks;
-  const int64_t workers = std::max<int64_t>(
-      1, std::min<int64_t>({loop_threads(), blocks + xblocks,
-                            N * G * (H + I) / (1 << 16)}));
+  const int64_t workers = step_workers(blocks + xblocks, N * G * (H + I));
   // dx rows are written a step after their own (see Prefault).
   const Prefault prefault(
       T, [&](int64_t s) { return st.offset[tt(s)]; }, [&](int64_t s) { return st.batch[tt(s)]; },

@@ -170,11 +170,9 @@ void fused_forward(const Steps& st, bool reverse, int64_t H, const scalar_t* x, 
       xg_step[s] = xg_buf.data() + (st.offset[tt(s)] - lo) * G;
     }
   }
-  // Enough work per step to keep a core busy for a few microseconds, or one worker.
+  // Workers by the step's multiply-adds (step_workers).
   const int64_t per_step = N * G * (H + (fold ? I : 0));
-  const int64_t workers =
-      std::max<int64_t>(1, std::min<int64_t>({loop_threads(),
-                                              packed_h.blocks(), per_step / (1 << 16)}));
+  const int64_t workers = step_workers(packed_h.blocks(), per_step);
   const int64_t xg_ld = fold ? 0 : G;
   std::optional<XgPipeline<NA, HS, XS>> pipe;
   if constexpr (kFloat) {

@@ -129,12 +129,10 @@ void rowdot_forward(const Steps& st, bool reverse, int64_t H, const float* w_hh,
   const int64_t N = st.N, G = NG * H;
   auto tt = [&](int64_t s) { return reverse ? st.T - 1 - s : s; };
   const Scratch<float> hg(N * G);
-  // Workers by units, 16 at a time: enough work a step to keep a core busy for a few
-  // microseconds (as fused_forward), or one.
+  // Workers by units, 16 at a time, as many as the step's multiply-adds take
+  // (step_workers).
   const int64_t groups = (H + kDotLanes - 1) / kDotLanes;
-  const int64_t workers = std::max<int64_t>(
-      1, std::min<int64_t>({loop_threads(), groups,
-                            N * G * H / (1 << 16)}));
+  const int64_t workers = step_workers(groups, N * G * H);
   auto units = [&](int64_t w) {
     return std::pair<int64_t, int64_t>{std::min(H, groups * w / workers * kDotLanes),
                                        std::min(H, groups * (w + 1) / workers * kDotLanes)};
@@ -205,9 +203,7 @@ void rowdot_backward(const Steps& st, bool reverse, int64_t G, int64_t H, const 
                      const float* dG, float* dh, const Cell& cell) {
   auto tt = [&](int64_t s) { return reverse ? s : st.T - 1 - s; };
   const int64_t groups = (H + kDotLanes - 1) / kDotLanes;
-  const int64_t workers = std::max<int64_t>(
-      1, std::min<int64_t>({loop_threads(), groups,
-                            st.N * G * H / (1 << 16)}));
+  const int64_t workers = step_workers(groups, st.N * G * H);
   run_steps(
       workers, 0, st.T + 1,
       [&](int64_t w, int64_t s) {

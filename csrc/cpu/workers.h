@@ -83,6 +83,27 @@ inline int64_t loop_threads() {
   return cpus > 0 ? std::min(threads, cpus) : threads;
 }
 
+// How many workers a fused loop takes for `units` blocks of work and a step of `macs`
+// multiply-adds: one more for each kWorkerStepMacs of a step, at most loop_threads().
+// Below about 8K multiply-adds a step a second worker's share of the products costs less
+// than meeting it at the barrier (a cross-core round trip: 0.09 us on the 2-core Zen 4).
+// It had been 64K (a first guess, never measured), which left one worker on up to ~2 us of
+// L2-bound products a step. Paired on the 2-core Zen 4, T=200, float32, ms, 64K -> 8K:
+// N=1 LSTM inference H=64 0.312 -> 0.270, H=128 0.864 -> 0.578 (torch.nn 0.852), H=160
+// 1.289 -> 0.782 (torch.nn 1.122); GRU H=128 0.671 -> 0.476, H=160 1.028 -> 0.652; LSTM
+// training H=96 1.821 -> 1.290, GRU 1.544 -> 1.178; N=16, H=32 LSTM 0.910 -> 0.609; N=4,
+// H=32 0.311 -> 0.257; bfloat16 N=1, H=128 LSTM 0.573 -> 0.425, GRU 0.512 -> 0.412. Near
+// 8K it is level either way: H=32, N=1 (4K) LSTM one worker 0.171 vs two 0.184; H=48 (9K)
+// 0.228 vs 0.230; GRU H=64 (12K) one worker 0.256 vs two 0.238. The row-dot loop
+// (FUSEDRNN_CPU_FUSED=0, FUSEDRNN_CPU_ROWDOT=1) gained alike: H=128 LSTM inference 0.826 ->
+// 0.615, training 2.516 -> 2.150.
+constexpr int64_t kWorkerStepMacs = 1 << 13;
+
+inline int64_t step_workers(int64_t units, int64_t macs) {
+  return std::max<int64_t>(1,
+                           std::min<int64_t>({loop_threads(), units, macs / kWorkerStepMacs}));
+}
+
 // Which blocks each worker runs, step by step, in proportion to the rate each worker
 // measured (blocks a second, averaged over steps): cores do not all run at one speed
 // (hybrid CPUs; on the 2-core Sapphire Rapids VM a two-thread replica of the wide dG W
