@@ -73,13 +73,13 @@ def _assert_same_bits_on_1_and_2_threads(cell, m, x):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("H", [60, 100])
+@pytest.mark.parametrize("H", [129, 140])
 @pytest.mark.parametrize("cell", CELLS)
 def test_small_layers_bit_identical_across_thread_counts(cell, H):
-    """From 8K multiply-adds a step (kWorkerStepMacs, workers.h) a fused loop takes a
-    second worker: at N=1, H=60 (4 unit blocks, the last part padding) and H=100 (7
-    blocks, split unevenly) run on two workers forward and backward, and must give one
-    worker's bits."""
+    """From 48K multiply-adds a step (kWorkerStepMacs, workers.h) a fused loop takes a
+    second worker: at N=1, H=129 and H=140 (9 unit blocks split unevenly, the last one
+    holding 1 or 12 units) run on two workers forward and backward (their forwards took
+    one worker before 4782edb), and must give one worker's bits."""
     _, m = make_modules(cell, H, H, 1)
     _assert_same_bits_on_1_and_2_threads(cell, m, torch.randn(50, 1, H))
 

@@ -84,20 +84,26 @@ inline int64_t loop_threads() {
 }
 
 // How many workers a fused loop takes for `units` blocks of work and a step of `macs`
-// multiply-adds: one more for each kWorkerStepMacs of a step, at most loop_threads().
-// Below about 8K multiply-adds a step a second worker's share of the products costs less
-// than meeting it at the barrier (a cross-core round trip: 0.09 us on the 2-core Zen 4).
-// It had been 64K (a first guess, never measured), which left one worker on up to ~2 us of
-// L2-bound products a step. Paired on the 2-core Zen 4, T=200, float32, ms, 64K -> 8K:
-// N=1 LSTM inference H=64 0.312 -> 0.270, H=128 0.864 -> 0.578 (torch.nn 0.852), H=160
-// 1.289 -> 0.782 (torch.nn 1.122); GRU H=128 0.671 -> 0.476, H=160 1.028 -> 0.652; LSTM
-// training H=96 1.821 -> 1.290, GRU 1.544 -> 1.178; N=16, H=32 LSTM 0.910 -> 0.609; N=4,
-// H=32 0.311 -> 0.257; bfloat16 N=1, H=128 LSTM 0.573 -> 0.425, GRU 0.512 -> 0.412. Near
-// 8K it is level either way: H=32, N=1 (4K) LSTM one worker 0.171 vs two 0.184; H=48 (9K)
-// 0.228 vs 0.230; GRU H=64 (12K) one worker 0.256 vs two 0.238. The row-dot loop
-// (FUSEDRNN_CPU_FUSED=0, FUSEDRNN_CPU_ROWDOT=1) gained alike: H=128 LSTM inference 0.826 ->
-// 0.615, training 2.516 -> 2.150.
-constexpr int64_t kWorkerStepMacs = 1 << 13;
+// multiply-adds: one for each kWorkerStepMacs of a step, at least one, at most
+// loop_threads(). A second worker halves a step's products but meets the first at a
+// barrier every step, and what that costs moves with this VM's phases: a cross-core
+// round trip takes 0.09 us in a fast phase, while in a slow one a step on two workers
+// lost up to ~2 us against one. It had been 64K (a first guess, never measured), which
+// left an LSTM below H=181 at N=1 (a GRU below H=209) on one worker, behind torch.nn at
+// H=128-160. Paired on the 2-core Zen 4, T=200, N=1, float32, one worker vs two (ms):
+// - fast phase, inference: LSTM H=32 (4K a step) 0.171 vs 0.184, H=64 (16K) 0.312 vs
+//   0.270, H=128 (64K) 0.864 vs 0.578 (torch.nn 0.852), H=160 1.289 vs 0.782 (1.122);
+//   GRU H=64 (12K) 0.256 vs 0.238, H=128 0.671 vs 0.476, H=160 1.028 vs 0.652;
+// - slow phase, inference: LSTM H=40 0.262 vs 0.419, H=64 0.358 vs 0.477, H=80 (26K)
+//   0.501 vs 0.636, H=96 (37K) 0.638 vs 0.714, H=112 (50K) 0.751 vs 0.562 and 0.773 vs
+//   0.574, H=128 1.056 vs 0.761; GRU H=96 (28K) 0.479 vs 0.624, H=112 (38K) 0.580 vs
+//   0.843, H=128 (49K) 0.750 vs 0.847 and 0.682 vs 0.491, H=144 (62K) 0.878 vs 0.606;
+// - training (forward and backward; the backward counts N*G*(H+I)): LSTM H=64 (33K)
+//   0.941 vs 0.943, H=96 (74K) 1.807 vs 1.280, GRU H=96 (55K) 1.609 vs 1.152.
+// So a second worker from 48K, where it won in every phase measured; in a fast phase it
+// would pay from ~10K. The row-dot loop (FUSEDRNN_CPU_FUSED=0, FUSEDRNN_CPU_ROWDOT=1)
+// gained alike at H=128: inference 0.826 -> 0.615, training 2.516 -> 2.150 ms.
+constexpr int64_t kWorkerStepMacs = 24 << 10;
 
 inline int64_t step_workers(int64_t units, int64_t macs) {
   return std::max<int64_t>(1,
