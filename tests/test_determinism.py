@@ -73,13 +73,14 @@ def _assert_same_bits_on_1_and_2_threads(cell, m, x):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("H", [129, 140])
+@pytest.mark.parametrize("H", [129, 140, 192])
 @pytest.mark.parametrize("cell", CELLS)
 def test_small_layers_bit_identical_across_thread_counts(cell, H):
     """From 48K multiply-adds a step (kWorkerStepMacs, workers.h) a fused loop takes a
     second worker: at N=1, H=129 and H=140 (9 unit blocks split unevenly, the last one
     holding 1 or 12 units) run on two workers forward and backward (their forwards took
-    one worker before 4782edb), and must give one worker's bits."""
+    one worker before 4782edb), and must give one worker's bits. H=192: the backward's
+    three 64-unit blocks split 1:2 and all three dx blocks on worker 0 (dx_split)."""
     _, m = make_modules(cell, H, H, 1)
     _assert_same_bits_on_1_and_2_threads(cell, m, torch.randn(50, 1, H))
 
