@@ -207,29 +207,38 @@ FUSEDRNN_AVX512 inline void weight_update(int64_t K, const float* const* g, cons
 
 // The dx blocks' split among the workers of fused_backward: contiguous ranges in worker
 // order, chosen so that each worker's modelled work a row, with the recurrent blocks of
-// the Balancer's first (even) split, comes closest to an equal share. A recurrent unit
-// costs G + gates*(I+H) multiply-adds a row (its column of dG W_hh, its rows of dW_hh and
-// dW_ih), a dx column G. By block counts alone, H=192 (three 64-unit blocks each of W_hh
-// and W_ih) gave worker 1 two of each and worker 0 one: twice the work; now worker 0
-// takes the three dx blocks. Paired on the 2-core Zen 4, backward op ms, by block counts ->
-// dx_split: T=200, N=16, LSTM H=160 27.99 -> 25.29, H=176 23.51 -> 20.72, H=192 26.12 ->
-// 21.53, GRU H=160 16.31 -> 14.55, H=192 20.43 -> 16.99; T=100, N=16, H=320 LSTM 31.45 ->
-// 27.94; T=200, N=1, H=192 LSTM 2.31 -> 2.04; H=144 (already the best split) and T=100,
-// N=64, H=512 (an even split either way) level. Which worker computes a dx column does not
-// change its sums. Returns the workers+1 cut points over [0, xblocks].
+// the Balancer's first (even) split, comes closest to an equal share: a recurrent block
+// costs its columns of dG W_hh and its units' rows of dW_hh and dW_ih, a dx block its
+// columns of dX W_ih (multiply-adds a row, below). By block counts alone, H=192 (three
+// 64-unit blocks each of W_hh and W_ih) gave worker 1 two of each and worker 0 one: twice
+// the work; now worker 0 takes the three dx blocks. Paired on the 2-core Zen 4, backward
+// op ms, by block counts -> modelled by units: T=200, N=16, LSTM H=160 27.99 -> 25.29,
+// H=176 23.51 -> 20.72, H=192 26.12 -> 21.53, GRU H=160 16.31 -> 14.55, H=192 20.43 ->
+// 16.99; T=100, N=16, H=320 LSTM 31.45 -> 27.94; T=200, N=1, H=192 LSTM 2.31 -> 2.04;
+// T=100, N=64, H=512 (an even split either way) level. Then by padded blocks, as below
+// (a tail block's cut moves): T=200, N=16, LSTM H=144 24.33 -> 22.57, H=160 25.07 ->
+// 23.30, GRU H=144 21.00 -> 19.23; N=1, LSTM H=140 1.452 -> 1.364. Which worker computes
+// a dx column does not change its sums. Returns the workers+1 cut points over [0, xblocks].
 inline std::vector<int64_t> dx_split(int64_t blocks, int64_t H, int64_t xblocks, int64_t I,
                                      int64_t gates, int64_t workers) {
-  const double G = double(gates * H), rec = G + double(gates * (I + H));
+  const double G = double(gates * H);
+  auto padded = [](int64_t C) { return double((C + kBackUnits - 1) / kBackUnits * kBackUnits); };
   auto units = [](int64_t b, int64_t C) {
     return double(std::min(C, (b + 1) * kBackUnits) - b * kBackUnits);
   };
+  // The tiles run whole 64-column blocks (a tail's masked vectors cost as much as full
+  // ones): a recurrent block's dG W_hh costs kBackUnits*G, its weight-gradient rows
+  // units*gates*(I+H) with I and H padded; a dx block kBackUnits*G.
+  const double rec_cols = double(kBackUnits) * G;
+  const double per_unit = double(gates) * (padded(I) + padded(H));
   std::vector<double> rec_done(workers + 1, 0.0), x_done(xblocks + 1, 0.0);
   for (int64_t w = 0; w < workers; ++w) {
-    double u = 0;
-    for (int64_t b = blocks * w / workers; b < blocks * (w + 1) / workers; ++b) u += units(b, H);
-    rec_done[w + 1] = rec_done[w] + rec * u;
+    double c = 0;
+    for (int64_t b = blocks * w / workers; b < blocks * (w + 1) / workers; ++b)
+      c += rec_cols + per_unit * units(b, H);
+    rec_done[w + 1] = rec_done[w] + c;
   }
-  for (int64_t b = 0; b < xblocks; ++b) x_done[b + 1] = x_done[b] + G * units(b, I);
+  for (int64_t b = 0; b < xblocks; ++b) x_done[b + 1] = x_done[b] + rec_cols;
   const double total = rec_done[workers] + x_done[xblocks];
   std::vector<int64_t> cut(workers + 1, xblocks);
   cut[0] = 0;
