@@ -20,62 +20,77 @@ inline void block_masks(int64_t c0, int64_t C, __mmask16* masks) {
   }
 }
 
-// tile_product's sums (Slots<0, 1, 2, 3>: the same FMAs in the same order) over a block
-// read in place from the weight: row k at b + k * ldb, lanes past its columns zero.
-template <int MR>
+// The vectors of a block that hold columns: 4, or fewer in a tail block (masks[v] == 0
+// from the first empty one on). The backward's tiles run a tail block by its own vectors:
+// with all four, the empty ones' FMAs cost as much as full ones (H=144 ran as 192
+// columns). Same sums in the same order, the same bits. Paired on the 2-core Zen 4,
+// backward op ms, four vectors -> a tail's own: T=200, N=16, LSTM H=144 18.33 -> 13.44,
+// H=160 18.24 -> 15.26, H=176 20.85 -> 19.48, GRU H=144 14.17 -> 10.37; H=128 (no tail)
+// level.
+inline int block_vectors(const __mmask16* masks) {
+  int nv = 0;
+  while (nv < 4 && masks[nv] != 0) ++nv;
+  return nv;
+}
+
+// tile_product's sums (Slots<0, ..., NV-1>: the same FMAs in the same order) over the
+// first NV vectors of a block read in place from the weight: row k at b + k * ldb, lanes
+// past its columns zero.
+template <int MR, int NV>
 FUSEDRNN_AVX512 inline __attribute__((always_inline)) void strided_product(
-    __m512 (&acc)[MR][4], const float* const* a, const float* b, int64_t ldb,
+    __m512 (&acc)[MR][NV], const float* const* a, const float* b, int64_t ldb,
     const __mmask16* masks, int64_t k0, int64_t k1) {
   const float* ar[MR];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) ar[r] = a[r];
-  const __mmask16 m[4] = {masks[0], masks[1], masks[2], masks[3]};
+  __mmask16 m[NV];
+  for (int v = 0; v < NV; ++v) m[v] = masks[v];
   for (int64_t k = k0; k < k1; ++k) {
     const float* row = b + k * ldb;
-    __m512 bv[4];
+    __m512 bv[NV];
 #pragma GCC unroll 4
-    for (int v = 0; v < 4; ++v) bv[v] = _mm512_maskz_loadu_ps(m[v], row + v * kUnits);
+    for (int v = 0; v < NV; ++v) bv[v] = _mm512_maskz_loadu_ps(m[v], row + v * kUnits);
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       const __m512 av = _mm512_set1_ps(ar[r][k]);
 #pragma GCC unroll 4
-      for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
     }
   }
 }
 
-// c[r][u] = sum_k a[r][k] * b[k*ldb + u] for MR rows and the kBackUnits units of a block,
-// lanes in masks[u / kUnits]; ldb = kBackUnits: a packed panel (ColumnPanels), else the
-// weight in place. k runs in chunks of kChunkK.
-// The k in [k0, k1) only, added to c unless `first`.
-template <int MR>
+// c[r][u] = sum_k a[r][k] * b[k*ldb + u] for MR rows and the units of the first NV
+// vectors of a block (NV < 4: a tail block, whose empty vectors cost nothing), lanes in
+// masks[u / kUnits]; ldb = kBackUnits: a packed panel (ColumnPanels), else the weight in
+// place. k runs in chunks of kChunkK. The k in [k0, k1) only, added to c unless `first`.
+template <int MR, int NV>
 FUSEDRNN_AVX512 void block_tile(const float* const* a, const float* b, int64_t ldb, int64_t k0,
                                 int64_t k1, float* const* c, const __mmask16* masks, bool first,
                                 Prefetch& pf) {
-  __m512 acc[MR][4];
+  __m512 acc[MR][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_setzero_ps();
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
   for (int64_t k = k0; k < k1; k += kChunkK) {
     // The panel's rows are [4 vectors of 16 units], the forward panels' layout with 4 gates.
     if (ldb == kBackUnits) {
-      tile_product<MR, 4, Slots<0, 1, 2, 3>>(acc, a, b, k, std::min(k1, k + kChunkK), pf);
+      tile_product<MR, NV, FirstSlots<NV>, 4>(acc, a, b, k, std::min(k1, k + kChunkK), pf);
     } else {
-      strided_product<MR>(acc, a, b, ldb, masks, k, std::min(k1, k + kChunkK));
+      strided_product<MR, NV>(acc, a, b, ldb, masks, k, std::min(k1, k + kChunkK));
     }
-    chunk_done<MR, 4>(acc, c, kUnits, masks, first);
+    chunk_done<MR, NV>(acc, c, kUnits, masks, first);
   }
 }
 
-template <int MR = 6>
+template <int NV, int MR = 6>
 FUSEDRNN_AVX512 void block_rows(int rows, const float* const* a, const float* b, int64_t ldb,
                                 int64_t k0, int64_t k1, float* const* c, const __mmask16* masks,
                                 bool first, Prefetch& pf) {
   if constexpr (MR > 1) {
-    if (rows < MR) return block_rows<MR - 1>(rows, a, b, ldb, k0, k1, c, masks, first, pf);
+    if (rows < MR) return block_rows<NV, MR - 1>(rows, a, b, ldb, k0, k1, c, masks, first, pf);
   }
-  block_tile<MR>(a, b, ldb, k0, k1, c, masks, first, pf);
+  block_tile<MR, NV>(a, b, ldb, k0, k1, c, masks, first, pf);
 }
 
 // Panel rows (k) per pass over the row tiles: 256 KB of panel, which stays in L2 while
@@ -147,6 +162,7 @@ FUSEDRNN_AVX512 void rows_times_panel(int64_t rows, const A& a_row, const O& out
   const int64_t j0 = b * kBackUnits;
   __mmask16 masks[4];
   block_masks(j0, w.C_, masks);
+  const int nv = block_vectors(masks);
   const int64_t group = backward_group_rows(rows, w.G_);
   for (int64_t k0 = kb; k0 < ke; k0 += kPanelRows) {
     const int64_t k1 = std::min(ke, k0 + kPanelRows);
@@ -172,7 +188,12 @@ FUSEDRNN_AVX512 void rows_times_panel(int64_t rows, const A& a_row, const O& out
             ar[r] = a_row(n0 + r);
             cr[r] = out_row(n0 + r) + j0;
           }
-          block_rows(m, ar, w.block(b), w.ld(), c0, c1, cr, masks, c0 == 0, pf);
+          switch (nv) {
+            case 1: block_rows<1>(m, ar, w.block(b), w.ld(), c0, c1, cr, masks, c0 == 0, pf); break;
+            case 2: block_rows<2>(m, ar, w.block(b), w.ld(), c0, c1, cr, masks, c0 == 0, pf); break;
+            case 3: block_rows<3>(m, ar, w.block(b), w.ld(), c0, c1, cr, masks, c0 == 0, pf); break;
+            default: block_rows<4>(m, ar, w.block(b), w.ld(), c0, c1, cr, masks, c0 == 0, pf);
+          }
         }
       }
     }

@@ -28,13 +28,13 @@ constexpr int64_t kTileUnits = 6;
 // chunk_done's store of a first chunk, for a weight gradient that is one chunk: past the
 // caches (non-temporal) where a vector is whole and 64-byte aligned, the gradient written
 // once and not read again in this call.
-template <int MR>
+template <int MR, int NV>
 FUSEDRNN_AVX512 inline __attribute__((always_inline)) void stream_done(
-    __m512 (&acc)[MR][4], float* const* c, const __mmask16* masks) {
+    __m512 (&acc)[MR][NV], float* const* c, const __mmask16* masks) {
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) {
 #pragma GCC unroll 4
-    for (int v = 0; v < 4; ++v) {
+    for (int v = 0; v < NV; ++v) {
       float* p = c[r] + v * kUnits;
       if (masks[v] == 0xFFFF && (reinterpret_cast<uintptr_t>(p) & 63) == 0) {
         _mm512_stream_ps(p, acc[r][v]);
@@ -45,57 +45,58 @@ FUSEDRNN_AVX512 inline __attribute__((always_inline)) void stream_done(
   }
 }
 
-// The weight-gradient tile: for MR rows i of dW and four vectors of columns q,
+// The weight-gradient tile: for MR rows i of dW and NV vectors of columns q (4, fewer in
+// a tail block),
 // c[i*ldc + q*kUnits + u] = (first ? 0 : c) + sum_{k < K} a[k*kTileUnits + i] * b[k*kBackUnits + q*kUnits + u],
 // lanes in masks[q]. a[k*kTileUnits + i]: dG (or dX) of row k for the tile's unit i; b is
 // the panel of the same rows' x (or h_{t-1}) columns, [K][kBackUnits]. k runs in chunks of kChunkK, each chunk's sums added
 // to c, as in the forward; with `stream` (one chunk, `first`) stored by stream_done.
-template <int MR>
+template <int MR, int NV>
 FUSEDRNN_AVX512 void outer_tile(const float* a, const float* b, int64_t K,
                                 float* c, int64_t ldc, const __mmask16* masks, bool first,
                                 bool stream = false) {
-  __m512 acc[MR][4];
+  __m512 acc[MR][NV];
   float* cr[MR];
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) {
     cr[i] = c + i * ldc;
 #pragma GCC unroll 4
-    for (int q = 0; q < 4; ++q) acc[i][q] = _mm512_setzero_ps();
+    for (int q = 0; q < NV; ++q) acc[i][q] = _mm512_setzero_ps();
   }
   // The sums this tile adds to, fetched while the products run (they come from L3).
   if (!first) {
     for (int i = 0; i < MR; ++i)
-      for (int q = 0; q < 4; ++q) _mm_prefetch(reinterpret_cast<const char*>(cr[i] + q * kUnits), _MM_HINT_T0);
+      for (int q = 0; q < NV; ++q) _mm_prefetch(reinterpret_cast<const char*>(cr[i] + q * kUnits), _MM_HINT_T0);
   }
   for (int64_t k0 = 0; k0 < K; k0 += kChunkK) {
     for (int64_t k = k0; k < std::min(K, k0 + kChunkK); ++k) {
       const float* ak = a + k * kTileUnits;
-      __m512 bv[4];
+      __m512 bv[NV];
 #pragma GCC unroll 4
-      for (int q = 0; q < 4; ++q) bv[q] = _mm512_load_ps(b + k * kBackUnits + q * kUnits);
+      for (int q = 0; q < NV; ++q) bv[q] = _mm512_load_ps(b + k * kBackUnits + q * kUnits);
 #pragma GCC unroll 8
       for (int i = 0; i < MR; ++i) {
         const __m512 av = _mm512_set1_ps(ak[i]);
 #pragma GCC unroll 4
-        for (int q = 0; q < 4; ++q) acc[i][q] = _mm512_fmadd_ps(av, bv[q], acc[i][q]);
+        for (int q = 0; q < NV; ++q) acc[i][q] = _mm512_fmadd_ps(av, bv[q], acc[i][q]);
       }
     }
     if (stream) {
-      stream_done<MR>(acc, cr, masks);
+      stream_done<MR, NV>(acc, cr, masks);
     } else {
-      chunk_done<MR, 4>(acc, cr, kUnits, masks, first);
+      chunk_done<MR, NV>(acc, cr, kUnits, masks, first);
     }
   }
 }
 
-template <int MR = 6>
+template <int NV, int MR = 6>
 FUSEDRNN_AVX512 void outer_rows(int rows, const float* a, const float* b,
                                 int64_t K, float* c, int64_t ldc, const __mmask16* masks,
                                 bool first, bool stream = false) {
   if constexpr (MR > 1) {
-    if (rows < MR) return outer_rows<MR - 1>(rows, a, b, K, c, ldc, masks, first, stream);
+    if (rows < MR) return outer_rows<NV, MR - 1>(rows, a, b, K, c, ldc, masks, first, stream);
   }
-  outer_tile<MR>(a, b, K, c, ldc, masks, first, stream);
+  outer_tile<MR, NV>(a, b, K, c, ldc, masks, first, stream);
 }
 
 // The columns v*H + j of K rows g, for the units [j0, j1) of every gate v, by tiles of
@@ -168,12 +169,19 @@ FUSEDRNN_AVX512 inline void weight_update(int64_t K, const float* const* g, cons
   for (int64_t c0 = 0; c0 < C; c0 += kBackUnits) {
     __mmask16 masks[4];
     block_masks(c0, C, masks);
+    const int nv = block_vectors(masks);
     const float* panel = panels + c0 * K;
     for (int64_t v = 0; v < gates; ++v) {
       for (int64_t i0 = j0; i0 < j1; i0 += kTileUnits) {
         const int m = static_cast<int>(std::min<int64_t>(kTileUnits, j1 - i0));
         const float* a = packed + (v * tiles + (i0 - j0) / kTileUnits) * K * kTileUnits;
-        outer_rows(m, a, panel, K, dw + (v * H + i0) * C + c0, C, masks, first, stream);
+        float* out = dw + (v * H + i0) * C + c0;
+        switch (nv) {
+          case 1: outer_rows<1>(m, a, panel, K, out, C, masks, first, stream); break;
+          case 2: outer_rows<2>(m, a, panel, K, out, C, masks, first, stream); break;
+          case 3: outer_rows<3>(m, a, panel, K, out, C, masks, first, stream); break;
+          default: outer_rows<4>(m, a, panel, K, out, C, masks, first, stream);
+        }
       }
     }
   }
@@ -209,36 +217,37 @@ FUSEDRNN_AVX512 inline void weight_update(int64_t K, const float* const* g, cons
 // order, chosen so that each worker's modelled work a row, with the recurrent blocks of
 // the Balancer's first (even) split, comes closest to an equal share: a recurrent block
 // costs its columns of dG W_hh and its units' rows of dW_hh and dW_ih, a dx block its
-// columns of dX W_ih (multiply-adds a row, below). By block counts alone, H=192 (three
-// 64-unit blocks each of W_hh and W_ih) gave worker 1 two of each and worker 0 one: twice
-// the work; now worker 0 takes the three dx blocks. Paired on the 2-core Zen 4, backward
-// op ms, by block counts -> modelled by units: T=200, N=16, LSTM H=160 27.99 -> 25.29,
-// H=176 23.51 -> 20.72, H=192 26.12 -> 21.53, GRU H=160 16.31 -> 14.55, H=192 20.43 ->
-// 16.99; T=100, N=16, H=320 LSTM 31.45 -> 27.94; T=200, N=1, H=192 LSTM 2.31 -> 2.04;
-// T=100, N=64, H=512 (an even split either way) level. Then by padded blocks, as below
-// (a tail block's cut moves): T=200, N=16, LSTM H=144 24.33 -> 22.57, H=160 25.07 ->
-// 23.30, GRU H=144 21.00 -> 19.23; N=1, LSTM H=140 1.452 -> 1.364. Which worker computes
-// a dx column does not change its sums. Returns the workers+1 cut points over [0, xblocks].
+// columns of dX W_ih (multiply-adds a row, below): a worker with fewer recurrent columns
+// runs its share of the chunk's dx while the other finishes its step. By block counts
+// alone, H=192 (three 64-unit blocks each of W_hh and W_ih) gave worker 1 two of each and
+// worker 0 one: twice the work; now worker 0 takes the three dx blocks. Paired on the
+// 2-core Zen 4, backward op ms, by block counts -> modelled (before the tiles ran tail
+// blocks by their own vectors): T=200, N=16, LSTM H=160 27.99 -> 25.29, H=176 23.51 ->
+// 20.72, H=192 26.12 -> 21.53, GRU H=160 16.31 -> 14.55, H=192 20.43 -> 16.99; T=100,
+// N=16, H=320 LSTM 31.45 -> 27.94; T=200, N=1, H=192 LSTM 2.31 -> 2.04; T=100, N=64,
+// H=512 (an even split either way) level. With tail blocks run by their vectors, the
+// model's cut against its neighbour: H=144 13.58 vs 13.71, H=160 16.39 vs 17.46, H=176
+// 19.47 vs 18.61 (the model 4% off there). Which worker computes a dx column does not
+// change its sums. Returns the workers+1 cut points over [0, xblocks].
 inline std::vector<int64_t> dx_split(int64_t blocks, int64_t H, int64_t xblocks, int64_t I,
                                      int64_t gates, int64_t workers) {
   const double G = double(gates * H);
-  auto padded = [](int64_t C) { return double((C + kBackUnits - 1) / kBackUnits * kBackUnits); };
   auto units = [](int64_t b, int64_t C) {
-    return double(std::min(C, (b + 1) * kBackUnits) - b * kBackUnits);
+    return std::min(C, (b + 1) * kBackUnits) - b * kBackUnits;
   };
-  // The tiles run whole 64-column blocks (a tail's masked vectors cost as much as full
-  // ones): a recurrent block's dG W_hh costs kBackUnits*G, its weight-gradient rows
-  // units*gates*(I+H) with I and H padded; a dx block kBackUnits*G.
-  const double rec_cols = double(kBackUnits) * G;
-  const double per_unit = double(gates) * (padded(I) + padded(H));
+  auto vectors = [](int64_t C) { return double((C + kUnits - 1) / kUnits * kUnits); };
+  // The tiles run whole 16-column vectors: a recurrent block's dG W_hh costs its vectors'
+  // columns times G, its weight-gradient rows units*gates*(I+H) with I and H padded to
+  // whole vectors; a dx block its vectors' columns times G.
+  const double per_unit = double(gates) * (vectors(I) + vectors(H));
   std::vector<double> rec_done(workers + 1, 0.0), x_done(xblocks + 1, 0.0);
   for (int64_t w = 0; w < workers; ++w) {
     double c = 0;
     for (int64_t b = blocks * w / workers; b < blocks * (w + 1) / workers; ++b)
-      c += rec_cols + per_unit * units(b, H);
+      c += vectors(units(b, H)) * G + per_unit * double(units(b, H));
     rec_done[w + 1] = rec_done[w] + c;
   }
-  for (int64_t b = 0; b < xblocks; ++b) x_done[b + 1] = x_done[b] + rec_cols;
+  for (int64_t b = 0; b < xblocks; ++b) x_done[b + 1] = x_done[b] + vectors(units(b, I)) * G;
   const double total = rec_done[workers] + x_done[xblocks];
   std::vector<int64_t> cut(workers + 1, xblocks);
   cut[0] = 0;

@@ -103,8 +103,9 @@ FUSEDRNN_AVX512 inline __attribute__((always_inline)) void tile_k(__m512 (&acc)[
   }
 }
 
-// acc[r][S::at[i]] += sum_{k0 <= k < k1} a[r][k] * b[k, i*kUnits : (i+1)*kUnits], MR rows.
-template <int MR, int NA, typename S>
+// acc[r][S::at[i]] += sum_{k0 <= k < k1} a[r][k] * b[k, i*kUnits : (i+1)*kUnits], MR rows;
+// the panel's rows hold kStride vectors.
+template <int MR, int NA, typename S, int kStride = S::size>
 FUSEDRNN_AVX512 inline __attribute__((always_inline)) void tile_product(
     __m512 (&acc)[MR][NA], const float* const* a, const float* b, int64_t k0, int64_t k1,
     Prefetch& pf) {
@@ -125,7 +126,7 @@ FUSEDRNN_AVX512 inline __attribute__((always_inline)) void tile_product(
       _mm_prefetch(pp, _MM_HINT_T1);
       pp += 64;
     }
-    tile_k<MR, NA, S>(acc, ar, b, k);
+    tile_k<MR, NA, S, kStride>(acc, ar, b, k);
   }
   pf.p = pp;
 }
