@@ -152,17 +152,17 @@ inline int64_t backward_group_rows(int64_t rows, int64_t K) {
   return rows * K * int64_t(sizeof(float)) > kGroupRowsBytes ? 24 : kGroupRows;
 }
 
-// out_row(n)[j] = a_row(n) . w[:, j] for rows n < rows and the columns j of block b of w
-// (a_row(n) has w's G entries); only the terms k in [kb, ke) (a whole number of kChunkK
-// chunks from kb, added to out_row unless kb is 0).
+// out_row(n)[j] = a_row(n) . w[:, j] for rows n < rows and the columns j in [j0, j1) of
+// block b of w (j0 a multiple of kUnits; a_row(n) has w's G entries); only the terms k in
+// [kb, ke) (a whole number of kChunkK chunks from kb, added to out_row unless kb is 0).
 template <typename A, typename O>
 FUSEDRNN_AVX512 void rows_times_panel(int64_t rows, const A& a_row, const O& out_row,
                                       const ColumnPanels& w, int64_t b, int64_t kb,
-                                      int64_t ke) {
-  const int64_t j0 = b * kBackUnits;
+                                      int64_t ke, int64_t j0, int64_t j1) {
   __mmask16 masks[4];
-  block_masks(j0, w.C_, masks);
+  block_masks(j0, j1, masks);
   const int nv = block_vectors(masks);
+  const float* panel = w.block(b) + (j0 - b * kBackUnits);
   const int64_t group = backward_group_rows(rows, w.G_);
   for (int64_t k0 = kb; k0 < ke; k0 += kPanelRows) {
     const int64_t k1 = std::min(ke, k0 + kPanelRows);
@@ -189,10 +189,10 @@ FUSEDRNN_AVX512 void rows_times_panel(int64_t rows, const A& a_row, const O& out
             cr[r] = out_row(n0 + r) + j0;
           }
           switch (nv) {
-            case 1: block_rows<1>(m, ar, w.block(b), w.ld(), c0, c1, cr, masks, c0 == 0, pf); break;
-            case 2: block_rows<2>(m, ar, w.block(b), w.ld(), c0, c1, cr, masks, c0 == 0, pf); break;
-            case 3: block_rows<3>(m, ar, w.block(b), w.ld(), c0, c1, cr, masks, c0 == 0, pf); break;
-            default: block_rows<4>(m, ar, w.block(b), w.ld(), c0, c1, cr, masks, c0 == 0, pf);
+            case 1: block_rows<1>(m, ar, panel, w.ld(), c0, c1, cr, masks, c0 == 0, pf); break;
+            case 2: block_rows<2>(m, ar, panel, w.ld(), c0, c1, cr, masks, c0 == 0, pf); break;
+            case 3: block_rows<3>(m, ar, panel, w.ld(), c0, c1, cr, masks, c0 == 0, pf); break;
+            default: block_rows<4>(m, ar, panel, w.ld(), c0, c1, cr, masks, c0 == 0, pf);
           }
         }
       }
@@ -200,25 +200,37 @@ FUSEDRNN_AVX512 void rows_times_panel(int64_t rows, const A& a_row, const O& out
   }
 }
 
-// The products of rows_times_panel for the blocks [b0, b1): block by block from packed
-// panels; read in place, by pieces of kInPlacePieceRows rows of w for all the blocks in turn,
-// so that each row's span of the blocks' columns is read whole, from L2 after its first
-// block (block by block, each block's 256 bytes of a row came from memory on their own,
-// 4 KB apart at C = 1024). Each column's sums stay in the same order: the same bits.
+// The products of rows_times_panel for the columns [u0, u1) (u0 a multiple of kUnits),
+// cut at block boundaries: block by block from packed panels; read in place, by pieces of
+// kInPlacePieceRows rows of w for all the blocks in turn, so that each row's span of the
+// blocks' columns is read whole, from L2 after its first block (block by block, each
+// block's 256 bytes of a row came from memory on their own, 4 KB apart at C = 1024). Each
+// column's sums stay in the same order: the same bits.
 constexpr int64_t kInPlacePieceRows = kChunkK;
 
 template <typename A, typename O>
-FUSEDRNN_AVX512 void rows_times_blocks(int64_t rows, const A& a_row, const O& out_row,
-                                       const ColumnPanels& w, int64_t b0, int64_t b1) {
+FUSEDRNN_AVX512 void rows_times_columns(int64_t rows, const A& a_row, const O& out_row,
+                                        const ColumnPanels& w, int64_t u0, int64_t u1) {
+  if (u1 <= u0) return;
+  const int64_t b0 = u0 / kBackUnits, b1 = (u1 + kBackUnits - 1) / kBackUnits;
+  auto piece = [&](int64_t b, int64_t kb, int64_t ke) {
+    rows_times_panel(rows, a_row, out_row, w, b, kb, ke, std::max(u0, b * kBackUnits),
+                     std::min(u1, (b + 1) * kBackUnits));
+  };
   if (!w.in_place) {
-    for (int64_t b = b0; b < b1; ++b) rows_times_panel(rows, a_row, out_row, w, b, 0, w.G_);
+    for (int64_t b = b0; b < b1; ++b) piece(b, 0, w.G_);
     return;
   }
   for (int64_t k = 0; k < w.G_; k += kInPlacePieceRows) {
-    for (int64_t b = b0; b < b1; ++b) {
-      rows_times_panel(rows, a_row, out_row, w, b, k, std::min(w.G_, k + kInPlacePieceRows));
-    }
+    for (int64_t b = b0; b < b1; ++b) piece(b, k, std::min(w.G_, k + kInPlacePieceRows));
   }
+}
+
+// The same for the whole blocks [b0, b1).
+template <typename A, typename O>
+FUSEDRNN_AVX512 void rows_times_blocks(int64_t rows, const A& a_row, const O& out_row,
+                                       const ColumnPanels& w, int64_t b0, int64_t b1) {
+  rows_times_columns(rows, a_row, out_row, w, b0 * kBackUnits, std::min(w.C_, b1 * kBackUnits));
 }
 
 #endif  // FUSEDRNN_HAVE_FUSED

@@ -214,9 +214,9 @@ FUSEDRNN_AVX512 inline void weight_update(int64_t K, const float* const* g, cons
 }
 
 // The dx blocks' split among the workers of fused_backward: contiguous ranges in worker
-// order, chosen so that each worker's modelled work a row, with the recurrent blocks of
-// the Balancer's first (even) split, comes closest to an equal share: a recurrent block
-// costs its columns of dG W_hh and its units' rows of dW_hh and dW_ih, a dx block its
+// order, chosen so that each worker's modelled work a row, with the recurrent units of
+// the Balancer's first (even) split, comes closest to an equal share: recurrent units
+// cost their columns of dG W_hh and their rows of dW_hh and dW_ih, a dx block its
 // columns of dX W_ih (multiply-adds a row, below): a worker with fewer recurrent columns
 // runs its share of the chunk's dx while the other finishes its step. By block counts
 // alone, H=192 (three 64-unit blocks each of W_hh and W_ih) gave worker 1 two of each and
@@ -229,25 +229,23 @@ FUSEDRNN_AVX512 inline void weight_update(int64_t K, const float* const* g, cons
 // model's cut against its neighbour: H=144 13.58 vs 13.71, H=160 16.39 vs 17.46, H=176
 // 19.47 vs 18.61 (the model 4% off there). Which worker computes a dx column does not
 // change its sums. Returns the workers+1 cut points over [0, xblocks].
-inline std::vector<int64_t> dx_split(int64_t blocks, int64_t H, int64_t xblocks, int64_t I,
+inline std::vector<int64_t> dx_split(int64_t pieces, int64_t H, int64_t xblocks, int64_t I,
                                      int64_t gates, int64_t workers) {
   const double G = double(gates * H);
-  auto units = [](int64_t b, int64_t C) {
-    return std::min(C, (b + 1) * kBackUnits) - b * kBackUnits;
-  };
   auto vectors = [](int64_t C) { return double((C + kUnits - 1) / kUnits * kUnits); };
-  // The tiles run whole 16-column vectors: a recurrent block's dG W_hh costs its vectors'
-  // columns times G, its weight-gradient rows units*gates*(I+H) with I and H padded to
-  // whole vectors; a dx block its vectors' columns times G.
+  // The tiles run whole 16-column vectors: a worker's recurrent units cost their vectors'
+  // columns of dG W_hh (G each) and units*gates*(I+H) of weight-gradient rows, I and H
+  // padded to whole vectors; a dx block its vectors' columns times G.
   const double per_unit = double(gates) * (vectors(I) + vectors(H));
   std::vector<double> rec_done(workers + 1, 0.0), x_done(xblocks + 1, 0.0);
   for (int64_t w = 0; w < workers; ++w) {
-    double c = 0;
-    for (int64_t b = blocks * w / workers; b < blocks * (w + 1) / workers; ++b)
-      c += vectors(units(b, H)) * G + per_unit * double(units(b, H));
-    rec_done[w + 1] = rec_done[w] + c;
+    const int64_t u = std::min(H, pieces * (w + 1) / workers * kUnits) -
+                      std::min(H, pieces * w / workers * kUnits);
+    rec_done[w + 1] = rec_done[w] + vectors(u) * G + per_unit * double(u);
   }
-  for (int64_t b = 0; b < xblocks; ++b) x_done[b + 1] = x_done[b] + vectors(units(b, I)) * G;
+  for (int64_t b = 0; b < xblocks; ++b) {
+    x_done[b + 1] = x_done[b] + vectors(std::min(I, (b + 1) * kBackUnits) - b * kBackUnits) * G;
+  }
   const double total = rec_done[workers] + x_done[xblocks];
   std::vector<int64_t> cut(workers + 1, xblocks);
   cut[0] = 0;
@@ -329,35 +327,44 @@ void fused_backward(const Steps& st, bool reverse, int64_t gates, int64_t H, int
   for (int64_t s = 0; s < T; ++s) chunks += opens[s] >= 0;
   const ColumnPanels wh(w_hh, G, H, panels_in_place(T)), wi(w_ih, G, I, panels_in_place(chunks));
   const bool stream = stream_weight_grads(chunks, G * (I + H));
-  const int64_t blocks = wh.blocks, xblocks = wi.blocks;
-  const int64_t workers = step_workers(blocks + xblocks, N * G * (H + I));
+  // The recurrent units are handed out by pieces of kUnits (a worker's range cut at the
+  // panels' block boundaries, each part run by its own vectors); dx by blocks. By whole
+  // 64-unit blocks, H=64 had put all of dG W_hh and the weight gradients on one worker
+  // and only dx on the other. The same sums in the same order (outputs and gradients
+  // compared bit for bit with the block form, 1 and 2 threads). Paired on the 2-core Zen
+  // 4, backward op ms, blocks -> pieces: T=200, N=16, LSTM H=64 4.54 -> 3.26, H=96 6.99 ->
+  // 5.94, GRU H=64 3.51 -> 2.75; H=144 and the named shapes (T=100, N=64, H=512 LSTM and
+  // GRU; T=200, N=1, H=256; T=50, N=16, H=768) level.
+  const int64_t pieces = (H + kUnits - 1) / kUnits, xblocks = wi.blocks;
+  const int64_t workers = step_workers(pieces + xblocks, N * G * (H + I));
   // dx rows are written a step after their own (see Prefault).
   const Prefault prefault(
       T, [&](int64_t s) { return st.offset[tt(s)]; }, [&](int64_t s) { return st.batch[tt(s)]; },
       {{out.dx, I * int64_t(sizeof(float))}});
   // The recurrent blocks move between workers step by step (Balancer); the dx blocks stay,
   // split to even out the work the Balancer's first split leaves (dx_split).
-  Balancer balancer(blocks, workers);
-  const std::vector<int64_t> xcut = dx_split(blocks, H, xblocks, I, gates, workers);
+  Balancer balancer(pieces, workers);
+  const std::vector<int64_t> xcut = dx_split(pieces, H, xblocks, I, gates, workers);
+  // A worker's recurrent units [j0, j1) and dx blocks [x0, x1).
   auto blocks_of = [&](int64_t wk) {
-    const auto [b0, b1] = balancer.range(wk);
-    return std::array<int64_t, 4>{b0, b1, xcut[wk], xcut[wk + 1]};
+    const auto [p0, p1] = balancer.range(wk);
+    return std::array<int64_t, 4>{p0 * kUnits, std::min(H, p1 * kUnits), xcut[wk], xcut[wk + 1]};
   };
-  // chunk[s]: the number of the chunk step s closes. applied[b]: how many chunks block b's
-  // weight gradients hold. A block's chunks are added in order even when consecutive
-  // chunks close at consecutive steps and the block moves between them: the next owner
+  // chunk[s]: the number of the chunk step s closes. applied[p]: how many chunks piece p's
+  // weight gradients hold. A piece's chunks are added in order even when consecutive
+  // chunks close at consecutive steps and the piece moves between them: the next owner
   // waits for the previous owner's update.
   std::vector<int64_t> chunk(T, -1);
   for (int64_t s = 0, c = 0; s < T; ++s) {
     if (opens[s] >= 0) chunk[s] = c++;
   }
-  const std::unique_ptr<std::atomic<int64_t>[]> applied(new std::atomic<int64_t>[blocks]);
-  for (int64_t b = 0; b < blocks; ++b) applied[b].store(0, std::memory_order_relaxed);
+  const std::unique_ptr<std::atomic<int64_t>[]> applied(new std::atomic<int64_t>[pieces]);
+  for (int64_t p = 0; p < pieces; ++p) applied[p].store(0, std::memory_order_relaxed);
   Waits waits;  // the step barrier's and those on applied
   run_steps(
       workers, 0, T + 1,
       [&](int64_t wk, int64_t s) {
-        const auto [b0, b1, x0, x1] = blocks_of(wk);
+        const auto [j0, j1, x0, x1] = blocks_of(wk);
         if (s < T) prefault.at_step(s, wk, workers);
         if (s == 0) {  // (first read at step 1 and at a chunk's end: after the barrier)
           wh.pack_rows(G * wk / workers, G * (wk + 1) / workers);
@@ -368,15 +375,12 @@ void fused_backward(const Steps& st, bool reverse, int64_t gates, int64_t H, int
         if (s > 0) {  // dG of the step before times W_hh: this step's rec, or dh0 rows
           auto a_row = [&](int64_t n) -> const float* { return gs[row0[s - 1] + n]; };
           auto out_row = [&](int64_t n) { return n < kept ? rec.data() + n * H : out.dh0 + n * H; };
-          rows_times_blocks(st.batch[tt(s - 1)], a_row, out_row, wh, b0, b1);
+          rows_times_columns(st.batch[tt(s - 1)], a_row, out_row, wh, j0, j1);
         }
-        if (s < T) {
-          for (int64_t b = b0; b < b1; ++b) {
-            const int64_t j0 = b * kBackUnits, j1 = std::min(H, j0 + kBackUnits);
-            for (int64_t n = 0; n < B; ++n) {
-              const int64_t k = row0[s] + n;
-              cell(s, n, j0, j1, n < kept ? rec.data() + n * H : ghn + n * H, gs[k], gxs[k]);
-            }
+        if (s < T && j1 > j0) {
+          for (int64_t n = 0; n < B; ++n) {
+            const int64_t k = row0[s] + n;
+            cell(s, n, j0, j1, n < kept ? rec.data() + n * H : ghn + n * H, gs[k], gxs[k]);
           }
         }
       },
@@ -384,24 +388,31 @@ void fused_backward(const Steps& st, bool reverse, int64_t gates, int64_t H, int
       // of the chunk step s closed (this worker's units: its own columns of dG and dX),
       // and the dx of the chunk step s-1 closed (whole dX rows, all finished at step s-1).
       [&](int64_t wk, int64_t s) {
-        const auto [b0, b1, x0, x1] = blocks_of(wk);
-        if (s < T && opens[s] >= 0) {
+        const auto [j0, j1, x0, x1] = blocks_of(wk);
+        if (s < T && opens[s] >= 0 && j1 > j0) {
           const int64_t k0 = row0[opens[s]], K = row0[s + 1] - k0;
           const bool first = opens[s] == 0;
           thread_local std::vector<float> tiles_x, tiles_h, panels_x, panels_h;
-          const float* sx = b1 > b0 ? source_panels(K, xs.data() + k0, I, panels_x) : nullptr;
-          const float* sh = b1 > b0 ? source_panels(K, hs.data() + k0, H, panels_h) : nullptr;
-          for (int64_t b = b0; b < b1; ++b) {
-            const int64_t j0 = b * kBackUnits, j1 = std::min(H, j0 + kBackUnits);
-            waits.until([&] { return applied[b].load(std::memory_order_acquire) >= chunk[s]; });
-            const float* px = unit_tiles(K, gxs.data() + k0, gates, H, j0, j1, tiles_x);
-            const float* ph = split ? unit_tiles(K, gs.data() + k0, gates, H, j0, j1, tiles_h) : px;
-            weight_update(K, gxs.data() + k0, px, sx, I, gates, H, j0, j1, out.dw_ih, out.db_x,
+          const float* sx = source_panels(K, xs.data() + k0, I, panels_x);
+          const float* sh = source_panels(K, hs.data() + k0, H, panels_h);
+          // By parts of at most kBackUnits units, cut at block boundaries (weight_update's
+          // bias sums take one block's vectors).
+          for (int64_t q0 = j0; q0 < j1;) {
+            const int64_t q1 = std::min(j1, (q0 / kBackUnits + 1) * kBackUnits);
+            for (int64_t p = q0 / kUnits; p < (q1 + kUnits - 1) / kUnits; ++p) {
+              waits.until([&] { return applied[p].load(std::memory_order_acquire) >= chunk[s]; });
+            }
+            const float* px = unit_tiles(K, gxs.data() + k0, gates, H, q0, q1, tiles_x);
+            const float* ph = split ? unit_tiles(K, gs.data() + k0, gates, H, q0, q1, tiles_h) : px;
+            weight_update(K, gxs.data() + k0, px, sx, I, gates, H, q0, q1, out.dw_ih, out.db_x,
                           first, stream);
-            weight_update(K, gs.data() + k0, ph, sh, H, gates, H, j0, j1, out.dw_hh, out.db_h,
+            weight_update(K, gs.data() + k0, ph, sh, H, gates, H, q0, q1, out.dw_hh, out.db_h,
                           first, stream);
-            applied[b].store(chunk[s] + 1, std::memory_order_seq_cst);
+            for (int64_t p = q0 / kUnits; p < (q1 + kUnits - 1) / kUnits; ++p) {
+              applied[p].store(chunk[s] + 1, std::memory_order_seq_cst);
+            }
             waits.notify();
+            q0 = q1;
           }
         }
         if (s > 0 && opens[s - 1] >= 0) {
