@@ -5,6 +5,8 @@
 
 #include "recurrence.h"
 
+#include <type_traits>
+
 namespace fusedrnn {
 
 #if FUSEDRNN_HAVE_FUSED
@@ -31,6 +33,18 @@ inline int block_vectors(const __mmask16* masks) {
   int nv = 0;
   while (nv < 4 && masks[nv] != 0) ++nv;
   return nv;
+}
+
+// f(std::integral_constant<int, nv>{}), nv in 1..4: the tiles' vector count as a template
+// argument.
+template <typename F>
+void with_vectors(int nv, const F& f) {
+  switch (nv) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    default: return f(std::integral_constant<int, 4>{});
+  }
 }
 
 // tile_product's sums (Slots<0, ..., NV-1>: the same FMAs in the same order) over the
@@ -188,12 +202,9 @@ FUSEDRNN_AVX512 void rows_times_panel(int64_t rows, const A& a_row, const O& out
             ar[r] = a_row(n0 + r);
             cr[r] = out_row(n0 + r) + j0;
           }
-          switch (nv) {
-            case 1: block_rows<1>(m, ar, panel, w.ld(), c0, c1, cr, masks, c0 == 0, pf); break;
-            case 2: block_rows<2>(m, ar, panel, w.ld(), c0, c1, cr, masks, c0 == 0, pf); break;
-            case 3: block_rows<3>(m, ar, panel, w.ld(), c0, c1, cr, masks, c0 == 0, pf); break;
-            default: block_rows<4>(m, ar, panel, w.ld(), c0, c1, cr, masks, c0 == 0, pf);
-          }
+          with_vectors(nv, [&](auto v) {
+            block_rows<decltype(v)::value>(m, ar, panel, w.ld(), c0, c1, cr, masks, c0 == 0, pf);
+          });
         }
       }
     }

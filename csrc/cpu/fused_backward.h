@@ -176,12 +176,9 @@ FUSEDRNN_AVX512 inline void weight_update(int64_t K, const float* const* g, cons
         const int m = static_cast<int>(std::min<int64_t>(kTileUnits, j1 - i0));
         const float* a = packed + (v * tiles + (i0 - j0) / kTileUnits) * K * kTileUnits;
         float* out = dw + (v * H + i0) * C + c0;
-        switch (nv) {
-          case 1: outer_rows<1>(m, a, panel, K, out, C, masks, first, stream); break;
-          case 2: outer_rows<2>(m, a, panel, K, out, C, masks, first, stream); break;
-          case 3: outer_rows<3>(m, a, panel, K, out, C, masks, first, stream); break;
-          default: outer_rows<4>(m, a, panel, K, out, C, masks, first, stream);
-        }
+        with_vectors(nv, [&](auto q) {
+          outer_rows<decltype(q)::value>(m, a, panel, K, out, C, masks, first, stream);
+        });
       }
     }
   }
@@ -346,7 +343,7 @@ void fused_backward(const Steps& st, bool reverse, int64_t gates, int64_t H, int
   Balancer balancer(pieces, workers);
   const std::vector<int64_t> xcut = dx_split(pieces, H, xblocks, I, gates, workers);
   // A worker's recurrent units [j0, j1) and dx blocks [x0, x1).
-  auto blocks_of = [&](int64_t wk) {
+  auto share_of = [&](int64_t wk) {
     const auto [p0, p1] = balancer.range(wk);
     return std::array<int64_t, 4>{p0 * kUnits, std::min(H, p1 * kUnits), xcut[wk], xcut[wk + 1]};
   };
@@ -364,7 +361,7 @@ void fused_backward(const Steps& st, bool reverse, int64_t gates, int64_t H, int
   run_steps(
       workers, 0, T + 1,
       [&](int64_t wk, int64_t s) {
-        const auto [j0, j1, x0, x1] = blocks_of(wk);
+        const auto [j0, j1, x0, x1] = share_of(wk);
         if (s < T) prefault.at_step(s, wk, workers);
         if (s == 0) {  // (first read at step 1 and at a chunk's end: after the barrier)
           wh.pack_rows(G * wk / workers, G * (wk + 1) / workers);
@@ -388,7 +385,7 @@ void fused_backward(const Steps& st, bool reverse, int64_t gates, int64_t H, int
       // of the chunk step s closed (this worker's units: its own columns of dG and dX),
       // and the dx of the chunk step s-1 closed (whole dX rows, all finished at step s-1).
       [&](int64_t wk, int64_t s) {
-        const auto [j0, j1, x0, x1] = blocks_of(wk);
+        const auto [j0, j1, x0, x1] = share_of(wk);
         if (s < T && opens[s] >= 0 && j1 > j0) {
           const int64_t k0 = row0[opens[s]], K = row0[s + 1] - k0;
           const bool first = opens[s] == 0;
