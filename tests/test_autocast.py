@@ -19,9 +19,16 @@ def test_cpu_bf16_autocast_returns_bf16_and_matches_bf16_module(cell):
     x = torch.randn(7, 3, 5)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y, states = ours(x)
-        y_nn, _ = theirs(x)
+        try:
+            y_nn, _ = theirs(x)
+        except RuntimeError as e:
+            # torch.nn.LSTM's bfloat16 path is oneDNN's, which has none on CPUs without
+            # AVX-512 (a Zen 3: "could not create a primitive descriptor"); ours runs there.
+            if cell != "LSTM" or "primitive descriptor" not in str(e):
+                raise
+            y_nn = None
     assert y.dtype == torch.bfloat16
-    if cell == "LSTM":
+    if y_nn is not None and cell == "LSTM":
         assert y_nn.dtype == torch.bfloat16
     for s in states if cell == "LSTM" else (states,):
         assert s.dtype == torch.bfloat16

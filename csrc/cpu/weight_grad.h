@@ -11,8 +11,14 @@ namespace fusedrnn {
 // keep the GEMM near its peak while the error stays below a single full-K GEMM's
 // (tests/test_accuracy.py).
 constexpr int64_t kReduceChunk = 1024;
-// Rows per GEMM when the whole sum is at most kReduceChunk rows (see mm_tn).
+// Rows per GEMM when the whole sum is at most kReduceChunk rows, or the result at most
+// kSmallResult values (see mm_tn).
 constexpr int64_t kShortChunk = 128;
+// Results up to this many values take kShortChunk rows per GEMM at any K: their chunks'
+// double adds are cheap, and oneDNN's AVX2 GEMM sums K in one float chain. On a 2-core Zen 3
+// (no AVX-512) the 1024-row chunks erred 2.6x torch.nn's in LSTM's dW_hh at T=100, N=64,
+// H=7 (tests/test_accuracy.py: 6400 rows into a [28, 7] result); AVX-512's kernels passed.
+constexpr int64_t kSmallResult = 1 << 16;
 
 // acc[i] = p[i] (first) or acc[i] + p[i], in double; with out, also out[i] = float(acc[i]),
 // for i in [i0, i1). Vectorized (clones); it ran in SSE2 before.
@@ -109,7 +115,7 @@ inline Tensor mm_tn(const Tensor& a, const Tensor& b) {
   // a [28, 7] result) and erred 2.6x torch.nn's in GRU's dW_hh at T=50, N=16, H=129
   // (tests/test_accuracy.py); in 256-row oneDNN chunks 2.2x; in 128-row chunks within 2x.
   if (K <= kShortChunk) return linear(t(a), t(b));
-  const int64_t chunk = K <= kReduceChunk ? kShortChunk : kReduceChunk;
+  const int64_t chunk = K <= kReduceChunk || M * P <= kSmallResult ? kShortChunk : kReduceChunk;
   const Tensor ac = torch::stable::contiguous(a), bc = torch::stable::contiguous(b);
   std::vector<double> acc(M * P);
   Tensor out = empty_as(a, {M, P});
