@@ -25,6 +25,7 @@ the peak in the row's own minutes.
 """
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -75,9 +76,28 @@ def flops(cell, shape, rows, mode):
     return total * (3 if mode == "training" else 1)
 
 
+@functools.lru_cache(maxsize=None)
+def _peak_size(device_type, dtype):
+    """The peak GEMMs' n: 4096 on a GPU, 2048 on the CPU, halved while one call would take
+    more than a second at the rate of a 256 probe. bfloat16 on a CPU without AVX-512 (a
+    2-core Zen 3) ran torch.mm at ~1 GFLOP/s: 18 s a 2048 call, and the grid's peak and
+    per-row peaks did not finish."""
+    if device_type == "cuda":
+        return 4096
+    a = torch.randn(256, 256).to(dtype)
+    torch.mm(a, a)
+    start = time.perf_counter()
+    torch.mm(a, a)
+    rate = 2 * 256**3 / max(time.perf_counter() - start, 1e-9)
+    n = 2048
+    while n > 256 and 2 * n**3 / rate > 1.0:
+        n //= 2
+    return n
+
+
 def _peak_gemms(device, dtype):
     """The large square GEMMs torch offers here, {name: fn}, and their FLOPs."""
-    n = 4096 if device.type == "cuda" else 2048
+    n = _peak_size(device.type, dtype)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     cands = {"torch.mm": lambda: torch.mm(a, b)}
