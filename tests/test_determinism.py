@@ -118,6 +118,34 @@ def test_rowdot_loop_bit_identical_across_thread_counts(cell, N, monkeypatch):
     assert not torch.equal(runs[1][len(outs)], runs[2][len(outs)])
 
 
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"),
+                    reason="the AVX2 panel loop needs AVX2 and FMA")
+@pytest.mark.parametrize("H", [129, 256])
+@pytest.mark.parametrize("cell", CELLS)
+def test_avx2_panel_loop_bit_identical_across_thread_counts(cell, H, monkeypatch):
+    """The AVX2 panel forward (avx2_panels.h), forced: every gate sums its k chunks in one
+    order whatever the number of workers, so 1 and 2 threads give the same bits (outputs;
+    the backward is the GEMM loop's), and they are not the GEMM loop's (the loop did run).
+    H=129: 9 panels a gate, split 4/5, the last one unit wide; N=13: a 1-row tile."""
+    monkeypatch.setenv("FUSEDRNN_CPU_FUSED", "0")
+    _, m = make_modules(cell, 40, H, 1, bidirectional=True)
+    x = torch.randn(30, 13, 40)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n, panels in ((1, "1"), (2, "1"), (2, "0")):
+            torch.set_num_threads(n)
+            monkeypatch.setenv("FUSEDRNN_CPU_PANELS", panels)
+            with torch.no_grad():
+                y, fin = m(x)
+            runs.append([y, *(fin if cell == "LSTM" else [fin])])
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(runs[0], runs[1], strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(runs[1][0], runs[2][0])
+
+
 @pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("N", [1, 16, 64, 130])
 @pytest.mark.parametrize("cell", CELLS)

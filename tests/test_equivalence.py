@@ -311,18 +311,9 @@ def test_short_forward_runs_the_gemm_loop(cell, H, N, gemm_T, fused_T, dt, monke
         torch.testing.assert_close(y, y_t, rtol=rtol, atol=atol)
 
 
-@pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize(
-    "kw",
-    [c for c in DEFAULT_CASES if c.values[0]["N"] <= 4]
-    + [pytest.param(dict(T=9, N=4, I=6, H=33, lengths=(4, 9, 1, 7)), id="T9-N4-packed-H33")],
-)
-def test_matches_torch_rowdot_loop(cell, kw, monkeypatch):
-    """The small-batch float32 forward of CPUs without AVX-512 (rowdot_loop.h: dot products
-    with W_hh's rows in place, one barrier a step), forced with the fused loop off; its
-    workspace feeds the GEMM loop's backward."""
-    monkeypatch.setenv("FUSEDRNN_CPU_FUSED", "0")
-    monkeypatch.setenv("FUSEDRNN_CPU_ROWDOT", "1")
+def _compare_padded_or_packed(cell, kw):
+    """compare_with_torch for a padded case; for one with lengths, a bidirectional packed
+    batch against torch.nn: outputs and every gradient."""
     kw = dict(kw)
     lengths = kw.pop("lengths", None)
     if lengths is None:
@@ -341,6 +332,42 @@ def test_matches_torch_rowdot_loop(cell, kw, monkeypatch):
         outs.append([*o, *g])
     for a, b in zip(*outs, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+AVX2 = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+
+
+@pytest.mark.skipif(not AVX2, reason="the AVX2 panel loop needs AVX2 and FMA")
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize(
+    "kw",
+    [c for c in DEFAULT_CASES if c.values[0]["N"] > 4]
+    + [pytest.param(dict(T=9, N=13, I=6, H=33, lengths=(4, 9, 1, 7, 9, 9, 2, 3, 5, 8, 6, 9, 1)),
+                    id="T9-N13-packed-H33")],
+)
+def test_matches_torch_avx2_panels(cell, kw, monkeypatch):
+    """The float32 forward above the row-dot loop's batches on CPUs with AVX2 but not
+    AVX-512 (avx2_panels.h: W_hh packed into 16-unit panels once a call, 6-row tiles, one
+    barrier a step), forced with the fused loop off; its workspace feeds the GEMM loop's
+    backward. Odd sizes: H=7 and 129 (a partial last panel), 13 rows (a 1-row tile), packed."""
+    monkeypatch.setenv("FUSEDRNN_CPU_FUSED", "0")
+    monkeypatch.setenv("FUSEDRNN_CPU_PANELS", "1")
+    _compare_padded_or_packed(cell, kw)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize(
+    "kw",
+    [c for c in DEFAULT_CASES if c.values[0]["N"] <= 4]
+    + [pytest.param(dict(T=9, N=4, I=6, H=33, lengths=(4, 9, 1, 7)), id="T9-N4-packed-H33")],
+)
+def test_matches_torch_rowdot_loop(cell, kw, monkeypatch):
+    """The small-batch float32 forward of CPUs without AVX-512 (rowdot_loop.h: dot products
+    with W_hh's rows in place, one barrier a step), forced with the fused loop off; its
+    workspace feeds the GEMM loop's backward."""
+    monkeypatch.setenv("FUSEDRNN_CPU_FUSED", "0")
+    monkeypatch.setenv("FUSEDRNN_CPU_ROWDOT", "1")
+    _compare_padded_or_packed(cell, kw)
 
 
 @pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])

@@ -4,6 +4,7 @@
 #include "common.h"
 #include "amx.h"
 #include "fused_backward.h"
+#include "avx2_panels.h"
 #include "rowdot_loop.h"
 #include "weight_grad.h"
 #include "cells16.h"
@@ -154,10 +155,11 @@ void gru_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, con
       return;
     }
   }
-  // Small float32 batches where the fused loop does not run: the row-dot loop, as in
+  // float32 where the fused loop does not run: the row-dot loop or the AVX2 panels, as in
   // lstm.cpp.
   if constexpr (std::is_same_v<scalar_t, float>) {
-    if (N <= kRowDotBatch && rowdot_wanted()) {
+    const bool rowdot = N <= kRowDotBatch && rowdot_wanted();
+    if (rowdot || panels_wanted(N, H)) {
       auto cell = [&](int64_t s, int64_t n, int64_t j0, int64_t j1, const float* hg, int64_t hs,
                       const float* xg_row) {
         const int64_t off = st.offset[reverse ? st.T - 1 - s : s];
@@ -169,8 +171,9 @@ void gru_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, con
         });
       };
       const Tensor w_hh_c = torch::stable::contiguous(w_hh), h0_c = torch::stable::contiguous(h0);
-      rowdot_forward<3>(st, reverse, H, w_hh_c.const_data_ptr<float>(),
-                        h0_c.const_data_ptr<float>(), y_p, h_n.mutable_data_ptr<float>(), xg, cell);
+      (rowdot ? rowdot_forward<3, decltype(cell)> : panel_forward<3, decltype(cell)>)(
+          st, reverse, H, w_hh_c.const_data_ptr<float>(), h0_c.const_data_ptr<float>(), y_p,
+          h_n.mutable_data_ptr<float>(), xg, cell);
       return;
     }
   }

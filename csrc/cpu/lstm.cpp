@@ -7,6 +7,7 @@
 #include "common.h"
 #include "amx.h"
 #include "fused_backward.h"
+#include "avx2_panels.h"
 #include "rowdot_loop.h"
 #include "weight_grad.h"
 #include "cells16.h"
@@ -164,10 +165,11 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
       return;
     }
   }
-  // Small float32 batches where the fused loop does not run (CPUs without AVX-512): the
-  // row-dot loop (rowdot_loop.h).
+  // float32 where the fused loop does not run (CPUs without AVX-512): the row-dot loop
+  // at small batches (rowdot_loop.h), the AVX2 panels above them (avx2_panels.h).
   if constexpr (std::is_same_v<scalar_t, float>) {
-    if (!w_hr && N <= kRowDotBatch && rowdot_wanted()) {
+    const bool rowdot = N <= kRowDotBatch && rowdot_wanted();
+    if (!w_hr && (rowdot || panels_wanted(N, H))) {
       auto cell = [&](int64_t s, int64_t n, int64_t j0, int64_t j1, const float* hg, int64_t hs,
                       const float* xg_row) {
         const int64_t off = st.offset[reverse ? st.T - 1 - s : s];
@@ -178,8 +180,9 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
         });
       };
       const Tensor w_hh_c = torch::stable::contiguous(w_hh), h0_c = torch::stable::contiguous(h0);
-      rowdot_forward<4>(st, reverse, H, w_hh_c.const_data_ptr<float>(),
-                        h0_c.const_data_ptr<float>(), y_p, h_n.mutable_data_ptr<float>(), xg, cell);
+      (rowdot ? rowdot_forward<4, decltype(cell)> : panel_forward<4, decltype(cell)>)(
+          st, reverse, H, w_hh_c.const_data_ptr<float>(), h0_c.const_data_ptr<float>(), y_p,
+          h_n.mutable_data_ptr<float>(), xg, cell);
       for (int64_t k = 0; k < N * H; ++k) cn_p[k] = c[k];
       return;
     }

@@ -116,6 +116,22 @@ FUSEDRNN_CPU_CLONES void row_dots(const float* __restrict a, const float* __rest
   }
 }
 
+// step(w, s, xg_s) for every step s in run order on `workers` workers (run_steps, one
+// barrier a step), block by block of the input projection: xg_s is row 0 of step s of
+// x W_ih^T (float32).
+template <typename F>
+void projected_steps(const Steps& st, int64_t workers, InputProjection& xg, const F& step) {
+  std::vector<const float*> xg_step(st.T);
+  for (int64_t s0 = 0; s0 < st.T;) {
+    const int64_t s1 = xg.block_end(s0);
+    for (int64_t s = s0; s < s1; ++s) xg_step[s] = static_cast<const float*>(xg.step(s));
+    run_steps(
+        workers, s0, s1, [&](int64_t w, int64_t s) { step(w, s, xg_step[s]); },
+        [](int64_t, int64_t) {});
+    s0 = s1;
+  }
+}
+
 // The forward recurrence over steps [0, T) in run order (s; t = s forward, T-1-s in
 // reverse), float32, x W_ih^T from xg (oneDNN's GEMM over blocks of steps). At step s each
 // worker computes, for the step's rows n and its units [j0, j1), gate v of unit j into
@@ -137,27 +153,18 @@ void rowdot_forward(const Steps& st, bool reverse, int64_t H, const float* w_hh,
     return std::pair<int64_t, int64_t>{std::min(H, groups * w / workers * kDotLanes),
                                        std::min(H, groups * (w + 1) / workers * kDotLanes)};
   };
-  std::vector<const float*> xg_step(st.T);
-  for (int64_t s0 = 0; s0 < st.T;) {
-    const int64_t s1 = xg.block_end(s0);
-    for (int64_t s = s0; s < s1; ++s) xg_step[s] = static_cast<const float*>(xg.step(s));
-    run_steps(
-        workers, s0, s1,
-        [&](int64_t w, int64_t s) {
-          const int64_t t = tt(s), B = st.batch[t];
-          const int64_t keep = st.carried(t, reverse), p = st.prev(t, reverse);
-          const auto [j0, j1] = units(w);
-          if (j1 <= j0) return;
-          for (int64_t n = 0; n < B; ++n) {
-            const float* a = n < keep ? y + (st.offset[p] + n) * H : h0 + n * H;
-            float* row = hg.data() + n * G;
-            row_dots<NG>(a, w_hh, H, H, j0, j1, row);
-            cell(s, n, j0, j1, row, H, xg_step[s] + n * G);
-          }
-        },
-        [](int64_t, int64_t) {});
-    s0 = s1;
-  }
+  projected_steps(st, workers, xg, [&](int64_t w, int64_t s, const float* xg_s) {
+    const int64_t t = tt(s), B = st.batch[t];
+    const int64_t keep = st.carried(t, reverse), p = st.prev(t, reverse);
+    const auto [j0, j1] = units(w);
+    if (j1 <= j0) return;
+    for (int64_t n = 0; n < B; ++n) {
+      const float* a = n < keep ? y + (st.offset[p] + n) * H : h0 + n * H;
+      float* row = hg.data() + n * G;
+      row_dots<NG>(a, w_hh, H, H, j0, j1, row);
+      cell(s, n, j0, j1, row, H, xg_s + n * G);
+    }
+  });
   copy_final_states(st, reverse, H, y, h_n);
 }
 

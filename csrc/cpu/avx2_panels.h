@@ -1,0 +1,164 @@
+// The float32 forward recurrence above the row-dot loop's batches on CPUs with AVX2 and
+// FMA but without AVX-512 (the fused loops' ISA): the workers of workers.h, one barrier a
+// step. W_hh is packed once a call into panels of 16 units of one gate, [K = H][16]; at
+// each step every worker computes its units' gates for all the step's rows, 6 rows by 16
+// columns in 12 ymm accumulators, then runs the cell over its units.
+//
+// Why: there the forward was the GEMM loop, a oneDNN GEMM call per step (an OpenMP region
+// that packs W_hh again every step) and a second parallel region for the cell. On a
+// 2-core Zen 3, T=100, N=64, H=512 LSTM inference, perf: oneDNN's GEMMs 76% of samples,
+// libgomp's spin 7%; 0.89x torch.nn's oneDNN LSTM, whose RNN primitive packs its weights
+// once.
+//
+// Every product sums k in chunks of kChunkK, each chunk's sum added in order to the
+// result: the same sums whichever worker runs a unit, so results are bit-identical for
+// any thread count.
+#pragma once
+
+#include "common.h"
+#include "rowdot_loop.h"
+#include "workers.h"
+
+#include <cstdlib>
+
+namespace fusedrnn {
+
+#if FUSEDRNN_HAVE_FUSED
+
+#define FUSEDRNN_AVX2 __attribute__((target("avx2,fma")))
+
+// Units per panel: two 8-float vectors.
+constexpr int64_t kAvx2Units = 16;
+// Rows per tile: 6 rows x 2 vectors = 12 accumulators, 2 panel vectors and a broadcast
+// in the 16 ymm registers.
+constexpr int kAvx2Rows = 6;
+
+// The loop runs where a step's h rows take at most this many bytes: every panel runs
+// over all of them, in L2. Above it oneDNN's GEMMs were faster: T=50, N=256, H=1024
+// (1 MB of h) LSTM inference, GEMM loop / panels 0.95 (and 0.94-0.98 with the rows in
+// blocks of 128 or 256 KB); at 128 KB (N=64, H=512) 1.08, at 48 KB (N=16, H=768) 1.37.
+constexpr int64_t kPanelRowsBytes = 256 << 10;
+
+// True where the float32 forward above kRowDotBatch rows takes this loop: up to
+// kPanelRowsBytes of h rows, on CPUs with AVX2 and FMA where the row-dot loop runs (rowdot_wanted: no AVX-512). FUSEDRNN_CPU_PANELS=0
+// turns it off (the GEMM loop), =1 on wherever the CPU has AVX2 and FMA; read at every op
+// call (tests compare the two).
+inline bool panels_wanted(int64_t N, int64_t H) {
+  if (N * H * int64_t(sizeof(float)) > kPanelRowsBytes) return false;
+  static const bool cpu = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (!cpu) return false;
+  const char* env = std::getenv("FUSEDRNN_CPU_PANELS");
+  if (env && env[0]) return env[0] != '0';
+  return rowdot_wanted();
+}
+
+// w [NG*H, K] (torch's layout) as panels [NG][groups][K][kAvx2Units]: panel (v, q) holds
+// the rows v*H + q*16 + u, u < 16, by k; zero past H.
+template <int NG>
+void pack_panels(const float* w, int64_t H, int64_t K, float* out) {
+  const int64_t groups = (H + kAvx2Units - 1) / kAvx2Units;
+  parallel_rows(NG * groups, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t v = p / groups, q = p % groups;
+      float* dst = out + p * K * kAvx2Units;
+      for (int64_t u = 0; u < kAvx2Units; ++u) {
+        const int64_t j = q * kAvx2Units + u;
+        const float* src = w + (v * H + j) * K;
+        if (j < H) {
+          for (int64_t k = 0; k < K; ++k) dst[k * kAvx2Units + u] = src[k];
+        } else {
+          for (int64_t k = 0; k < K; ++k) dst[k * kAvx2Units + u] = 0.f;
+        }
+      }
+    }
+  });
+}
+
+// c[r][0:16] (first: =, else +=) sum_{k0 <= k < k1} a[r][k] * panel[k][0:16], r < MR.
+template <int MR>
+FUSEDRNN_AVX2 void panel_tile(const float* const* a, const float* panel, int64_t k0,
+                              int64_t k1, float* const* c, bool first) {
+  __m256 acc[MR][2];
+#pragma GCC unroll 6
+  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  for (int64_t k = k0; k < k1; ++k) {
+    const __m256 b0 = _mm256_loadu_ps(panel + k * kAvx2Units);
+    const __m256 b1 = _mm256_loadu_ps(panel + k * kAvx2Units + 8);
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; ++r) {
+      const __m256 av = _mm256_broadcast_ss(a[r] + k);
+      acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < MR; ++r) {
+    if (!first) {
+      acc[r][0] = _mm256_add_ps(_mm256_loadu_ps(c[r]), acc[r][0]);
+      acc[r][1] = _mm256_add_ps(_mm256_loadu_ps(c[r] + 8), acc[r][1]);
+    }
+    _mm256_storeu_ps(c[r], acc[r][0]);
+    _mm256_storeu_ps(c[r] + 8, acc[r][1]);
+  }
+}
+
+// panel_tile for the rows left (1..kAvx2Rows).
+template <int MR = kAvx2Rows>
+inline void panel_rows(int rows, const float* const* a, const float* panel, int64_t k0,
+                       int64_t k1, float* const* c, bool first) {
+  if constexpr (MR > 1) {
+    if (rows < MR) return panel_rows<MR - 1>(rows, a, panel, k0, k1, c, first);
+  }
+  panel_tile<MR>(a, panel, k0, k1, c, first);
+}
+
+// The forward recurrence over steps [0, T) in run order, as rowdot_forward (its cell
+// callback and its hg rows, here of gate stride hs = groups * 16), for any batch. At step
+// s each worker computes hg[n][v*hs + j] = W_hh[v*H + j] . h_{t-1}[n] for the step's rows
+// n and its units' groups, panel by panel and k chunk by k chunk (a chunk of a panel,
+// 8 KB, stays in L1 over the row tiles), then cell(s, n, j0, j1, hg_row, hs, xg_row).
+template <int NG, typename Cell>
+void panel_forward(const Steps& st, bool reverse, int64_t H, const float* w_hh, const float* h0,
+                   float* y, float* h_n, InputProjection& xg, const Cell& cell) {
+  const int64_t N = st.N, groups = (H + kAvx2Units - 1) / kAvx2Units;
+  const int64_t hs = groups * kAvx2Units, G = NG * hs;
+  auto tt = [&](int64_t s) { return reverse ? st.T - 1 - s : s; };
+  const Scratch<float> panels(NG * groups * H * kAvx2Units), hg(N * G);
+  pack_panels<NG>(w_hh, H, H, panels.data());
+  const int64_t workers = step_workers(groups, N * NG * H * H);
+  auto units = [&](int64_t w) {
+    return std::pair<int64_t, int64_t>{groups * w / workers, groups * (w + 1) / workers};
+  };
+  projected_steps(st, workers, xg, [&](int64_t w, int64_t s, const float* xg_s) {
+    const int64_t t = tt(s), B = st.batch[t];
+    const int64_t keep = st.carried(t, reverse), p = st.prev(t, reverse);
+    const auto [q0, q1] = units(w);
+    if (q1 <= q0) return;
+    auto h_row = [&](int64_t n) { return n < keep ? y + (st.offset[p] + n) * H : h0 + n * H; };
+    for (int64_t v = 0; v < NG; ++v) {
+      for (int64_t q = q0; q < q1; ++q) {
+        const float* panel = panels.data() + (v * groups + q) * H * kAvx2Units;
+        for (int64_t k0 = 0; k0 < H; k0 += kChunkK) {
+          const int64_t k1 = std::min(H, k0 + kChunkK);
+          for (int64_t n0 = 0; n0 < B; n0 += kAvx2Rows) {
+            const int rows = static_cast<int>(std::min<int64_t>(kAvx2Rows, B - n0));
+            const float* a[kAvx2Rows];
+            float* c[kAvx2Rows];
+            for (int r = 0; r < rows; ++r) {
+              a[r] = h_row(n0 + r);
+              c[r] = hg.data() + (n0 + r) * G + v * hs + q * kAvx2Units;
+            }
+            panel_rows(rows, a, panel, k0, k1, c, k0 == 0);
+          }
+        }
+      }
+    }
+    const int64_t j0 = q0 * kAvx2Units, j1 = std::min(H, q1 * kAvx2Units);
+    for (int64_t n = 0; n < B; ++n) cell(s, n, j0, j1, hg.data() + n * G, hs, xg_s + n * NG * H);
+  });
+  copy_final_states(st, reverse, H, y, h_n);
+}
+
+#endif  // FUSEDRNN_HAVE_FUSED
+
+}  // namespace fusedrnn
