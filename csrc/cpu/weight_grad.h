@@ -49,6 +49,44 @@ FUSEDRNN_CPU_CLONES static void transpose_scalar(const float* src, int64_t ls, i
 }
 
 #if FUSEDRNN_HAVE_FUSED
+// d[c * ld + r] = s[r * ls + c] for an 8 x 8 block, in ymm registers.
+__attribute__((target("avx2"))) inline void transpose8(const float* s, int64_t ls, float* d,
+                                                       int64_t ld) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(s + i * ls);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(d + i * ld, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+    _mm256_storeu_ps(d + (i + 4) * ld, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+  }
+}
+
+// transpose_scalar's contract, whole 8 x 8 blocks in registers (CPUs with AVX2 but not
+// AVX-512: the scalar form took 6.7% of a T=100, N=64, H=512 LSTM training call's samples
+// on a 2-core Zen 3), the edges element by element.
+__attribute__((target("avx2"))) inline void transpose_avx2(const float* src, int64_t ls,
+                                                           int64_t rows, int64_t c0, int64_t c1,
+                                                           float* dst, int64_t ld) {
+  const int64_t rows8 = rows / 8 * 8;
+  int64_t b0 = c0;
+  for (; b0 + 8 <= c1; b0 += 8) {
+    for (int64_t r0 = 0; r0 < rows8; r0 += 8)
+      transpose8(src + r0 * ls + b0, ls, dst + b0 * ld + r0, ld);
+    for (int64_t c = b0; c < b0 + 8; ++c)
+      for (int64_t r = rows8; r < rows; ++r) dst[c * ld + r] = src[r * ls + c];
+  }
+  if (b0 < c1) transpose_scalar(src, ls, rows, b0, c1, dst, ld);
+}
+
 // transpose_scalar's contract, whole 16 x 16 blocks in registers (4 ms -> 1 ms a
 // [1024, 3072] chunk on one core), the edges element by element.
 FUSEDRNN_AVX512 inline void transpose_avx512(const float* src, int64_t ls, int64_t rows,
@@ -73,13 +111,13 @@ inline void transpose_rows(const Tensor& m, int64_t r0, int64_t rows, Tensor& ou
   float* dst = out.mutable_data_ptr<float>();
 #if FUSEDRNN_HAVE_FUSED
   static const bool avx512 = __builtin_cpu_supports("avx512f");
-#else
-  constexpr bool avx512 = false;
+  static const bool avx2 = __builtin_cpu_supports("avx2");
 #endif
   parallel_rows((cols + 15) / 16, rows * 16 >= 4096 ? 1 : cols, [&](int64_t b0, int64_t b1) {
     const int64_t c0 = b0 * 16, c1 = std::min(cols, b1 * 16);
 #if FUSEDRNN_HAVE_FUSED
     if (avx512) return transpose_avx512(src, cols, rows, c0, c1, dst, rows);
+    if (avx2) return transpose_avx2(src, cols, rows, c0, c1, dst, rows);
 #endif
     transpose_scalar(src, cols, rows, c0, c1, dst, rows);
   });
