@@ -54,6 +54,15 @@ def test_bit_identical_across_thread_counts(cell, N, dt, loop, monkeypatch):
     _assert_same_bits_on_1_and_2_threads(cell, m, torch.randn(30, N, 40, dtype=dt))
 
 
+def _outputs_and_grads(cell, m, x):
+    """The outputs of m(x) and the gradients of x and every parameter (seeded cotangents)."""
+    y, fin = m(x)
+    outs = [y, *(fin if cell == "LSTM" else [fin])]
+    torch.manual_seed(0)
+    grads = torch.autograd.grad(outs, [x, *m.parameters()], [torch.randn_like(o) for o in outs])
+    return [*outs, *grads]
+
+
 def _assert_same_bits_on_1_and_2_threads(cell, m, x):
     x = x.requires_grad_()
     threads = torch.get_num_threads()
@@ -61,12 +70,7 @@ def _assert_same_bits_on_1_and_2_threads(cell, m, x):
     try:
         for n in (1, 2):
             torch.set_num_threads(n)
-            y, fin = m(x)
-            outs = [y, *(fin if cell == "LSTM" else [fin])]
-            torch.manual_seed(0)
-            grads = torch.autograd.grad(outs, [x, *m.parameters()],
-                                        [torch.randn_like(o) for o in outs])
-            runs.append([*outs, *grads])
+            runs.append(_outputs_and_grads(cell, m, x))
     finally:
         torch.set_num_threads(threads)
     for a, b in zip(*runs, strict=True):
@@ -103,19 +107,15 @@ def test_rowdot_loop_bit_identical_across_thread_counts(cell, N, monkeypatch):
         for n, rowdot in ((1, "1"), (2, "1"), (2, "0")):
             torch.set_num_threads(n)
             monkeypatch.setenv("FUSEDRNN_CPU_ROWDOT", rowdot)
-            y, fin = m(x)
-            outs = [y, *(fin if cell == "LSTM" else [fin])]
-            torch.manual_seed(0)
-            grads = torch.autograd.grad(outs, [x, *m.parameters()],
-                                        [torch.randn_like(o) for o in outs])
-            runs.append([*outs, *grads])
+            runs.append(_outputs_and_grads(cell, m, x))
     finally:
         torch.set_num_threads(threads)
     for a, b in zip(runs[0], runs[1], strict=True):
         assert torch.equal(a, b)
     # The output and dx (the backward's recurrence) are not the GEMM loop's bits.
     assert not torch.equal(runs[1][0], runs[2][0])
-    assert not torch.equal(runs[1][len(outs)], runs[2][len(outs)])
+    dx = 3 if cell == "LSTM" else 2  # after y, h_n (and c_n)
+    assert not torch.equal(runs[1][dx], runs[2][dx])
 
 
 @pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"),
@@ -123,27 +123,29 @@ def test_rowdot_loop_bit_identical_across_thread_counts(cell, N, monkeypatch):
 @pytest.mark.parametrize("H", [129, 256])
 @pytest.mark.parametrize("cell", CELLS)
 def test_avx2_panel_loop_bit_identical_across_thread_counts(cell, H, monkeypatch):
-    """The AVX2 panel forward (avx2_panels.h), forced: every gate sums its k chunks in one
-    order whatever the number of workers, so 1 and 2 threads give the same bits (outputs;
-    the backward is the GEMM loop's), and they are not the GEMM loop's (the loop did run).
-    H=129: 9 panels a gate, split 4/5, the last one unit wide; N=13: a 1-row tile."""
+    """The AVX2 panel forward and backward recurrences (avx2_panels.h), forced: every
+    product sums its k chunks in one order whatever the number of workers, so 1 and 2
+    threads give the same bits, outputs and every gradient; and they are not the GEMM
+    loop's (the loops did run). H=129: 9 panels a gate, split 4/5, the last one unit wide;
+    N=13: a 1-row tile."""
     monkeypatch.setenv("FUSEDRNN_CPU_FUSED", "0")
     _, m = make_modules(cell, 40, H, 1, bidirectional=True)
-    x = torch.randn(30, 13, 40)
+    x = torch.randn(30, 13, 40, requires_grad=True)
     threads = torch.get_num_threads()
     runs = []
     try:
         for n, panels in ((1, "1"), (2, "1"), (2, "0")):
             torch.set_num_threads(n)
             monkeypatch.setenv("FUSEDRNN_CPU_PANELS", panels)
-            with torch.no_grad():
-                y, fin = m(x)
-            runs.append([y, *(fin if cell == "LSTM" else [fin])])
+            runs.append(_outputs_and_grads(cell, m, x))
     finally:
         torch.set_num_threads(threads)
     for a, b in zip(runs[0], runs[1], strict=True):
         assert torch.equal(a, b)
+    # The output and dx (the backward's recurrence) are not the GEMM loop's bits.
     assert not torch.equal(runs[1][0], runs[2][0])
+    dx = 3 if cell == "LSTM" else 2  # after y, h_n (and c_n)
+    assert not torch.equal(runs[1][dx], runs[2][dx])
 
 
 @pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

@@ -346,10 +346,10 @@ AVX2 = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
                     id="T9-N13-packed-H33")],
 )
 def test_matches_torch_avx2_panels(cell, kw, monkeypatch):
-    """The float32 forward above the row-dot loop's batches on CPUs with AVX2 but not
+    """The float32 recurrences above the row-dot loop's batches on CPUs with AVX2 but not
     AVX-512 (avx2_panels.h: W_hh packed into 16-unit panels once a call, 6-row tiles, one
-    barrier a step), forced with the fused loop off; its workspace feeds the GEMM loop's
-    backward. Odd sizes: H=7 and 129 (a partial last panel), 13 rows (a 1-row tile), packed."""
+    barrier a step, forward and backward), forced with the fused loop off; dx and the
+    weight gradients stay the GEMM loop's. Odd sizes: H=7 and 129 (a partial last panel), 13 rows (a 1-row tile), packed."""
     monkeypatch.setenv("FUSEDRNN_CPU_FUSED", "0")
     monkeypatch.setenv("FUSEDRNN_CPU_PANELS", "1")
     _compare_padded_or_packed(cell, kw)

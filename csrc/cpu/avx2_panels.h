@@ -20,6 +20,7 @@
 #include "workers.h"
 
 #include <cstdlib>
+#include <cstring>
 
 namespace fusedrnn {
 
@@ -157,6 +158,79 @@ void panel_forward(const Steps& st, bool reverse, int64_t H, const float* w_hh, 
     for (int64_t n = 0; n < B; ++n) cell(s, n, j0, j1, hg.data() + n * G, hs, xg_s + n * NG * H);
   });
   copy_final_states(st, reverse, H, y, h_n);
+}
+
+// w [G, H] (W_hh, torch's layout) as column panels [groups][G][kAvx2Units]: panel q holds
+// the columns q*16 + u of every row g; zero past H.
+inline void pack_column_panels(const float* w, int64_t G, int64_t H, float* out) {
+  const int64_t groups = (H + kAvx2Units - 1) / kAvx2Units;
+  parallel_rows(groups, 1, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      for (int64_t g = 0; g < G; ++g) {
+        float* dst = out + (q * G + g) * kAvx2Units;
+        for (int64_t u = 0; u < kAvx2Units; ++u) {
+          const int64_t j = q * kAvx2Units + u;
+          dst[u] = j < H ? w[g * H + j] : 0.f;
+        }
+      }
+    }
+  });
+}
+
+// The GEMM loop's backward recurrence above the row-dot loop's batches (rowdot_backward's
+// contract: cell(s, j0, j1) for a worker's units of all the step's rows, then, once every
+// worker has finished step s, dh[n, j] = dG[offset + n] . W_hh[:, j] for the step's rows n
+// and the worker's units), the products by panels of 16 columns of W_hh packed once a
+// call, 6 rows a tile, k over the G rows in chunks of kChunkK added in order. A worker's
+// units are the same at the product and at the cell, so one barrier a step.
+template <typename Cell>
+void panel_backward(const Steps& st, bool reverse, int64_t G, int64_t H, const float* w_hh,
+                    const float* dG, float* dh, const Cell& cell) {
+  auto tt = [&](int64_t s) { return reverse ? s : st.T - 1 - s; };
+  const int64_t groups = (H + kAvx2Units - 1) / kAvx2Units, hs = groups * kAvx2Units;
+  const Scratch<float> panels(groups * G * kAvx2Units), dhp(st.N * hs);
+  pack_column_panels(w_hh, G, H, panels.data());
+  const int64_t workers = step_workers(groups, st.N * G * H);
+  run_steps(
+      workers, 0, st.T + 1,
+      [&](int64_t w, int64_t s) {
+        const int64_t q0 = groups * w / workers, q1 = groups * (w + 1) / workers;
+        if (q1 <= q0) return;
+        const int64_t j0 = q0 * kAvx2Units, j1 = std::min(H, q1 * kAvx2Units);
+        if (s > 0) {
+          const int64_t t = tt(s - 1), B = st.batch[t];
+          for (int64_t q = q0; q < q1; ++q) {
+            const float* panel = panels.data() + q * G * kAvx2Units;
+            for (int64_t k0 = 0; k0 < G; k0 += kChunkK) {
+              const int64_t k1 = std::min(G, k0 + kChunkK);
+              for (int64_t n0 = 0; n0 < B; n0 += kAvx2Rows) {
+                const int rows = static_cast<int>(std::min<int64_t>(kAvx2Rows, B - n0));
+                const float* a[kAvx2Rows];
+                float* c[kAvx2Rows];
+                for (int r = 0; r < rows; ++r) {
+                  a[r] = dG + (st.offset[t] + n0 + r) * G;
+                  c[r] = dhp.data() + (n0 + r) * hs + q * kAvx2Units;
+                }
+                panel_rows(rows, a, panel, k0, k1, c, k0 == 0);
+              }
+            }
+          }
+          for (int64_t n = 0; n < B; ++n) {
+            std::memcpy(dh + n * H + j0, dhp.data() + n * hs + j0, (j1 - j0) * sizeof(float));
+          }
+        }
+        if (s < st.T) cell(s, j0, j1);
+      },
+      [](int64_t, int64_t) {});
+}
+
+// The GEMM loop's float32 backward recurrence on workers: rowdot_backward (rowdot) or
+// panel_backward, with the same arguments.
+template <typename Cell>
+void with_backward_loop(bool rowdot, const Steps& st, bool reverse, int64_t G, int64_t H,
+                        const float* w_hh, const float* dG, float* dh, const Cell& cell) {
+  if (rowdot) return rowdot_backward(st, reverse, G, H, w_hh, dG, dh, cell);
+  panel_backward(st, reverse, G, H, w_hh, dG, dh, cell);
 }
 
 #endif  // FUSEDRNN_HAVE_FUSED

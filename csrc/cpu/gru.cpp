@@ -236,9 +236,11 @@ void gru_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, co
   // dh * z, the part of dh_prev that bypasses W_hh.
   std::vector<acc_t> dd(N * H, acc_t(0));
 #if FUSEDRNN_HAVE_FUSED
-  // Small float32 batches where the fused loop does not run: the row-dot loop's workers.
+  // float32 where the fused loop does not run: the row-dot loop's workers at small
+  // batches, the AVX2 panels above them (avx2_panels.h).
   if constexpr (std::is_same_v<scalar_t, float>) {
-    if (rowdot_backward_wanted(N, G, H)) {
+    const bool rowdot = rowdot_backward_wanted(N, G, H);
+    if (rowdot || panels_wanted(N, H)) {
       Tensor dh = torch::stable::clone(ghn);
       float* dh_p = dh.mutable_data_ptr<float>();
       const float* gy_p = gy2.const_data_ptr<float>();
@@ -247,7 +249,7 @@ void gru_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, co
       float* dgi_p = dgi.mutable_data_ptr<float>();
       float* dgh_p = dgh.mutable_data_ptr<float>();
       const Tensor w_hh_c = torch::stable::contiguous(w_hh);
-      rowdot_backward(st, reverse, G, H, w_hh_c.const_data_ptr<float>(), dgh_p, dh_p,
+      with_backward_loop(rowdot, st, reverse, G, H, w_hh_c.const_data_ptr<float>(), dgh_p, dh_p,
                       [&](int64_t s, int64_t j0, int64_t j1) {
                         const int64_t t = reverse ? s : st.T - 1 - s, off = st.offset[t];
                         for (int64_t n = 0; n < st.batch[t]; ++n) {

@@ -260,9 +260,11 @@ void lstm_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, c
 
   std::vector<acc_t> dc = to_opmath<scalar_t>(gcn);  // grad of c, carried back per row
 #if FUSEDRNN_HAVE_FUSED
-  // Small float32 batches where the fused loop does not run: the row-dot loop's workers.
+  // float32 where the fused loop does not run: the row-dot loop's workers at small
+  // batches, the AVX2 panels above them (avx2_panels.h).
   if constexpr (std::is_same_v<scalar_t, float>) {
-    if (!w_hr && rowdot_backward_wanted(N, G, H)) {
+    const bool rowdot = rowdot_backward_wanted(N, G, H);
+    if (!w_hr && (rowdot || panels_wanted(N, H))) {
       const std::vector<float> c_first = to_opmath<float>(c0);
       const float* ws_p = ws2.const_data_ptr<float>();
       const float* gy_p = gy2.const_data_ptr<float>();
@@ -270,7 +272,7 @@ void lstm_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, c
       Tensor dh = torch::stable::clone(ghn);
       float* dh_p = dh.mutable_data_ptr<float>();
       const Tensor w_hh_c = torch::stable::contiguous(w_hh);
-      rowdot_backward(st, reverse, G, H, w_hh_c.const_data_ptr<float>(), dg_p, dh_p,
+      with_backward_loop(rowdot, st, reverse, G, H, w_hh_c.const_data_ptr<float>(), dg_p, dh_p,
                       [&](int64_t s, int64_t j0, int64_t j1) {
                         const int64_t t = reverse ? s : st.T - 1 - s, off = st.offset[t];
                         for (int64_t n = 0; n < st.batch[t]; ++n) {
