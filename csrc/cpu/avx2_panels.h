@@ -53,6 +53,14 @@ inline bool panels_wanted(int64_t N, int64_t H) {
   return rowdot_wanted();
 }
 
+// Whether a forward of T steps repays packing W_hh [G, H] into panels: from 2 steps, from
+// 3 where W_hh passes 16 MB (out of L3, packing costs about a step's products). Paired,
+// T=1, N=16, H=2048 LSTM inference: GEMM loop 17.7 ms, panels 24.6; T=2 30.6 / 34.6; T=3
+// and 4 level; T=2, H=512: 3.21 / 2.77.
+inline bool panels_pay(int64_t T, int64_t G, int64_t H) {
+  return T >= (G * H * int64_t(sizeof(float)) > (16 << 20) ? 3 : 2);
+}
+
 // w [NG*H, K] (torch's layout) as panels [NG][groups][K][kAvx2Units]: panel (v, q) holds
 // the rows v*H + q*16 + u, u < 16, by k; zero past H.
 template <int NG>

@@ -169,7 +169,7 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
   // at small batches (rowdot_loop.h), the AVX2 panels above them (avx2_panels.h).
   if constexpr (std::is_same_v<scalar_t, float>) {
     const bool rowdot = N <= kRowDotBatch && rowdot_wanted();
-    if (!w_hr && (rowdot || panels_wanted(N, H))) {
+    if (!w_hr && (rowdot || (panels_wanted(N, H) && panels_pay(st.T, 4 * H, H)))) {
       auto cell = [&](int64_t s, int64_t n, int64_t j0, int64_t j1, const float* hg, int64_t hs,
                       const float* xg_row) {
         const int64_t off = st.offset[reverse ? st.T - 1 - s : s];
