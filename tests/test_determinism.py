@@ -63,6 +63,28 @@ def _outputs_and_grads(cell, m, x):
     return [*outs, *grads]
 
 
+def _assert_loop_bit_identical_and_not_gemm(cell, m, x, switch, monkeypatch):
+    """With the fused loop off and the loop behind `switch` forced on: outputs and every
+    gradient the same bits on 1 and 2 threads; with it off (the GEMM loop), the output and
+    dx (the backward's recurrence) differ, so the loop did run."""
+    monkeypatch.setenv("FUSEDRNN_CPU_FUSED", "0")
+    x = x.requires_grad_()
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n, on in ((1, "1"), (2, "1"), (2, "0")):
+            torch.set_num_threads(n)
+            monkeypatch.setenv(switch, on)
+            runs.append(_outputs_and_grads(cell, m, x))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(runs[0], runs[1], strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(runs[1][0], runs[2][0])
+    dx = 3 if cell == "LSTM" else 2  # after y, h_n (and c_n)
+    assert not torch.equal(runs[1][dx], runs[2][dx])
+
+
 def _assert_same_bits_on_1_and_2_threads(cell, m, x):
     x = x.requires_grad_()
     threads = torch.get_num_threads()
@@ -98,24 +120,9 @@ def test_rowdot_loop_bit_identical_across_thread_counts(cell, N, monkeypatch):
     (rowdot_loop.h), forced: each dot product sums its terms in one order whatever the
     number of workers, so 1 and 2 threads give the same bits, outputs and gradients; and
     they are not the GEMM loop's (the loops did run)."""
-    monkeypatch.setenv("FUSEDRNN_CPU_FUSED", "0")
     _, m = make_modules(cell, 40, 256, 1, bidirectional=True)
-    x = torch.randn(30, N, 40, requires_grad=True)
-    threads = torch.get_num_threads()
-    runs = []
-    try:
-        for n, rowdot in ((1, "1"), (2, "1"), (2, "0")):
-            torch.set_num_threads(n)
-            monkeypatch.setenv("FUSEDRNN_CPU_ROWDOT", rowdot)
-            runs.append(_outputs_and_grads(cell, m, x))
-    finally:
-        torch.set_num_threads(threads)
-    for a, b in zip(runs[0], runs[1], strict=True):
-        assert torch.equal(a, b)
-    # The output and dx (the backward's recurrence) are not the GEMM loop's bits.
-    assert not torch.equal(runs[1][0], runs[2][0])
-    dx = 3 if cell == "LSTM" else 2  # after y, h_n (and c_n)
-    assert not torch.equal(runs[1][dx], runs[2][dx])
+    _assert_loop_bit_identical_and_not_gemm(cell, m, torch.randn(30, N, 40), "FUSEDRNN_CPU_ROWDOT",
+                                            monkeypatch)
 
 
 @pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"),
@@ -128,24 +135,9 @@ def test_avx2_panel_loop_bit_identical_across_thread_counts(cell, H, monkeypatch
     threads give the same bits, outputs and every gradient; and they are not the GEMM
     loop's (the loops did run). H=129: 9 panels a gate, split 4/5, the last one unit wide;
     N=13: a 1-row tile."""
-    monkeypatch.setenv("FUSEDRNN_CPU_FUSED", "0")
     _, m = make_modules(cell, 40, H, 1, bidirectional=True)
-    x = torch.randn(30, 13, 40, requires_grad=True)
-    threads = torch.get_num_threads()
-    runs = []
-    try:
-        for n, panels in ((1, "1"), (2, "1"), (2, "0")):
-            torch.set_num_threads(n)
-            monkeypatch.setenv("FUSEDRNN_CPU_PANELS", panels)
-            runs.append(_outputs_and_grads(cell, m, x))
-    finally:
-        torch.set_num_threads(threads)
-    for a, b in zip(runs[0], runs[1], strict=True):
-        assert torch.equal(a, b)
-    # The output and dx (the backward's recurrence) are not the GEMM loop's bits.
-    assert not torch.equal(runs[1][0], runs[2][0])
-    dx = 3 if cell == "LSTM" else 2  # after y, h_n (and c_n)
-    assert not torch.equal(runs[1][dx], runs[2][dx])
+    _assert_loop_bit_identical_and_not_gemm(cell, m, torch.randn(30, 13, 40), "FUSEDRNN_CPU_PANELS",
+                                            monkeypatch)
 
 
 @pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
