@@ -12,6 +12,8 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
+import fusedrnn
+
 from conftest import check_close, compare_with_torch, make_modules
 
 CELLS = ["LSTM", "GRU"]
@@ -269,6 +271,44 @@ def test_matches_torch_few_rows(cell, kw, dt, fused, monkeypatch):
     1 MB), with the fused loop (where it runs) or the GEMM loop everywhere."""
     monkeypatch.setenv("FUSEDRNN_CPU_FUSED", fused)
     compare_with_torch(cell, **kw, dtype=dt, device="cpu")
+
+
+@pytest.mark.skipif(
+    "avx512f" in _cpu_flags() or "avx2" not in _cpu_flags() or "fma" not in _cpu_flags(),
+    reason="float32's few-row loops are AVX2's, on CPUs without AVX-512",
+)
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("kw", FEW_ROWS_CASES)
+def test_matches_torch_few_rows_fp32_avx2(cell, kw):
+    """float32 products of at most 4 rows in AVX2 (few_rows_kernels.h's *_f32), on CPUs
+    without AVX-512: x W^T, dG W (dx, and dh in the GEMM loop's steps) and dG^T x."""
+    compare_with_torch(cell, **kw, dtype=torch.float32, device="cpu")
+
+
+@pytest.mark.skipif(
+    "avx512f" in _cpu_flags() or "avx2" not in _cpu_flags() or "fma" not in _cpu_flags(),
+    reason="float32's few-row loops are AVX2's, on CPUs without AVX-512",
+)
+@pytest.mark.parametrize("cell", CELLS)
+def test_few_rows_fp32_avx2_runs(cell, monkeypatch):
+    """The float32 step's dx = dG W_ih (T=1, N=1: one row, summed over G = 3H or 4H) comes
+    from the AVX2 loop, whose order of sums differs from the library GEMM's: with the loops
+    off (FUSEDRNN_CPU_FEW_ROWS=0) dx has other bits; both within the tolerance rule."""
+    torch.manual_seed(0)
+    fmod = (fusedrnn.LSTM if cell == "LSTM" else fusedrnn.GRU)(1024, 1024)
+    x = torch.randn(1, 1, 1024)
+
+    def dx():
+        xi = x.clone().requires_grad_()
+        y, _ = fmod(xi)
+        (y * torch.linspace(-1, 1, 1024)).sum().backward()
+        return xi.grad
+
+    on = dx()
+    monkeypatch.setenv("FUSEDRNN_CPU_FEW_ROWS", "0")
+    off = dx()
+    assert not torch.equal(on, off)
+    torch.testing.assert_close(on, off, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.skipif("avx512f" not in _cpu_flags(), reason="the fused CPU loop needs AVX-512")

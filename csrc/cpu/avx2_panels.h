@@ -61,6 +61,15 @@ inline bool panels_pay(int64_t T, int64_t G, int64_t H) {
   return T >= (G * H * int64_t(sizeof(float)) > (16 << 20) ? 3 : 2);
 }
 
+// Whether a backward of T steps of N rows repays packing W_hh into column panels: from 3
+// steps of 2 rows or more. At one row the GEMM loop's per-step dh = dG W_hh reads W_hh in
+// place (few_rows.h) as fast as the panels do, without the packing. Backward op ms on a
+// 2-core Zen 3, GEMM loop vs panels (H = I): N=1, H=1024 GRU T=1 2.9 vs 6.9, T=4 4.5 vs
+// 7.4, T=8 18.4 vs 21.6, T=50 29.5 vs 31.1, LSTM T=1 3.8 vs 9.2; N=16, H=1024 GRU T=2 22.4
+// vs 24.3, T=3 31.3 vs 30.1, T=4 34.8 vs 32.6; N=8, H=512 LSTM T=2 7.5 vs 8.0, T=3 7.5 vs
+// 7.6, T=4 9.0 vs 8.8; T=50, H=1024 GRU N=2 72.6 vs 62.9, N=4 88.7 vs 72.2.
+inline bool panel_backward_pays(int64_t T, int64_t N) { return T >= 3 && N >= 2; }
+
 // w [NG*H, K] (torch's layout) as panels [NG][groups][K][kAvx2Units]: panel (v, q) holds
 // the rows v*H + q*16 + u, u < 16, by k; zero past H.
 template <int NG>

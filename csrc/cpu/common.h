@@ -144,7 +144,8 @@ class ScratchTensor {
 // the AVX-512 AMD CPU of our benchmarks runs the RNN's GEMM shapes 2-2.5x faster than
 // torch.mm's MKL path (435 vs 172 GFLOP/s at 64x512x2048, benchmarks/README.md). Other
 // dtypes, and torch builds without that op, use aten::mm (bfloat16 already reaches oneDNN
-// there). The op is probed once; a build that lacks it logs one error and falls back.
+// there), and a w that is a transposed view (right_weight's in place: aten::mm reads it as
+// it is). The op is probed once; a build that lacks it logs one error and falls back.
 inline Tensor linear(const Tensor& a, const Tensor& w) {
   if (a.size(0) <= kFewRows && a.numel() > 0 && few_rows_available(a.scalar_type())) {
     // a few rows: the weight read in place
@@ -152,7 +153,8 @@ inline Tensor linear(const Tensor& a, const Tensor& w) {
     if (few_rows_mm(a, t(w), out)) return out;
   }
   static bool have_onednn = true;
-  if (have_onednn && a.scalar_type() == ScalarType::Float && a.numel() > 0) {
+  if (have_onednn && a.scalar_type() == ScalarType::Float && a.numel() > 0 &&
+      w.is_contiguous()) {
     using torch::stable::detail::from;
     std::array<StableIValue, 6> stack{from(a), from(w), from(std::nullopt),
                                       from(std::string("none")),
@@ -166,19 +168,20 @@ inline Tensor linear(const Tensor& a, const Tensor& w) {
 }
 
 // The weight argument of linear() that makes linear(a, right_weight(v, rows)) = a @ v, for
-// v [K, C] (the backward's dG W_ih and dG W_hh) and `rows` rows of a in all: float32's
-// oneDNN linear takes a contiguous [C, K], so a transposed copy; other dtypes reach mm(a,
-// t(w)), which MKL ran faster on the transposed copy too (float64 backward ms, in place
-// vs copy: T=256, N=16, H=768 GRU 830 vs 689; T=100, N=64, H=512 LSTM 725 vs 678), except
-// for a few rows, where the copy (32 MB of W_ih at I=H=1024 in float64, and its page faults)
-// is most of the call (T=1, N=1: LSTM backward 83.0 ms with it, 33.7 without): up to
-// kInPlaceRows rows they get v itself. (Between 1 and 1584 rows the crossover was not
-// measured.)
+// v [K, C] (the backward's dG W_ih and dG W_hh) and `rows` rows of a in all: up to
+// kInPlaceRows rows, t(v) itself, which linear() multiplies in place (few_rows.h's loops
+// up to kFewRows rows, else aten::mm); above, a transposed copy (oneDNN's float32 linear
+// takes a contiguous [C, K]; MKL's float64 mm ran faster on it too: backward ms, in place
+// vs copy, T=256, N=16, H=768 GRU 830 vs 689; T=100, N=64, H=512 LSTM 725 vs 678). For a
+// few rows the copy is most of the call: T=1, N=1, I=H=1024 float64 LSTM backward 83.0 ms
+// with it, 33.7 without; float32 GRU on a 2-core Zen 3, training, 24.9 ms with it, 13.0
+// without (the copy is torch's transpose at ~3.5 GB/s: 7 ms for W_ih). On that Zen 3,
+// float32 GRU training, T=64, N=1, I=H=1024 (dh per step in place too): 50.9 ms in place,
+// 60.7 with the copies. (Between 64 and 1584 rows the crossover was not measured.)
 constexpr int64_t kInPlaceRows = 64;
 
 inline Tensor right_weight(const Tensor& v, int64_t rows) {
-  const bool copy = v.scalar_type() == ScalarType::Float || rows > kInPlaceRows;
-  return copy ? torch::stable::contiguous(t(v)) : t(v);
+  return rows > kInPlaceRows ? torch::stable::contiguous(t(v)) : t(v);
 }
 
 // The input projection x @ W_ih^T, a block of about kBlockRows rows (whole steps) at a

@@ -82,15 +82,19 @@ constexpr int64_t kGrainValues = 1 << 15;
 
 }  // namespace few_rows_detail
 
-// Whether the few-row loops run: an x86-64 CPU with AVX-512F/BW/VL, float64 or bfloat16
-// storage (float32: see kFewRows). FUSEDRNN_CPU_FEW_ROWS=0 turns them off (tests, A/B).
+// Whether the few-row loops run: float64 or bfloat16 storage on an x86-64 CPU with
+// AVX-512F/BW/VL; float32 on one with AVX2 and FMA but no AVX-512 (with AVX-512, see
+// kFewRows). FUSEDRNN_CPU_FEW_ROWS=0 turns them off (tests, A/B).
 inline bool few_rows_available(ScalarType dt) {
-  static const bool cpu = __builtin_cpu_supports("avx512f") &&
-                          __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vl");
+  static const bool avx512 = __builtin_cpu_supports("avx512f") &&
+                             __builtin_cpu_supports("avx512bw") &&
+                             __builtin_cpu_supports("avx512vl");
+  static const bool avx2 = !__builtin_cpu_supports("avx512f") &&
+                           __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   const char* env = std::getenv("FUSEDRNN_CPU_FEW_ROWS");
   if (env && env[0] == '0') return false;
-  return cpu && (dt == ScalarType::Double || dt == ScalarType::BFloat16);
+  if (dt == ScalarType::Float) return avx2;
+  return avx512 && (dt == ScalarType::Double || dt == ScalarType::BFloat16);
 }
 
 // out = a @ b for a [R, K] (rows contiguous), R <= kFewRows, out [R, M] contiguous: b = t(W)
@@ -112,15 +116,20 @@ inline bool few_rows_mm(const Tensor& a, const Tensor& b, Tensor& out) {
     const S* ap = static_cast<const S*>(a.const_data_ptr());
     const S* wp = static_cast<const S*>(b.const_data_ptr());
     S* op = static_cast<S*>(out.mutable_data_ptr());
+    // the axpy's sums between passes: double for float64, else float
+    using Acc = std::conditional_t<std::is_same_v<S, double>, double, float>;
     d::with_rows(R, [&](auto rc) {
       constexpr int kR = decltype(rc)::value;
       constexpr bool kPairs = std::is_same_v<S, c10::BFloat16>;
+      constexpr bool kF32 = std::is_same_v<S, float>;
       if (transposed) {  // W [M, K] at ld b.stride(1): out[r, g] = a[r, :] . W[g, :]
         const int64_t ldw = b.stride(1);
         d::split(M, std::max<int64_t>(8, d::kGrainValues / std::max<int64_t>(K, 1)), 8,
                  [&](int64_t g0, int64_t g1) {
                    if constexpr (kPairs) {
                      d::dot_block_pairs<kR>(ap, lda, wp, ldw, K, g0, g1, op, M);
+                   } else if constexpr (kF32) {
+                     d::dot_block_f32<kR>(ap, lda, wp, ldw, K, g0, g1, op, M);
                    } else {
                      d::dot_block<kR>(ap, lda, wp, ldw, K, g0, g1, op, M);
                    }
@@ -129,11 +138,12 @@ inline bool few_rows_mm(const Tensor& a, const Tensor& b, Tensor& out) {
         const int64_t ldw = b.stride(0);
         d::split(M, std::max<int64_t>(32, d::kGrainValues / std::max<int64_t>(K, 1)), 32,
                  [&](int64_t k0, int64_t k1) {
-                   // the sums between passes: float (bfloat16) or double
-                   std::vector<std::conditional_t<kPairs, float, double>> buf(
+                   std::vector<Acc> buf(
                        kR * ((k1 - k0 + 31) / 32 * 32));
                    if constexpr (kPairs) {
                      d::axpy_block_pairs<kR>(ap, lda, wp, ldw, K, k0, k1, op, M, buf.data());
+                   } else if constexpr (kF32) {
+                     d::axpy_block_f32<kR>(ap, lda, wp, ldw, K, k0, k1, op, M, buf.data());
                    } else {
                      d::axpy_block<kR>(ap, lda, wp, ldw, K, k0, k1, op, M, buf.data());
                    }
@@ -143,6 +153,7 @@ inline bool few_rows_mm(const Tensor& a, const Tensor& b, Tensor& out) {
   };
   switch (dt) {
     case ScalarType::Double: run(double{}); break;
+    case ScalarType::Float: run(float{}); break;
     default: run(c10::BFloat16{}); break;
   }
   return true;
@@ -177,6 +188,8 @@ inline void few_rows_tn(const Tensor& a, const Tensor& b, Tensor& out) {
     d::split(G, std::max<int64_t>(1, d::kGrainValues / K), 1, [&](int64_t g0, int64_t g1) {
       if constexpr (std::is_same_v<S, c10::BFloat16>) {
         d::outer_block_pairs(ap, a.stride(0), bp, b.stride(0), R, K, g0, g1, op, K, stream);
+      } else if constexpr (std::is_same_v<S, float>) {
+        d::outer_block_f32(ap, a.stride(0), bp, b.stride(0), R, K, g0, g1, op, K, stream);
       } else {
         d::outer_block(ap, a.stride(0), bp, b.stride(0), R, K, g0, g1, op, K, stream);
       }
@@ -184,6 +197,7 @@ inline void few_rows_tn(const Tensor& a, const Tensor& b, Tensor& out) {
   };
   switch (dt) {
     case ScalarType::Double: run(double{}); break;
+    case ScalarType::Float: run(float{}); break;
     default: run(c10::BFloat16{}); break;
   }
 }

@@ -240,7 +240,7 @@ void gru_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, co
   // batches, the AVX2 panels above them (avx2_panels.h).
   if constexpr (std::is_same_v<scalar_t, float>) {
     const bool rowdot = rowdot_backward_wanted(N, G, H);
-    if (rowdot || panels_wanted(N, H)) {
+    if (rowdot || (panels_wanted(N, H) && panel_backward_pays(st.T, N))) {
       Tensor dh = torch::stable::clone(ghn);
       float* dh_p = dh.mutable_data_ptr<float>();
       const float* gy_p = gy2.const_data_ptr<float>();

@@ -264,7 +264,7 @@ void lstm_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, c
   // batches, the AVX2 panels above them (avx2_panels.h).
   if constexpr (std::is_same_v<scalar_t, float>) {
     const bool rowdot = rowdot_backward_wanted(N, G, H);
-    if (!w_hr && (rowdot || panels_wanted(N, H))) {
+    if (!w_hr && (rowdot || (panels_wanted(N, H) && panel_backward_pays(st.T, N)))) {
       const std::vector<float> c_first = to_opmath<float>(c0);
       const float* ws_p = ws2.const_data_ptr<float>();
       const float* gy_p = gy2.const_data_ptr<float>();
