@@ -125,6 +125,31 @@ def test_rowdot_loop_bit_identical_across_thread_counts(cell, N, monkeypatch):
                                             monkeypatch)
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_mkl_gemms_bit_identical_across_thread_counts(cell, monkeypatch):
+    """The backward's large float32 GEMMs on MKL (mkl_gemm_wanted, common.h: the default on
+    CPUs without AVX-512, forced here): dx = dG W_ih ([1088, 320], 1088 rows) and the
+    weight gradients' 1024-row chunks (results [960 or 1280, 320]). Outputs and every
+    gradient the same bits on 1 and 2 threads; with MKL off (oneDNN), dx and dW_ih have
+    other bits, so the MKL GEMMs did run."""
+    _, m = make_modules(cell, 320, 320, 1)
+    x = torch.randn(17, 64, 320).requires_grad_()
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n, on in ((1, "1"), (2, "1"), (2, "0")):
+            torch.set_num_threads(n)
+            monkeypatch.setenv("FUSEDRNN_CPU_MKL", on)
+            runs.append(_outputs_and_grads(cell, m, x))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(runs[0], runs[1], strict=True):
+        assert torch.equal(a, b)
+    dx = 3 if cell == "LSTM" else 2  # after y, h_n (and c_n); then weight_ih_l0
+    assert not torch.equal(runs[1][dx], runs[2][dx])
+    assert not torch.equal(runs[1][dx + 1], runs[2][dx + 1])
+
+
 @pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"),
                     reason="the AVX2 panel loop needs AVX2 and FMA")
 @pytest.mark.parametrize("H", [129, 256])

@@ -273,6 +273,16 @@ def test_matches_torch_few_rows(cell, kw, dt, fused, monkeypatch):
     compare_with_torch(cell, **kw, dtype=dt, device="cpu")
 
 
+@pytest.mark.parametrize("mkl", ["1", "0"], ids=["mkl", "onednn"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_matches_torch_mkl_gemms(cell, mkl, monkeypatch):
+    """The backward's dx and weight-gradient chunks on MKL or on oneDNN
+    (FUSEDRNN_CPU_MKL; mkl_gemm_wanted, common.h): 1088 rows, results of 256K values and
+    more, within the tolerance rule either way, bidirectional."""
+    monkeypatch.setenv("FUSEDRNN_CPU_MKL", mkl)
+    compare_with_torch(cell, T=17, N=64, I=320, H=320, bidirectional=True)
+
+
 @pytest.mark.skipif(
     "avx512f" in _cpu_flags() or "avx2" not in _cpu_flags() or "fma" not in _cpu_flags(),
     reason="float32's few-row loops are AVX2's, on CPUs without AVX-512",

@@ -216,6 +216,25 @@ void panel_backward(const Steps& st, bool reverse, int64_t G, int64_t H, const f
         const int64_t j0 = q0 * kAvx2Units, j1 = std::min(H, q1 * kAvx2Units);
         if (s > 0) {
           const int64_t t = tt(s - 1), B = st.batch[t];
+          static const bool kout = std::getenv("KOUT") && std::getenv("KOUT")[0] == '1';
+          if (kout) {
+            for (int64_t k0 = 0; k0 < G; k0 += kChunkK) {
+              const int64_t k1 = std::min(G, k0 + kChunkK);
+              for (int64_t q = q0; q < q1; ++q) {
+                const float* panel = panels.data() + q * G * kAvx2Units;
+                for (int64_t n0 = 0; n0 < B; n0 += kAvx2Rows) {
+                  const int rows = static_cast<int>(std::min<int64_t>(kAvx2Rows, B - n0));
+                  const float* a[kAvx2Rows];
+                  float* c[kAvx2Rows];
+                  for (int r = 0; r < rows; ++r) {
+                    a[r] = dG + (st.offset[t] + n0 + r) * G;
+                    c[r] = dhp.data() + (n0 + r) * hs + q * kAvx2Units;
+                  }
+                  panel_rows(rows, a, panel, k0, k1, c, k0 == 0);
+                }
+              }
+            }
+          } else
           for (int64_t q = q0; q < q1; ++q) {
             const float* panel = panels.data() + q * G * kAvx2Units;
             for (int64_t k0 = 0; k0 < G; k0 += kChunkK) {

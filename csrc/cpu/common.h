@@ -139,6 +139,29 @@ class ScratchTensor {
   Tensor tensor;
 };
 
+// Whether a float32 GEMM of `rows` rows into `values` outputs goes to aten::mm (MKL)
+// rather than oneDNN's linear: on CPUs without AVX-512, from kMklRows rows and
+// kMklValues outputs (the backward's dx and weight-gradient chunks). There MKL's AVX2
+// kernels ran these shapes faster, GFLOP/s on a 2-core Zen 3, oneDNN vs MKL, interleaved:
+// [6400, 2048] x [2048, 512] 119 vs 126, [2048, 1024] x [1024, 512] 122 vs 138, [4096,
+// 768] x [768, 3072] 109 vs 120, [12800, 4096] x [4096, 1024] 121 vs 136; training,
+// paired against torch.nn: T=100, N=64, H=512 LSTM 0.91x -> 1.08x, GRU 1.15x -> 1.26x;
+// T=50, N=256, H=1024 LSTM 0.94x -> 1.06x, GRU 0.96x -> 1.05x. Not the per-step products
+// ([256, 1024] x [1024, 4096]: oneDNN 127, MKL 105) nor the forward's input projection
+// (T=100, N=64, H=512 LSTM inference 224 ms on oneDNN, 234 on MKL). Not with AVX-512:
+// there MKL's float32 GEMM ran at 40-50% of oneDNN's (an AMD Zen 4; see linear()). Small
+// results stay on oneDNN: MKL splits K across threads where the result is small (other
+// bits on another thread count; weight_grad.h).
+constexpr int64_t kMklRows = 1024;
+constexpr int64_t kMklValues = 1 << 18;
+
+inline bool mkl_gemm_wanted(int64_t rows, int64_t values) {
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  const char* env = std::getenv("FUSEDRNN_CPU_MKL");  // 0 / 1: off / on at any ISA (tests)
+  const bool on = env && env[0] ? env[0] != '0' : !avx512;
+  return on && rows >= kMklRows && values >= kMklValues;
+}
+
 // a @ w^T for w [M,K] contiguous (torch's weight layout). Float32 goes through oneDNN's
 // matmul (mkldnn::_linear_pointwise, the op torch.compile's CPU backend uses), which on
 // the AVX-512 AMD CPU of our benchmarks runs the RNN's GEMM shapes 2-2.5x faster than
@@ -182,6 +205,15 @@ constexpr int64_t kInPlaceRows = 64;
 
 inline Tensor right_weight(const Tensor& v, int64_t rows) {
   return rows > kInPlaceRows ? torch::stable::contiguous(t(v)) : t(v);
+}
+
+// a @ v for v [K, C] contiguous (the backward's dx = dG W_ih): float32 on MKL where
+// mkl_gemm_wanted (reading v as it is), else linear(a, right_weight(v, rows of a)).
+inline Tensor times_weight(const Tensor& a, const Tensor& v) {
+  if (a.scalar_type() == ScalarType::Float && a.numel() > 0 &&
+      mkl_gemm_wanted(a.size(0), a.size(0) * v.size(1)))
+    return mm(a, v);
+  return linear(a, right_weight(v, a.size(0)));
 }
 
 // The input projection x @ W_ih^T, a block of about kBlockRows rows (whole steps) at a

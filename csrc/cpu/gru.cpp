@@ -399,7 +399,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
       column_sum<scalar_t>(dgh.const_data_ptr<scalar_t>(), st.R, G,
                            db_hh.mutable_data_ptr<scalar_t>());
     });
-    dx2 = linear(dgi, right_weight(w_ih, st.R));
+    dx2 = times_weight(dgi, w_ih);
     dw_ih = weight_grad(dgi, x2);
     dw_hh = weight_grad(dgh, hp);
   }

@@ -465,7 +465,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
                            db.mutable_data_ptr<scalar_t>());
       if (w_hr) dw_hr = weight_grad(dh_all, projection_inputs<scalar_t>(ws2, H, x2));
     });
-    dx2 = linear(dgates, right_weight(w_ih, st.R));
+    dx2 = times_weight(dgates, w_ih);
     previous_states(y2, h0c, st, reverse, hp_mem.tensor);
     std::tie(dw_ih, dw_hh) = weight_grads(dgates, x2, hp_mem.tensor);
   }

@@ -124,7 +124,9 @@ inline void transpose_rows(const Tensor& m, int64_t r0, int64_t rows, Tensor& ou
 // afresh; with the result summed in SSE2 on one core, a weight gradient took 824 ms at
 // T=50, N=256, H=1024 (the GEMMs alone: ~390 ms). MKL's GEMM takes the views as they are,
 // but splits K across its threads where M*P is small (1024 rows into a [768, 40] result:
-// other bits with 2 threads than with 1), inside a parallel region too.
+// other bits with 2 threads than with 1), inside a parallel region too. On CPUs without
+// AVX-512, 1024-row chunks into results of 256K values or more go to MKL on the views
+// (mkl_gemm_wanted, common.h): faster there, and no transposes.
 inline Tensor mm_tn(const Tensor& a, const Tensor& b) {
   const int64_t K = a.size(0), M = a.size(1), P = b.size(1);
   if (a.scalar_type() == ScalarType::Double) return mm(t(a), b);
@@ -143,19 +145,26 @@ inline Tensor mm_tn(const Tensor& a, const Tensor& b) {
   if (K <= kShortChunk) return linear(t(a), t(b));
   const int64_t chunk = K <= kReduceChunk || M * P <= kSmallResult ? kShortChunk : kReduceChunk;
   const Tensor ac = torch::stable::contiguous(a), bc = torch::stable::contiguous(b);
+  // MKL (mkl_gemm_wanted) multiplies each chunk's transposed view as it is.
+  const bool mkl = mkl_gemm_wanted(chunk, M * P);
   std::vector<double> acc(M * P);
   Tensor out = empty_as(a, {M, P});
   float* o = out.mutable_data_ptr<float>();
   Tensor at_buf, bt_buf;
   for (int64_t k0 = 0; k0 < K; k0 += chunk) {
     const int64_t kc = std::min(chunk, K - k0);
-    if (k0 == 0 || kc != at_buf.size(1)) {
-      at_buf = empty_as(a, {M, kc});
-      bt_buf = empty_as(a, {P, kc});
+    Tensor part;  // [M,P] = a_c^T @ b_c
+    if (mkl) {
+      part = mm(t(rows(ac, k0, kc)), rows(bc, k0, kc));
+    } else {
+      if (k0 == 0 || kc != at_buf.size(1)) {
+        at_buf = empty_as(a, {M, kc});
+        bt_buf = empty_as(a, {P, kc});
+      }
+      transpose_rows(ac, k0, kc, at_buf);
+      transpose_rows(bc, k0, kc, bt_buf);
+      part = linear(at_buf, bt_buf);
     }
-    transpose_rows(ac, k0, kc, at_buf);
-    transpose_rows(bc, k0, kc, bt_buf);
-    const Tensor part = linear(at_buf, bt_buf);  // [M,P] = a_c^T @ b_c
     const float* p = part.const_data_ptr<float>();
     const bool first = k0 == 0, last = k0 + kc >= K;
     parallel_rows(M * P, 1 << 14, [&](int64_t i0, int64_t i1) {
