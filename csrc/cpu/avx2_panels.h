@@ -130,6 +130,16 @@ inline void panel_rows(int rows, const float* const* a, const float* panel, int6
   panel_tile<MR>(a, panel, k0, k1, c, first);
 }
 
+// f(n0, rows) for the row tiles of B rows, kAvx2Rows at a time, the last with the rest.
+// (Tiles of even sizes, B=32 as 5, 5, 6, 5, 5, 6 rather than five of 6 and one of 2, ran
+// 2-4% slower: T=100, N=32, H=512 LSTM forward op 125.3 vs 122.6 ms, I=1024 199.2 vs
+// 191.8, GRU 100.7 vs 97.6; backward level.)
+template <typename F>
+inline void for_row_tiles(int64_t B, const F& f) {
+  for (int64_t n0 = 0; n0 < B; n0 += kAvx2Rows)
+    f(n0, static_cast<int>(std::min<int64_t>(kAvx2Rows, B - n0)));
+}
+
 // The forward recurrence over steps [0, T) in run order, as rowdot_forward (its cell
 // callback and its hg rows, here of gate stride hs = groups * 16), for any batch. At step
 // s each worker computes hg[n][v*hs + j] = W_hh[v*H + j] . h_{t-1}[n] for the step's rows
@@ -158,8 +168,7 @@ void panel_forward(const Steps& st, bool reverse, int64_t H, const float* w_hh, 
         const float* panel = panels.data() + (v * groups + q) * H * kAvx2Units;
         for (int64_t k0 = 0; k0 < H; k0 += kChunkK) {
           const int64_t k1 = std::min(H, k0 + kChunkK);
-          for (int64_t n0 = 0; n0 < B; n0 += kAvx2Rows) {
-            const int rows = static_cast<int>(std::min<int64_t>(kAvx2Rows, B - n0));
+          for_row_tiles(B, [&](int64_t n0, int rows) {
             const float* a[kAvx2Rows];
             float* c[kAvx2Rows];
             for (int r = 0; r < rows; ++r) {
@@ -167,7 +176,7 @@ void panel_forward(const Steps& st, bool reverse, int64_t H, const float* w_hh, 
               c[r] = hg.data() + (n0 + r) * G + v * hs + q * kAvx2Units;
             }
             panel_rows(rows, a, panel, k0, k1, c, k0 == 0);
-          }
+          });
         }
       }
     }
@@ -216,31 +225,15 @@ void panel_backward(const Steps& st, bool reverse, int64_t G, int64_t H, const f
         const int64_t j0 = q0 * kAvx2Units, j1 = std::min(H, q1 * kAvx2Units);
         if (s > 0) {
           const int64_t t = tt(s - 1), B = st.batch[t];
-          static const bool kout = std::getenv("KOUT") && std::getenv("KOUT")[0] == '1';
-          if (kout) {
-            for (int64_t k0 = 0; k0 < G; k0 += kChunkK) {
-              const int64_t k1 = std::min(G, k0 + kChunkK);
-              for (int64_t q = q0; q < q1; ++q) {
-                const float* panel = panels.data() + q * G * kAvx2Units;
-                for (int64_t n0 = 0; n0 < B; n0 += kAvx2Rows) {
-                  const int rows = static_cast<int>(std::min<int64_t>(kAvx2Rows, B - n0));
-                  const float* a[kAvx2Rows];
-                  float* c[kAvx2Rows];
-                  for (int r = 0; r < rows; ++r) {
-                    a[r] = dG + (st.offset[t] + n0 + r) * G;
-                    c[r] = dhp.data() + (n0 + r) * hs + q * kAvx2Units;
-                  }
-                  panel_rows(rows, a, panel, k0, k1, c, k0 == 0);
-                }
-              }
-            }
-          } else
-          for (int64_t q = q0; q < q1; ++q) {
-            const float* panel = panels.data() + q * G * kAvx2Units;
-            for (int64_t k0 = 0; k0 < G; k0 += kChunkK) {
-              const int64_t k1 = std::min(G, k0 + kChunkK);
-              for (int64_t n0 = 0; n0 < B; n0 += kAvx2Rows) {
-                const int rows = static_cast<int>(std::min<int64_t>(kAvx2Rows, B - n0));
+          // k chunks outermost: a chunk of the step's dG rows (B x 128 floats) stays in
+          // L2 over the worker's panels; with the panels outermost every panel read all
+          // of dG (512 KB at N=64, G=2048: L2's size): 6% fewer panel_tile samples at
+          // T=100, N=64, H=512 LSTM. The same sums, in the same order.
+          for (int64_t k0 = 0; k0 < G; k0 += kChunkK) {
+            const int64_t k1 = std::min(G, k0 + kChunkK);
+            for (int64_t q = q0; q < q1; ++q) {
+              const float* panel = panels.data() + q * G * kAvx2Units;
+              for_row_tiles(B, [&](int64_t n0, int rows) {
                 const float* a[kAvx2Rows];
                 float* c[kAvx2Rows];
                 for (int r = 0; r < rows; ++r) {
@@ -248,7 +241,7 @@ void panel_backward(const Steps& st, bool reverse, int64_t G, int64_t H, const f
                   c[r] = dhp.data() + (n0 + r) * hs + q * kAvx2Units;
                 }
                 panel_rows(rows, a, panel, k0, k1, c, k0 == 0);
-              }
+              });
             }
           }
           for (int64_t n = 0; n < B; ++n) {
