@@ -229,6 +229,19 @@ def test_few_rows_give_same_bits_on_any_thread_count(cell, T, N, I, dt, monkeypa
     _assert_same_bits_under(settings[1:], cell, N, dt, monkeypatch, T=T, I=I, threads=(1, 2))
 
 
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() != "AVX2",
+                    reason="float32's few-row loops run on CPUs with AVX2 and no AVX-512")
+@pytest.mark.parametrize("T,N,I", [(1, 1, 600), (1, 4, 70), (2, 2, 600), (4, 1, 31)])
+@pytest.mark.parametrize("cell", CELLS)
+def test_few_rows_fp32_same_bits_on_any_thread_count(cell, T, N, I, monkeypatch):
+    """float32's few-row products (AVX2, few_rows_kernels.h's *_f32) split outputs between
+    threads, never a sum: outputs and every gradient the same bits on 1 and 2 threads,
+    with the GEMM loop everywhere and by default (the row-dot loop's recurrences)."""
+    for fused in ("0", "1"):
+        _assert_same_bits_under([{"FUSEDRNN_CPU_FUSED": fused}], cell, N, torch.float32,
+                                monkeypatch, T=T, I=I, threads=(1, 2))
+
+
 def _assert_same_bits_under(settings, cell, N, dt, monkeypatch, T=12, I=24, H=192, threads=(2,)):
     """One bidirectional layer (by default I=24, H=192: 12 forward blocks, 3 backward
     blocks; T=12) on 2 threads (or each of `threads`), padded and packed (lengths 1..T):
