@@ -259,7 +259,11 @@ FEW_ROWS_CASES = [
 ]
 
 
-@pytest.mark.skipif("avx512bw" not in _cpu_flags(), reason="the few-row loops need AVX-512BW")
+def _avx2_no_avx512():
+    flags = _cpu_flags()
+    return "avx512f" not in flags and "avx2" in flags and "fma" in flags
+
+
 @pytest.mark.parametrize("fused", ["1", "0"], ids=["default", "gemm-loop"])
 @pytest.mark.parametrize("dt", [torch.float64, torch.bfloat16], ids=["fp64", "bf16"])
 @pytest.mark.parametrize("cell", CELLS)
@@ -268,7 +272,10 @@ def test_matches_torch_few_rows(cell, kw, dt, fused, monkeypatch):
     """float64 and bfloat16 products of at most 4 rows with a weight read in place
     (few_rows.h): x W^T (the forward's input projection and, per step, h W_hh^T), dG W
     (the backward's dx and dh) and dG^T x (the weight gradients, non-temporal stores from
-    1 MB), with the fused loop (where it runs) or the GEMM loop everywhere."""
+    1 MB), with the fused loop (where it runs) or the GEMM loop everywhere. AVX-512BW
+    kernels, or for float64 on CPUs with AVX2 and no AVX-512 the ymm ones."""
+    if "avx512bw" not in _cpu_flags() and not (dt == torch.float64 and _avx2_no_avx512()):
+        pytest.skip("the few-row loops need AVX-512BW (float64 also AVX2 without AVX-512)")
     monkeypatch.setenv("FUSEDRNN_CPU_FUSED", fused)
     compare_with_torch(cell, **kw, dtype=dt, device="cpu")
 
@@ -283,10 +290,8 @@ def test_matches_torch_mkl_gemms(cell, mkl, monkeypatch):
     compare_with_torch(cell, T=17, N=64, I=320, H=320, bidirectional=True)
 
 
-@pytest.mark.skipif(
-    "avx512f" in _cpu_flags() or "avx2" not in _cpu_flags() or "fma" not in _cpu_flags(),
-    reason="float32's few-row loops are AVX2's, on CPUs without AVX-512",
-)
+@pytest.mark.skipif(not _avx2_no_avx512(),
+                    reason="float32's few-row loops are AVX2's, on CPUs without AVX-512")
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("kw", FEW_ROWS_CASES)
 def test_matches_torch_few_rows_fp32_avx2(cell, kw):
@@ -295,30 +300,30 @@ def test_matches_torch_few_rows_fp32_avx2(cell, kw):
     compare_with_torch(cell, **kw, dtype=torch.float32, device="cpu")
 
 
-@pytest.mark.skipif(
-    "avx512f" in _cpu_flags() or "avx2" not in _cpu_flags() or "fma" not in _cpu_flags(),
-    reason="float32's few-row loops are AVX2's, on CPUs without AVX-512",
-)
+@pytest.mark.skipif(not _avx2_no_avx512(),
+                    reason="the ymm few-row loops run on CPUs with AVX2 and no AVX-512")
+@pytest.mark.parametrize("dt", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_few_rows_fp32_avx2_runs(cell, monkeypatch):
-    """The float32 step's dx = dG W_ih (T=1, N=1: one row, summed over G = 3H or 4H) comes
-    from the AVX2 loop, whose order of sums differs from the library GEMM's: with the loops
-    off (FUSEDRNN_CPU_FEW_ROWS=0) dx has other bits; both within the tolerance rule."""
+def test_few_rows_avx2_runs(cell, dt, monkeypatch):
+    """The step's dx = dG W_ih (T=1, N=1: one row, summed over G = 3H or 4H) comes from the
+    AVX2 loop, whose order of sums differs from the library GEMM's: with the loops off
+    (FUSEDRNN_CPU_FEW_ROWS=0) dx has other bits; both within the tolerance rule."""
     torch.manual_seed(0)
-    fmod = (fusedrnn.LSTM if cell == "LSTM" else fusedrnn.GRU)(1024, 1024)
-    x = torch.randn(1, 1, 1024)
+    fmod = (fusedrnn.LSTM if cell == "LSTM" else fusedrnn.GRU)(1024, 1024).to(dt)
+    x = torch.randn(1, 1, 1024, dtype=dt)
 
     def dx():
         xi = x.clone().requires_grad_()
         y, _ = fmod(xi)
-        (y * torch.linspace(-1, 1, 1024)).sum().backward()
+        (y * torch.linspace(-1, 1, 1024, dtype=dt)).sum().backward()
         return xi.grad
 
     on = dx()
     monkeypatch.setenv("FUSEDRNN_CPU_FEW_ROWS", "0")
     off = dx()
     assert not torch.equal(on, off)
-    torch.testing.assert_close(on, off, rtol=1e-4, atol=1e-5)
+    tol = dict(rtol=1e-4, atol=1e-5) if dt == torch.float32 else dict(rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(on, off, **tol)
 
 
 @pytest.mark.skipif("avx512f" not in _cpu_flags(), reason="the fused CPU loop needs AVX-512")

@@ -82,19 +82,34 @@ constexpr int64_t kGrainValues = 1 << 15;
 
 }  // namespace few_rows_detail
 
+// The few-row loops' ISA: AVX-512F/BW/VL (float64, bfloat16), else AVX2 and FMA (float32,
+// float64), else none.
+enum class FewRowsIsa { kNone, kAvx2, kAvx512 };
+
+inline FewRowsIsa few_rows_isa() {
+  static const FewRowsIsa isa = [] {
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl"))
+      return FewRowsIsa::kAvx512;
+    if (!__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
+        __builtin_cpu_supports("fma"))
+      return FewRowsIsa::kAvx2;
+    return FewRowsIsa::kNone;
+  }();
+  return isa;
+}
+
 // Whether the few-row loops run: float64 or bfloat16 storage on an x86-64 CPU with
-// AVX-512F/BW/VL; float32 on one with AVX2 and FMA but no AVX-512 (with AVX-512, see
-// kFewRows). FUSEDRNN_CPU_FEW_ROWS=0 turns them off (tests, A/B).
+// AVX-512F/BW/VL; float32 and float64 on one with AVX2 and FMA but no AVX-512 (float32 with
+// AVX-512: see kFewRows). FUSEDRNN_CPU_FEW_ROWS=0 turns them off (tests, A/B).
 inline bool few_rows_available(ScalarType dt) {
-  static const bool avx512 = __builtin_cpu_supports("avx512f") &&
-                             __builtin_cpu_supports("avx512bw") &&
-                             __builtin_cpu_supports("avx512vl");
-  static const bool avx2 = !__builtin_cpu_supports("avx512f") &&
-                           __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   const char* env = std::getenv("FUSEDRNN_CPU_FEW_ROWS");
   if (env && env[0] == '0') return false;
-  if (dt == ScalarType::Float) return avx2;
-  return avx512 && (dt == ScalarType::Double || dt == ScalarType::BFloat16);
+  switch (few_rows_isa()) {
+    case FewRowsIsa::kAvx512: return dt == ScalarType::Double || dt == ScalarType::BFloat16;
+    case FewRowsIsa::kAvx2: return dt == ScalarType::Float || dt == ScalarType::Double;
+    default: return false;
+  }
 }
 
 // out = a @ b for a [R, K] (rows contiguous), R <= kFewRows, out [R, M] contiguous: b = t(W)
@@ -121,16 +136,17 @@ inline bool few_rows_mm(const Tensor& a, const Tensor& b, Tensor& out) {
     d::with_rows(R, [&](auto rc) {
       constexpr int kR = decltype(rc)::value;
       constexpr bool kPairs = std::is_same_v<S, c10::BFloat16>;
-      constexpr bool kF32 = std::is_same_v<S, float>;
+      // ymm kernels: float32 always, float64 without AVX-512
+      const bool ymm = std::is_same_v<S, float> || few_rows_isa() == FewRowsIsa::kAvx2;
       if (transposed) {  // W [M, K] at ld b.stride(1): out[r, g] = a[r, :] . W[g, :]
         const int64_t ldw = b.stride(1);
         d::split(M, std::max<int64_t>(8, d::kGrainValues / std::max<int64_t>(K, 1)), 8,
                  [&](int64_t g0, int64_t g1) {
                    if constexpr (kPairs) {
                      d::dot_block_pairs<kR>(ap, lda, wp, ldw, K, g0, g1, op, M);
-                   } else if constexpr (kF32) {
-                     d::dot_block_f32<kR>(ap, lda, wp, ldw, K, g0, g1, op, M);
-                   } else {
+                   } else if (ymm) {
+                     d::dot_block_ymm<kR>(ap, lda, wp, ldw, K, g0, g1, op, M);
+                   } else if constexpr (std::is_same_v<S, double>) {
                      d::dot_block<kR>(ap, lda, wp, ldw, K, g0, g1, op, M);
                    }
                  });
@@ -142,9 +158,9 @@ inline bool few_rows_mm(const Tensor& a, const Tensor& b, Tensor& out) {
                        kR * ((k1 - k0 + 31) / 32 * 32));
                    if constexpr (kPairs) {
                      d::axpy_block_pairs<kR>(ap, lda, wp, ldw, K, k0, k1, op, M, buf.data());
-                   } else if constexpr (kF32) {
-                     d::axpy_block_f32<kR>(ap, lda, wp, ldw, K, k0, k1, op, M, buf.data());
-                   } else {
+                   } else if (ymm) {
+                     d::axpy_block_ymm<kR>(ap, lda, wp, ldw, K, k0, k1, op, M, buf.data());
+                   } else if constexpr (std::is_same_v<S, double>) {
                      d::axpy_block<kR>(ap, lda, wp, ldw, K, k0, k1, op, M, buf.data());
                    }
                  });
@@ -188,9 +204,9 @@ inline void few_rows_tn(const Tensor& a, const Tensor& b, Tensor& out) {
     d::split(G, std::max<int64_t>(1, d::kGrainValues / K), 1, [&](int64_t g0, int64_t g1) {
       if constexpr (std::is_same_v<S, c10::BFloat16>) {
         d::outer_block_pairs(ap, a.stride(0), bp, b.stride(0), R, K, g0, g1, op, K, stream);
-      } else if constexpr (std::is_same_v<S, float>) {
-        d::outer_block_f32(ap, a.stride(0), bp, b.stride(0), R, K, g0, g1, op, K, stream);
-      } else {
+      } else if (std::is_same_v<S, float> || few_rows_isa() == FewRowsIsa::kAvx2) {
+        d::outer_block_ymm(ap, a.stride(0), bp, b.stride(0), R, K, g0, g1, op, K, stream);
+      } else if constexpr (std::is_same_v<S, double>) {
         d::outer_block(ap, a.stride(0), bp, b.stride(0), R, K, g0, g1, op, K, stream);
       }
     });

@@ -1,6 +1,6 @@
 // The few-row loops' kernels (few_rows.h drives them): AVX-512 for float64 in 8-double
-// vectors and bfloat16 by pairs in float; AVX2 for float32. Raw pointers, one thread's
-// share of the outputs each.
+// vectors and bfloat16 by pairs in float; AVX2 for float32 and float64. Raw pointers, one
+// thread's share of the outputs each.
 #pragma once
 
 #include <torch/headeronly/util/BFloat16.h>
@@ -304,97 +304,141 @@ FUSEDRNN_AVX512_BW inline void outer_block_pairs(const BF16* a, int64_t lda, con
   if (stream) _mm_sfence();
 }
 
-// float32 in AVX2 ymm vectors, for CPUs without AVX-512 (few_rows_available): the same
-// three loops, in the same orders, with float sums.
+// float32 and float64 in AVX2 ymm vectors, for CPUs without AVX-512 (few_rows_available):
+// the same three loops, in the same orders, summed in the storage type. Ymm<S> holds what
+// differs between the two: lanes, loads and stores (masked: the first n lanes), reduce.
 #define FUSEDRNN_AVX2_FMA __attribute__((target("avx2,fma")))
 
-// Lanes 0..n-1 of 8 set (as a maskload / maskstore mask).
-FUSEDRNN_AVX2_FMA inline __m256i lanes8f(int64_t n) {
-  const int m = static_cast<int>(std::min<int64_t>(std::max<int64_t>(n, 0), 8));
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(m), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
+template <typename S>
+struct Ymm;
 
-// v's 8 lanes added in a fixed order: (0+4, 1+5, 2+6, 3+7), then pairs, then the two.
-FUSEDRNN_AVX2_FMA inline float reduce8(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
+template <>
+struct Ymm<float> {
+  using V = __m256;
+  using M = __m256i;
+  static constexpr int64_t L = 8;
+  FUSEDRNN_AVX2_FMA static M lanes(int64_t n) {
+    const int m = static_cast<int>(std::min<int64_t>(std::max<int64_t>(n, 0), L));
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(m), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  FUSEDRNN_AVX2_FMA static V zero() { return _mm256_setzero_ps(); }
+  FUSEDRNN_AVX2_FMA static V set1(float v) { return _mm256_set1_ps(v); }
+  FUSEDRNN_AVX2_FMA static V load(const float* p) { return _mm256_loadu_ps(p); }
+  FUSEDRNN_AVX2_FMA static V load(const float* p, M m) { return _mm256_maskload_ps(p, m); }
+  FUSEDRNN_AVX2_FMA static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  FUSEDRNN_AVX2_FMA static void store(float* p, V v, M m) { _mm256_maskstore_ps(p, m, v); }
+  FUSEDRNN_AVX2_FMA static void stream(float* p, V v) { _mm256_stream_ps(p, v); }
+  FUSEDRNN_AVX2_FMA static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  FUSEDRNN_AVX2_FMA static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  // lanes (0+4, 1+5, 2+6, 3+7), then pairs, then the two
+  FUSEDRNN_AVX2_FMA static float reduce(V v) {
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    q = _mm_add_ss(q, _mm_movehdup_ps(q));
+    return _mm_cvtss_f32(q);
+  }
+};
 
-// dot_block in float: out[r * ldo + g] = sum_k a[r * lda + k] * w[g * ldw + k], each sum
-// in lanes (k mod 8), then reduce8. 8 / R rows of w a pass (at least 2): at most 16
+template <>
+struct Ymm<double> {
+  using V = __m256d;
+  using M = __m256i;
+  static constexpr int64_t L = 4;
+  FUSEDRNN_AVX2_FMA static M lanes(int64_t n) {
+    const int64_t m = std::min<int64_t>(std::max<int64_t>(n, 0), L);
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(m), _mm256_setr_epi64x(0, 1, 2, 3));
+  }
+  FUSEDRNN_AVX2_FMA static V zero() { return _mm256_setzero_pd(); }
+  FUSEDRNN_AVX2_FMA static V set1(double v) { return _mm256_set1_pd(v); }
+  FUSEDRNN_AVX2_FMA static V load(const double* p) { return _mm256_loadu_pd(p); }
+  FUSEDRNN_AVX2_FMA static V load(const double* p, M m) { return _mm256_maskload_pd(p, m); }
+  FUSEDRNN_AVX2_FMA static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
+  FUSEDRNN_AVX2_FMA static void store(double* p, V v, M m) { _mm256_maskstore_pd(p, m, v); }
+  FUSEDRNN_AVX2_FMA static void stream(double* p, V v) { _mm256_stream_pd(p, v); }
+  FUSEDRNN_AVX2_FMA static V mul(V a, V b) { return _mm256_mul_pd(a, b); }
+  FUSEDRNN_AVX2_FMA static V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+  // lanes (0+2, 1+3), then the two
+  FUSEDRNN_AVX2_FMA static double reduce(V v) {
+    __m128d q = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    q = _mm_add_sd(q, _mm_unpackhi_pd(q, q));
+    return _mm_cvtsd_f64(q);
+  }
+};
+
+// dot_block in ymm vectors: out[r * ldo + g] = sum_k a[r * lda + k] * w[g * ldw + k], each
+// sum in lanes (k mod L), then reduce. 8 / R rows of w a pass (at least 2): at most 16
 // accumulators.
-template <int R>
-FUSEDRNN_AVX2_FMA void dot_block_f32(const float* a, int64_t lda, const float* w, int64_t ldw,
-                                     int64_t K, int64_t g0, int64_t g1, float* out,
-                                     int64_t ldo) {
+template <int R, typename S>
+FUSEDRNN_AVX2_FMA void dot_block_ymm(const S* a, int64_t lda, const S* w, int64_t ldw,
+                                     int64_t K, int64_t g0, int64_t g1, S* out, int64_t ldo) {
+  using Y = Ymm<S>;
   constexpr int GB = R == 1 ? 8 : R == 2 ? 4 : 2;
   for (int64_t g = g0; g < g1; g += GB) {
-    const float* wr[GB];
+    const S* wr[GB];
     for (int b = 0; b < GB; ++b) wr[b] = w + std::min<int64_t>(g + b, g1 - 1) * ldw;
-    __m256 acc[GB][R];
+    typename Y::V acc[GB][R];
 #pragma GCC unroll 8
     for (int b = 0; b < GB; ++b)
 #pragma GCC unroll 4
-      for (int r = 0; r < R; ++r) acc[b][r] = _mm256_setzero_ps();
-    const int64_t Kv = K / 8 * 8;
-    for (int64_t k = 0; k < K; k += 8) {
+      for (int r = 0; r < R; ++r) acc[b][r] = Y::zero();
+    const int64_t Kv = K / Y::L * Y::L;
+    for (int64_t k = 0; k < K; k += Y::L) {
       const bool full = k < Kv;
-      const __m256i m = lanes8f(K - k);
-      __m256 av[R];
+      const typename Y::M m = Y::lanes(K - k);
+      typename Y::V av[R];
 #pragma GCC unroll 4
       for (int r = 0; r < R; ++r)
-        av[r] = full ? _mm256_loadu_ps(a + r * lda + k) : _mm256_maskload_ps(a + r * lda + k, m);
+        av[r] = full ? Y::load(a + r * lda + k) : Y::load(a + r * lda + k, m);
 #pragma GCC unroll 8
       for (int b = 0; b < GB; ++b) {
-        const __m256 wv = full ? _mm256_loadu_ps(wr[b] + k) : _mm256_maskload_ps(wr[b] + k, m);
+        const typename Y::V wv = full ? Y::load(wr[b] + k) : Y::load(wr[b] + k, m);
 #pragma GCC unroll 4
-        for (int r = 0; r < R; ++r) acc[b][r] = _mm256_fmadd_ps(av[r], wv, acc[b][r]);
+        for (int r = 0; r < R; ++r) acc[b][r] = Y::fma(av[r], wv, acc[b][r]);
       }
     }
     const int64_t nb = std::min<int64_t>(GB, g1 - g);
     for (int64_t b = 0; b < nb; ++b)
-      for (int r = 0; r < R; ++r) out[r * ldo + g + b] = reduce8(acc[b][r]);
+      for (int r = 0; r < R; ++r) out[r * ldo + g + b] = Y::reduce(acc[b][r]);
   }
 }
 
-// axpy_block in float: out[r * ldo + k] = sum_g a[r * lda + g] * w[g * ldw + k] for r < R,
-// k in [k0, k1), each sum over g in ascending order (one FMA a g), kept in buf [R, Cb]
-// (Cb: k1 - k0 up to a multiple of 32) between passes of kAxpyRows rows of w. 32 columns a
-// pass up to 2 rows, 16 from 3: at most 8 accumulators.
-template <int R>
-FUSEDRNN_AVX2_FMA void axpy_block_f32(const float* a, int64_t lda, const float* w, int64_t ldw,
-                                      int64_t G, int64_t k0, int64_t k1, float* out,
-                                      int64_t ldo, float* buf) {
+// axpy_block in ymm vectors: out[r * ldo + k] = sum_g a[r * lda + g] * w[g * ldw + k] for
+// r < R, k in [k0, k1), each sum over g in ascending order (one FMA a g), kept in buf [R,
+// Cb] (Cb: k1 - k0 up to a multiple of 32) between passes of kAxpyRows rows of w. 4
+// vectors of columns a pass up to 2 rows, 2 from 3: at most 8 accumulators.
+template <int R, typename S>
+FUSEDRNN_AVX2_FMA void axpy_block_ymm(const S* a, int64_t lda, const S* w, int64_t ldw,
+                                      int64_t G, int64_t k0, int64_t k1, S* out, int64_t ldo,
+                                      S* buf) {
+  using Y = Ymm<S>;
   constexpr int V = R <= 2 ? 4 : 2;
-  constexpr int64_t kStep = V * 8;
+  constexpr int64_t kStep = V * Y::L;
   const int64_t C = k1 - k0, Cb = (C + 31) / 32 * 32;
   for (int64_t g0 = 0; g0 < G; g0 += kAxpyRows) {
     const int64_t gn = std::min<int64_t>(kAxpyRows, G - g0);
     const bool first = g0 == 0, last = g0 + kAxpyRows >= G;
     for (int64_t c = 0; c < C; c += kStep) {
-      __m256i m[V];
-      __m256 acc[R][V];
+      typename Y::M m[V];
+      typename Y::V acc[R][V];
 #pragma GCC unroll 4
       for (int v = 0; v < V; ++v) {
-        m[v] = lanes8f(C - c - v * 8);
+        m[v] = Y::lanes(C - c - v * Y::L);
 #pragma GCC unroll 4
         for (int r = 0; r < R; ++r)
-          acc[r][v] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(buf + r * Cb + c + v * 8);
+          acc[r][v] = first ? Y::zero() : Y::load(buf + r * Cb + c + v * Y::L);
       }
       const bool full = c + kStep <= C;
       for (int64_t b = 0; b < gn; ++b) {
-        const float* row = w + (g0 + b) * ldw + k0 + c;
-        __m256 wv[V];
+        const S* row = w + (g0 + b) * ldw + k0 + c;
+        typename Y::V wv[V];
 #pragma GCC unroll 4
         for (int v = 0; v < V; ++v)
-          wv[v] = full ? _mm256_loadu_ps(row + v * 8) : _mm256_maskload_ps(row + v * 8, m[v]);
+          wv[v] = full ? Y::load(row + v * Y::L) : Y::load(row + v * Y::L, m[v]);
 #pragma GCC unroll 4
         for (int r = 0; r < R; ++r) {
-          const __m256 s = _mm256_set1_ps(a[r * lda + g0 + b]);
+          const typename Y::V sv = Y::set1(a[r * lda + g0 + b]);
 #pragma GCC unroll 4
-          for (int v = 0; v < V; ++v) acc[r][v] = _mm256_fmadd_ps(s, wv[v], acc[r][v]);
+          for (int v = 0; v < V; ++v) acc[r][v] = Y::fma(sv, wv[v], acc[r][v]);
         }
       }
 #pragma GCC unroll 4
@@ -402,43 +446,42 @@ FUSEDRNN_AVX2_FMA void axpy_block_f32(const float* a, int64_t lda, const float* 
 #pragma GCC unroll 4
         for (int v = 0; v < V; ++v) {
           if (last) {
-            _mm256_maskstore_ps(out + r * ldo + k0 + c + v * 8, m[v], acc[r][v]);
+            Y::store(out + r * ldo + k0 + c + v * Y::L, acc[r][v], m[v]);
           } else {
-            _mm256_storeu_ps(buf + r * Cb + c + v * 8, acc[r][v]);
+            Y::store(buf + r * Cb + c + v * Y::L, acc[r][v]);
           }
         }
     }
   }
 }
 
-// outer_block in float: out[g * ldo + k] = sum_r a[r * lda + g] * b[r * ldb + k], r in
-// ascending order (a product, then one FMA a row). Non-temporal stores where `stream` (out
-// and ldo aligned to 32 bytes; the tail of a row masked).
-FUSEDRNN_AVX2_FMA inline void outer_block_f32(const float* a, int64_t lda, const float* b,
-                                              int64_t ldb, int64_t R, int64_t K, int64_t g0,
-                                              int64_t g1, float* out, int64_t ldo,
-                                              bool stream) {
-  const int64_t Kv = K / 8 * 8;
-  const __m256i tail = lanes8f(K - Kv);
+// outer_block in ymm vectors: out[g * ldo + k] = sum_r a[r * lda + g] * b[r * ldb + k], r
+// in ascending order (a product, then one FMA a row). Non-temporal stores where `stream`
+// (out and ldo aligned to 32 bytes; the tail of a row masked).
+template <typename S>
+FUSEDRNN_AVX2_FMA void outer_block_ymm(const S* a, int64_t lda, const S* b, int64_t ldb,
+                                       int64_t R, int64_t K, int64_t g0, int64_t g1, S* out,
+                                       int64_t ldo, bool stream) {
+  using Y = Ymm<S>;
+  const int64_t Kv = K / Y::L * Y::L;
+  const typename Y::M tail = Y::lanes(K - Kv);
   for (int64_t g = g0; g < g1; ++g) {
-    __m256 coef[kMaxRows];
-    for (int64_t r = 0; r < R; ++r) coef[r] = _mm256_set1_ps(a[r * lda + g]);
-    float* o = out + g * ldo;
-    for (int64_t k = 0; k < K; k += 8) {
+    typename Y::V coef[kMaxRows];
+    for (int64_t r = 0; r < R; ++r) coef[r] = Y::set1(a[r * lda + g]);
+    S* o = out + g * ldo;
+    for (int64_t k = 0; k < K; k += Y::L) {
       const bool full = k < Kv;
-      __m256 acc = _mm256_mul_ps(coef[0], full ? _mm256_loadu_ps(b + k)
-                                               : _mm256_maskload_ps(b + k, tail));
+      typename Y::V acc = Y::mul(coef[0], full ? Y::load(b + k) : Y::load(b + k, tail));
       for (int64_t r = 1; r < R; ++r) {
-        const float* p = b + r * ldb + k;
-        acc = _mm256_fmadd_ps(coef[r], full ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, tail),
-                              acc);
+        const S* p = b + r * ldb + k;
+        acc = Y::fma(coef[r], full ? Y::load(p) : Y::load(p, tail), acc);
       }
       if (!full) {
-        _mm256_maskstore_ps(o + k, tail, acc);
+        Y::store(o + k, acc, tail);
       } else if (stream) {
-        _mm256_stream_ps(o + k, acc);
+        Y::stream(o + k, acc);
       } else {
-        _mm256_storeu_ps(o + k, acc);
+        Y::store(o + k, acc);
       }
     }
   }
