@@ -167,8 +167,7 @@ inline bool mkl_gemm_wanted(int64_t rows, int64_t values) {
 // the AVX-512 AMD CPU of our benchmarks runs the RNN's GEMM shapes 2-2.5x faster than
 // torch.mm's MKL path (435 vs 172 GFLOP/s at 64x512x2048, benchmarks/README.md). Other
 // dtypes, and torch builds without that op, use aten::mm (bfloat16 already reaches oneDNN
-// there), and a w that is a transposed view (right_weight's in place: aten::mm reads it as
-// it is). The op is probed once; a build that lacks it logs one error and falls back.
+// there). The op is probed once; a build that lacks it logs one error and falls back.
 inline Tensor linear(const Tensor& a, const Tensor& w) {
   if (a.size(0) <= kFewRows && a.numel() > 0 && few_rows_available(a.scalar_type())) {
     // a few rows: the weight read in place
@@ -176,8 +175,7 @@ inline Tensor linear(const Tensor& a, const Tensor& w) {
     if (few_rows_mm(a, t(w), out)) return out;
   }
   static bool have_onednn = true;
-  if (have_onednn && a.scalar_type() == ScalarType::Float && a.numel() > 0 &&
-      w.is_contiguous()) {
+  if (have_onednn && a.scalar_type() == ScalarType::Float && a.numel() > 0) {
     using torch::stable::detail::from;
     std::array<StableIValue, 6> stack{from(a), from(w), from(std::nullopt),
                                       from(std::string("none")),
@@ -190,10 +188,10 @@ inline Tensor linear(const Tensor& a, const Tensor& w) {
   return mm(a, t(w));
 }
 
-// The weight argument of linear() that makes linear(a, right_weight(v, rows)) = a @ v, for
-// v [K, C] (the backward's dG W_ih and dG W_hh) and `rows` rows of a in all: up to
-// kInPlaceRows rows, t(v) itself, which linear() multiplies in place (few_rows.h's loops
-// up to kFewRows rows, else aten::mm); above, a transposed copy (oneDNN's float32 linear
+// The weight argument of times_right() that makes times_right(a, right_weight(v, rows)) =
+// a @ v, for v [K, C] (the backward's dG W_ih and dG W_hh) and `rows` rows of a in all: up
+// to kInPlaceRows rows, t(v) itself, which times_right() multiplies in place (few_rows.h's
+// loops up to kFewRows rows, else aten::mm); above, a transposed copy (oneDNN's float32 linear
 // takes a contiguous [C, K]; MKL's float64 mm ran faster on it too: backward ms, in place
 // vs copy, T=256, N=16, H=768 GRU 830 vs 689; T=100, N=64, H=512 LSTM 725 vs 678). For a
 // few rows the copy is most of the call: T=1, N=1, I=H=1024 float64 LSTM backward 83.0 ms
@@ -207,13 +205,25 @@ inline Tensor right_weight(const Tensor& v, int64_t rows) {
   return rows > kInPlaceRows ? torch::stable::contiguous(t(v)) : t(v);
 }
 
+// a @ v for w = right_weight(v, rows): linear(a, w) on the copy; on the view t(v) the
+// few-row loops or aten::mm, reading v as it is (oneDNN's linear would copy it again).
+inline Tensor times_right(const Tensor& a, const Tensor& w) {
+  if (w.is_contiguous()) return linear(a, w);
+  const Tensor v = t(w);
+  if (a.size(0) <= kFewRows && a.numel() > 0 && few_rows_available(a.scalar_type())) {
+    Tensor out = empty_as(a, {a.size(0), v.size(1)});
+    if (few_rows_mm(a, v, out)) return out;
+  }
+  return mm(a, v);
+}
+
 // a @ v for v [K, C] contiguous (the backward's dx = dG W_ih): float32 on MKL where
-// mkl_gemm_wanted (reading v as it is), else linear(a, right_weight(v, rows of a)).
+// mkl_gemm_wanted (reading v as it is), else times_right(a, right_weight(v, rows of a)).
 inline Tensor times_weight(const Tensor& a, const Tensor& v) {
   if (a.scalar_type() == ScalarType::Float && a.numel() > 0 &&
       mkl_gemm_wanted(a.size(0), a.size(0) * v.size(1)))
     return mm(a, v);
-  return linear(a, right_weight(v, a.size(0)));
+  return times_right(a, right_weight(v, a.size(0)));
 }
 
 // The input projection x @ W_ih^T, a block of about kBlockRows rows (whole steps) at a

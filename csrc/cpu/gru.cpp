@@ -265,7 +265,7 @@ void gru_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, co
     }
   }
 #endif
-  const Tensor w_hh_tc = right_weight(w_hh, st.R);  // for linear(): dG W_hh
+  const Tensor w_hh_tc = right_weight(w_hh, st.R);  // for times_right(): dG W_hh
   Tensor dh = torch::stable::clone(ghn);
   const scalar_t* gy_p = gy2.const_data_ptr<scalar_t>();
   const scalar_t* hp_p = hp.const_data_ptr<scalar_t>();
@@ -282,7 +282,7 @@ void gru_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, co
                          dd.data() + n * H, dgi_p + r * G, dgh_p + r * G, H, j0, j1);
     });
     Tensor dh_b = head(dh, B);
-    torch::stable::copy_(dh_b, linear(rows(dgh, off, B), w_hh_tc));
+    torch::stable::copy_(dh_b, times_right(rows(dgh, off, B), w_hh_tc));
   }
   scalar_t* dh0_p = dh0.mutable_data_ptr<scalar_t>();
   for (int64_t k = 0; k < N * H; ++k)

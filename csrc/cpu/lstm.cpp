@@ -303,7 +303,7 @@ void lstm_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, c
   };
   const scalar_t* gy_p = gy2.const_data_ptr<scalar_t>();
   scalar_t* dg_p = dgates.mutable_data_ptr<scalar_t>();
-  const Tensor w_hh_tc = right_weight(w_hh, st.R);  // for linear(): dG W_hh
+  const Tensor w_hh_tc = right_weight(w_hh, st.R);  // for times_right(): dG W_hh
   Tensor dh = torch::stable::clone(ghn);  // grad of h from later steps [N,P], per row
   Tensor dm = empty_as(gy2, {w_hr ? N : 0, H});
   Tensor zeros = torch::stable::new_zeros(gy2, {w_hr ? N : 0, H});
@@ -329,7 +329,7 @@ void lstm_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, c
                           dc.data() + n * H, dg_p + (off + n) * G, H, j0, j1);
     });
     Tensor dh_b = head(dh, B);
-    torch::stable::copy_(dh_b, linear(rows(dgates, off, B), w_hh_tc));
+    torch::stable::copy_(dh_b, times_right(rows(dgates, off, B), w_hh_tc));
   }
   torch::stable::copy_(dh0, dh);
   scalar_t* dc0_p = dc0.mutable_data_ptr<scalar_t>();
