@@ -155,3 +155,12 @@ def compare_with_torch(
 def _flat(out):
     y, states = out
     return [y, *states] if isinstance(states, tuple) else [y, states]
+
+
+def cpu_flags():
+    """The CPU's flags from /proc/cpuinfo (empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []

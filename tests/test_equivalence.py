@@ -12,9 +12,7 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
-import fusedrnn
-
-from conftest import check_close, compare_with_torch, make_modules
+from conftest import check_close, compare_with_torch, cpu_flags, make_modules
 
 CELLS = ["LSTM", "GRU"]
 
@@ -239,94 +237,7 @@ def test_matches_torch_gemm_loop_chunked_weight_grads(cell, kw, monkeypatch):
     compare_with_torch(cell, **kw, dtype=torch.float32, device="cpu")
 
 
-def _cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return []
-
-
-# Products of at most 4 rows (csrc/cpu/few_rows.h): T=1 and the GEMM loop's steps at
-# N <= 4. I and H around the 32-value loads and 8-row passes: 7, 31, 33, 97, 129.
-FEW_ROWS_CASES = [
-    case(1, 1, 1024, 1024),
-    case(1, 1, 7, 7),
-    case(1, 4, 33, 129),
-    case(2, 2, 31, 97, bidir=True),
-    case(3, 3, 65, 40, L=2, hx=False),
-    case(17, 1, 129, 33, bf=True, nc="step"),
-]
-
-
-def _avx2_no_avx512():
-    flags = _cpu_flags()
-    return "avx512f" not in flags and "avx2" in flags and "fma" in flags
-
-
-@pytest.mark.parametrize("fused", ["1", "0"], ids=["default", "gemm-loop"])
-@pytest.mark.parametrize("dt", [torch.float64, torch.bfloat16], ids=["fp64", "bf16"])
-@pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("kw", FEW_ROWS_CASES)
-def test_matches_torch_few_rows(cell, kw, dt, fused, monkeypatch):
-    """float64 and bfloat16 products of at most 4 rows with a weight read in place
-    (few_rows.h): x W^T (the forward's input projection and, per step, h W_hh^T), dG W
-    (the backward's dx and dh) and dG^T x (the weight gradients, non-temporal stores from
-    1 MB), with the fused loop (where it runs) or the GEMM loop everywhere. AVX-512BW
-    kernels, or for float64 on CPUs with AVX2 and no AVX-512 the ymm ones."""
-    if "avx512bw" not in _cpu_flags() and not (dt == torch.float64 and _avx2_no_avx512()):
-        pytest.skip("the few-row loops need AVX-512BW (float64 also AVX2 without AVX-512)")
-    monkeypatch.setenv("FUSEDRNN_CPU_FUSED", fused)
-    compare_with_torch(cell, **kw, dtype=dt, device="cpu")
-
-
-@pytest.mark.parametrize("mkl", ["1", "0"], ids=["mkl", "onednn"])
-@pytest.mark.parametrize("cell", CELLS)
-def test_matches_torch_mkl_gemms(cell, mkl, monkeypatch):
-    """The backward's dx and weight-gradient chunks on MKL or on oneDNN
-    (FUSEDRNN_CPU_MKL; mkl_gemm_wanted, common.h): 1088 rows, results of 256K values and
-    more, within the tolerance rule either way, bidirectional."""
-    monkeypatch.setenv("FUSEDRNN_CPU_MKL", mkl)
-    compare_with_torch(cell, T=17, N=64, I=320, H=320, bidirectional=True)
-
-
-@pytest.mark.skipif(not _avx2_no_avx512(),
-                    reason="float32's few-row loops are AVX2's, on CPUs without AVX-512")
-@pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("kw", FEW_ROWS_CASES)
-def test_matches_torch_few_rows_fp32_avx2(cell, kw):
-    """float32 products of at most 4 rows in AVX2 (few_rows_kernels.h's *_f32), on CPUs
-    without AVX-512: x W^T, dG W (dx, and dh in the GEMM loop's steps) and dG^T x."""
-    compare_with_torch(cell, **kw, dtype=torch.float32, device="cpu")
-
-
-@pytest.mark.skipif(not _avx2_no_avx512(),
-                    reason="the ymm few-row loops run on CPUs with AVX2 and no AVX-512")
-@pytest.mark.parametrize("dt", [torch.float32, torch.float64], ids=["fp32", "fp64"])
-@pytest.mark.parametrize("cell", CELLS)
-def test_few_rows_avx2_runs(cell, dt, monkeypatch):
-    """The step's dx = dG W_ih (T=1, N=1: one row, summed over G = 3H or 4H) comes from the
-    AVX2 loop, whose order of sums differs from the library GEMM's: with the loops off
-    (FUSEDRNN_CPU_FEW_ROWS=0) dx has other bits; both within the tolerance rule."""
-    torch.manual_seed(0)
-    fmod = (fusedrnn.LSTM if cell == "LSTM" else fusedrnn.GRU)(1024, 1024).to(dt)
-    x = torch.randn(1, 1, 1024, dtype=dt)
-
-    def dx():
-        xi = x.clone().requires_grad_()
-        y, _ = fmod(xi)
-        (y * torch.linspace(-1, 1, 1024, dtype=dt)).sum().backward()
-        return xi.grad
-
-    on = dx()
-    monkeypatch.setenv("FUSEDRNN_CPU_FEW_ROWS", "0")
-    off = dx()
-    assert not torch.equal(on, off)
-    tol = dict(rtol=1e-4, atol=1e-5) if dt == torch.float32 else dict(rtol=1e-12, atol=1e-13)
-    torch.testing.assert_close(on, off, **tol)
-
-
-@pytest.mark.skipif("avx512f" not in _cpu_flags(), reason="the fused CPU loop needs AVX-512")
+@pytest.mark.skipif("avx512f" not in cpu_flags(), reason="the fused CPU loop needs AVX-512")
 @pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("H,N,gemm_T,fused_T", [(1024, 1, 4, 8), (512, 1, 1, 2), (768, 2, 1, 5)])
@@ -339,7 +250,7 @@ def test_short_forward_runs_the_gemm_loop(cell, H, N, gemm_T, fused_T, dt, monke
     be the GEMM loop's bits (FUSEDRNN_CPU_FUSED=0); at fused_T, where the rows repay the
     panels, the fused loop's, which differ from the GEMM loop's. Both match torch.nn."""
     if dt == torch.bfloat16:
-        if "avx512_bf16" not in _cpu_flags():
+        if "avx512_bf16" not in cpu_flags():
             pytest.skip("bf16 products need AVX512-BF16")
         monkeypatch.setenv("FUSEDRNN_CPU_BF16_DOT", "1")
         monkeypatch.setenv("FUSEDRNN_CPU_AMX", "0")
