@@ -63,10 +63,12 @@ def _outputs_and_grads(cell, m, x):
     return [*outs, *grads]
 
 
-def _assert_loop_bit_identical_and_not_gemm(cell, m, x, switch, monkeypatch):
+def _assert_loop_bit_identical_and_not_gemm(cell, m, x, switch, monkeypatch, output_differs=True,
+                                            dx_differs=True):
     """With the fused loop off and the loop behind `switch` forced on: outputs and every
     gradient the same bits on 1 and 2 threads; with it off (the GEMM loop), the output and
-    dx (the backward's recurrence) differ, so the loop did run."""
+    dx (the backward's recurrence) differ, so the loop did run (each check only where the
+    two loops' sums differ in order: output_differs, dx_differs)."""
     monkeypatch.setenv("FUSEDRNN_CPU_FUSED", "0")
     x = x.requires_grad_()
     threads = torch.get_num_threads()
@@ -80,9 +82,11 @@ def _assert_loop_bit_identical_and_not_gemm(cell, m, x, switch, monkeypatch):
         torch.set_num_threads(threads)
     for a, b in zip(runs[0], runs[1], strict=True):
         assert torch.equal(a, b)
-    assert not torch.equal(runs[1][0], runs[2][0])
+    if output_differs:
+        assert not torch.equal(runs[1][0], runs[2][0])
     dx = 3 if cell == "LSTM" else 2  # after y, h_n (and c_n)
-    assert not torch.equal(runs[1][dx], runs[2][dx])
+    if dx_differs:
+        assert not torch.equal(runs[1][dx], runs[2][dx])
 
 
 def _assert_same_bits_on_1_and_2_threads(cell, m, x):
@@ -152,17 +156,44 @@ def test_mkl_gemms_bit_identical_across_thread_counts(cell, monkeypatch):
 
 @pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"),
                     reason="the AVX2 panel loop needs AVX2 and FMA")
-@pytest.mark.parametrize("H", [129, 256])
+@pytest.mark.parametrize("fold", ["0", "1"], ids=["x-apart", "x-folded"])
+@pytest.mark.parametrize("H", [129, 400])
 @pytest.mark.parametrize("cell", CELLS)
-def test_avx2_panel_loop_bit_identical_across_thread_counts(cell, H, monkeypatch):
-    """The AVX2 panel forward and backward recurrences (avx2_panels.h), forced: every
-    product sums its k chunks in one order whatever the number of workers, so 1 and 2
-    threads give the same bits, outputs and every gradient; and they are not the GEMM
-    loop's (the loops did run). H=129: 9 panels a gate, split 4/5, the last one unit wide;
-    N=13: a 1-row tile."""
+def test_avx2_panel_loop_bit_identical_across_thread_counts(cell, H, fold, monkeypatch):
+    """The AVX2 panel forward and backward recurrences (avx2_panels.h), forced, x's
+    products apart or folded into the tiles: every product sums its terms in one order
+    whatever the number of workers, so 1 and 2 threads give the same bits, outputs and
+    every gradient; and they are not the GEMM loop's (the loops did run). With x apart the
+    panels sum each output's k in order, as oneDNN's GEMMs do up to K = 1024 here, so the
+    loops' bits agree there: the forward's output (K = H) and at H=129 dx too (K = 4H or
+    3H = 516 or 387); at H=400 dx (K = 1600 or 1200) tells the backward's loops apart.
+    Folded, the output and dx differ. H=129: 9 panels a gate, split 4/5, the last one unit
+    wide; N=13: a 1-row tile."""
+    monkeypatch.setenv("FUSEDRNN_CPU_PANEL_FOLD", fold)
     _, m = make_modules(cell, 40, H, 1, bidirectional=True)
     _assert_loop_bit_identical_and_not_gemm(cell, m, torch.randn(30, 13, 40), "FUSEDRNN_CPU_PANELS",
-                                            monkeypatch)
+                                            monkeypatch, output_differs=fold == "1",
+                                            dx_differs=fold == "1" or H == 400)
+
+
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() != "AVX2",
+                    reason="the AVX2 panel loop runs by default only on CPUs without AVX-512")
+@pytest.mark.parametrize("cell", CELLS)
+def test_avx2_panel_fold_runs_by_default(cell, monkeypatch):
+    """From 32 rows (kPanelFoldBatch) the panel forward folds x into its tiles by default:
+    the output at N=40 has the bits of FUSEDRNN_CPU_PANEL_FOLD=1, not of =0, and at N=31
+    those of =0. (Guards the default: a fold that never ran would pass the tests that
+    force it.)"""
+    _, m = make_modules(cell, 48, 40, 1)
+    for N, same in ((40, "1"), (31, "0")):
+        x = torch.randn(12, N, 48)
+        outs = {}
+        for fold in ("", "0", "1"):
+            monkeypatch.setenv("FUSEDRNN_CPU_PANEL_FOLD", fold)
+            with torch.no_grad():
+                outs[fold] = m(x)[0]
+        assert torch.equal(outs[""], outs[same])
+        assert not torch.equal(outs["0"], outs["1"])
 
 
 @pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

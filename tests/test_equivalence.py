@@ -311,13 +311,18 @@ AVX2 = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
     + [pytest.param(dict(T=9, N=13, I=6, H=33, lengths=(4, 9, 1, 7, 9, 9, 2, 3, 5, 8, 6, 9, 1)),
                     id="T9-N13-packed-H33")],
 )
-def test_matches_torch_avx2_panels(cell, kw, monkeypatch):
+@pytest.mark.parametrize("fold", ["0", "1"], ids=["x-apart", "x-folded"])
+def test_matches_torch_avx2_panels(cell, kw, fold, monkeypatch):
     """The float32 recurrences above the row-dot loop's batches on CPUs with AVX2 but not
     AVX-512 (avx2_panels.h: W_hh packed into 16-unit panels once a call, 6-row tiles, one
     barrier a step, forward and backward), forced with the fused loop off; dx and the
-    weight gradients stay the GEMM loop's. Odd sizes: H=7 and 129 (a partial last panel), 13 rows (a 1-row tile), packed."""
+    weight gradients stay the GEMM loop's. The forward with x's products apart (oneDNN's
+    GEMM over blocks of steps) and folded into the tiles (W_ih packed too; GRU's W_in x in
+    a slot of its own), each forced. Odd sizes: H=7 and 129 (a partial last panel), 13
+    rows (a 1-row tile), packed."""
     monkeypatch.setenv("FUSEDRNN_CPU_FUSED", "0")
     monkeypatch.setenv("FUSEDRNN_CPU_PANELS", "1")
+    monkeypatch.setenv("FUSEDRNN_CPU_PANEL_FOLD", fold)
     _compare_padded_or_packed(cell, kw)
 
 

@@ -2,7 +2,9 @@
 // FMA but without AVX-512 (the fused loops' ISA): the workers of workers.h, one barrier a
 // step. W_hh is packed once a call into panels of 16 units of one gate, [K = H][16]; at
 // each step every worker computes its units' gates for all the step's rows, 6 rows by 16
-// columns in 12 ymm accumulators, then runs the cell over its units.
+// columns in 12 ymm accumulators, then runs the cell over its units. From kPanelFoldBatch
+// rows on, W_ih is packed too and each tile adds x_t W_ih^T in the same accumulators (x
+// folded), in place of oneDNN's GEMM over blocks of steps.
 //
 // Why: there the forward was the GEMM loop, a oneDNN GEMM call per step (an OpenMP region
 // that packs W_hh again every step) and a second parallel region for the cell. On a
@@ -10,9 +12,16 @@
 // libgomp's spin 7%; 0.89x torch.nn's oneDNN LSTM, whose RNN primitive packs its weights
 // once.
 //
-// Every product sums k in chunks of kChunkK, each chunk's sum added in order to the
-// result: the same sums whichever worker runs a unit, so results are bit-identical for
-// any thread count.
+// Every product sums all of k in one chain per output, in order (x's terms after h's where
+// x is folded): the same sums whichever worker runs a unit, so results are bit-identical
+// for any thread count. (Until this change the sums went in chunks of kChunkK, each
+// chunk's sum added to the result in memory, so that a chunk of a panel, 8 KB, stayed in
+// L1 over the row tiles. Whole-K tiles, the panel read from L2, were faster on the 2-core
+// Zen 3: a 2-thread replica of the step's products, median GFLOP/s chunked -> whole K:
+// K=512, N=64, G=2048 137-141 -> 152-155; K=1024, N=256, G=4096 108-114 -> 135; the
+// backward's K=2048, N=64, G=512 129-137 -> 145; K=4096, N=256, G=1024 118-123 -> 141.
+// Paired in the ops, torch.nn / fusedrnn: T=100, N=64, I=H=512 LSTM inference 0.99x ->
+// 1.05x, training 0.96x -> 1.10x; T=256, N=16, I=H=768 GRU training 1.87x -> 2.22x.)
 #pragma once
 
 #include "common.h"
@@ -34,18 +43,39 @@ constexpr int64_t kAvx2Units = 16;
 // in the 16 ymm registers.
 constexpr int kAvx2Rows = 6;
 
-// The loop runs where a step's h rows take at most this many bytes: every panel runs
-// over all of them, in L2. Above it oneDNN's GEMMs were faster: T=50, N=256, H=1024
-// (1 MB of h) LSTM inference, GEMM loop / panels 0.95 (and 0.94-0.98 with the rows in
-// blocks of 128 or 256 KB); at 128 KB (N=64, H=512) 1.08, at 48 KB (N=16, H=768) 1.37.
+// The backward's loop runs where a step's rows take at most this many bytes (N * H
+// floats): above it oneDNN's per-step GEMMs were as fast or faster. Paired at T=50, N=256,
+// I=H=1024 (1 MB) LSTM training, panels from 1 MB on: 5380 vs 5398 ms, then 5935 vs 5156.
 constexpr int64_t kPanelRowsBytes = 256 << 10;
 
-// True where the float32 forward above kRowDotBatch rows takes this loop: up to
-// kPanelRowsBytes of h rows, on CPUs with AVX2 and FMA where the row-dot loop runs (rowdot_wanted: no AVX-512). FUSEDRNN_CPU_PANELS=0
-// turns it off (the GEMM loop), =1 on wherever the CPU has AVX2 and FMA; read at every op
-// call (tests compare the two).
-inline bool panels_wanted(int64_t N, int64_t H) {
-  if (N * H * int64_t(sizeof(float)) > kPanelRowsBytes) return false;
+// The forward's loop runs up to this many bytes of a step's h rows. Paired, T=50, N=256,
+// I=H=1024 (1 MB), inference, torch.nn / fusedrnn, GEMM loop -> panels (x folded): LSTM
+// 0.848x -> 1.009x, GRU 0.998x -> 1.185x. (Before whole-K tiles and folded x, the panels
+// were 0.95x the GEMM loop there.) Larger steps were not measured.
+constexpr int64_t kPanelForwardRowsBytes = 1 << 20;
+
+// From this batch on the forward folds x into the panels' tiles (W_ih packed as W_hh):
+// each step then streams W_ih through the caches too, at 2N flops per 4 bytes of weight,
+// which bounds the step at small batches; above it the whole step runs at the panels'
+// rate rather than the input projection at oneDNN's GEMM's. Paired on the 2-core Zen 3,
+// inference, torch.nn / fusedrnn, not folded -> folded: T=256, N=16, I=H=768 LSTM 1.19x ->
+// 0.80x; T=100, I=H=512 LSTM N=32 0.99x -> 1.05x, N=64 0.96x -> 1.08x, GRU N=64 1.19x ->
+// 1.43x. FUSEDRNN_CPU_PANEL_FOLD=0 / =1 turns it off / on at any batch (tests, A/B).
+constexpr int64_t kPanelFoldBatch = 32;
+
+inline bool panel_fold(int64_t N) {
+  const char* env = std::getenv("FUSEDRNN_CPU_PANEL_FOLD");
+  if (env && env[0]) return env[0] != '0';
+  return N >= kPanelFoldBatch;
+}
+
+// True where the float32 forward (limit kPanelForwardRowsBytes) or backward
+// (kPanelRowsBytes) above kRowDotBatch rows takes this loop: up to `limit` bytes of a
+// step's h rows, on CPUs with AVX2 and FMA where the row-dot loop runs (rowdot_wanted: no
+// AVX-512). FUSEDRNN_CPU_PANELS=0 turns it off (the GEMM loop), =1 on wherever the CPU has
+// AVX2 and FMA; read at every op call (tests compare the two).
+inline bool panels_wanted(int64_t N, int64_t H, int64_t limit) {
+  if (N * H * int64_t(sizeof(float)) > limit) return false;
   static const bool cpu = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (!cpu) return false;
   const char* env = std::getenv("FUSEDRNN_CPU_PANELS");
@@ -92,13 +122,10 @@ void pack_panels(const float* w, int64_t H, int64_t K, float* out) {
   });
 }
 
-// c[r][0:16] (first: =, else +=) sum_{k0 <= k < k1} a[r][k] * panel[k][0:16], r < MR.
+// acc[r][0:16] += sum_{k0 <= k < k1} a[r][k] * panel[k][0:16], r < MR.
 template <int MR>
-FUSEDRNN_AVX2 void panel_tile(const float* const* a, const float* panel, int64_t k0,
-                              int64_t k1, float* const* c, bool first) {
-  __m256 acc[MR][2];
-#pragma GCC unroll 6
-  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+FUSEDRNN_AVX2 inline __attribute__((always_inline)) void panel_madd(
+    __m256 (&acc)[MR][2], const float* const* a, const float* panel, int64_t k0, int64_t k1) {
   for (int64_t k = k0; k < k1; ++k) {
     const __m256 b0 = _mm256_loadu_ps(panel + k * kAvx2Units);
     const __m256 b1 = _mm256_loadu_ps(panel + k * kAvx2Units + 8);
@@ -109,12 +136,22 @@ FUSEDRNN_AVX2 void panel_tile(const float* const* a, const float* panel, int64_t
       acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
     }
   }
+}
+
+// c[r][0:16] = sum_{k < K} a[r][k] * panel[k][0:16], r < MR; where x is not null, plus
+// sum_{k < I} x[r][k] * x_panel[k][0:16] (the folded input product, in the same chains,
+// after h's terms).
+template <int MR>
+FUSEDRNN_AVX2 void panel_tile(const float* const* a, const float* panel, int64_t K,
+                              float* const* c, const float* const* x, const float* x_panel,
+                              int64_t I) {
+  __m256 acc[MR][2];
+#pragma GCC unroll 6
+  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  panel_madd<MR>(acc, a, panel, 0, K);
+  if (x != nullptr) panel_madd<MR>(acc, x, x_panel, 0, I);
 #pragma GCC unroll 6
   for (int r = 0; r < MR; ++r) {
-    if (!first) {
-      acc[r][0] = _mm256_add_ps(_mm256_loadu_ps(c[r]), acc[r][0]);
-      acc[r][1] = _mm256_add_ps(_mm256_loadu_ps(c[r] + 8), acc[r][1]);
-    }
     _mm256_storeu_ps(c[r], acc[r][0]);
     _mm256_storeu_ps(c[r] + 8, acc[r][1]);
   }
@@ -122,12 +159,13 @@ FUSEDRNN_AVX2 void panel_tile(const float* const* a, const float* panel, int64_t
 
 // panel_tile for the rows left (1..kAvx2Rows).
 template <int MR = kAvx2Rows>
-inline void panel_rows(int rows, const float* const* a, const float* panel, int64_t k0,
-                       int64_t k1, float* const* c, bool first) {
+inline void panel_rows(int rows, const float* const* a, const float* panel, int64_t K,
+                       float* const* c, const float* const* x = nullptr,
+                       const float* x_panel = nullptr, int64_t I = 0) {
   if constexpr (MR > 1) {
-    if (rows < MR) return panel_rows<MR - 1>(rows, a, panel, k0, k1, c, first);
+    if (rows < MR) return panel_rows<MR - 1>(rows, a, panel, K, c, x, x_panel, I);
   }
-  panel_tile<MR>(a, panel, k0, k1, c, first);
+  panel_tile<MR>(a, panel, K, c, x, x_panel, I);
 }
 
 // f(n0, rows) for the row tiles of B rows, kAvx2Rows at a time, the last with the rest.
@@ -143,47 +181,89 @@ inline void for_row_tiles(int64_t B, const F& f) {
 // The forward recurrence over steps [0, T) in run order, as rowdot_forward (its cell
 // callback and its hg rows, here of gate stride hs = groups * 16), for any batch. At step
 // s each worker computes hg[n][v*hs + j] = W_hh[v*H + j] . h_{t-1}[n] for the step's rows
-// n and its units' groups, panel by panel and k chunk by k chunk (a chunk of a panel,
-// 8 KB, stays in L1 over the row tiles), then cell(s, n, j0, j1, hg_row, hs, xg_row).
+// n and its units' groups, panel by panel (a panel, H * 64 bytes, stays in L2 over the
+// row tiles), then cell(s, n, j0, j1, hg_row, hs, xg_row).
+// Where x2 [R, I] is given (x folded; w_ih [NG*H, I]), each gate's tile adds
+// W_ih[v*H + j] . x_t[n] and the cell gets a null xg_row; with split_last (GRU) the last
+// gate's x product goes to a slot of its own, hg[n][NG*hs + j], as the fused loop's
+// folded GRU has it.
 template <int NG, typename Cell>
 void panel_forward(const Steps& st, bool reverse, int64_t H, const float* w_hh, const float* h0,
-                   float* y, float* h_n, InputProjection& xg, const Cell& cell) {
+                   float* y, float* h_n, InputProjection& xg, const Cell& cell,
+                   const float* x2 = nullptr, int64_t I = 0, const float* w_ih = nullptr,
+                   bool split_last = false) {
+  const bool fold = x2 != nullptr;
   const int64_t N = st.N, groups = (H + kAvx2Units - 1) / kAvx2Units;
-  const int64_t hs = groups * kAvx2Units, G = NG * hs;
+  const int64_t hs = groups * kAvx2Units, G = (NG + (fold && split_last)) * hs;
   auto tt = [&](int64_t s) { return reverse ? st.T - 1 - s : s; };
   const Scratch<float> panels(NG * groups * H * kAvx2Units), hg(N * G);
+  const Scratch<float> x_panels(fold ? NG * groups * I * kAvx2Units : 0);
   pack_panels<NG>(w_hh, H, H, panels.data());
-  const int64_t workers = step_workers(groups, N * NG * H * H);
+  if (fold) pack_panels<NG>(w_ih, H, I, x_panels.data());
+  const int64_t workers = step_workers(groups, N * NG * H * (H + (fold ? I : 0)));
   auto units = [&](int64_t w) {
     return std::pair<int64_t, int64_t>{groups * w / workers, groups * (w + 1) / workers};
   };
-  projected_steps(st, workers, xg, [&](int64_t w, int64_t s, const float* xg_s) {
+  auto step = [&](int64_t w, int64_t s, const float* xg_s) {
     const int64_t t = tt(s), B = st.batch[t];
     const int64_t keep = st.carried(t, reverse), p = st.prev(t, reverse);
     const auto [q0, q1] = units(w);
     if (q1 <= q0) return;
     auto h_row = [&](int64_t n) { return n < keep ? y + (st.offset[p] + n) * H : h0 + n * H; };
     for (int64_t v = 0; v < NG; ++v) {
+      const bool apart = fold && split_last && v == NG - 1;
       for (int64_t q = q0; q < q1; ++q) {
         const float* panel = panels.data() + (v * groups + q) * H * kAvx2Units;
-        for (int64_t k0 = 0; k0 < H; k0 += kChunkK) {
-          const int64_t k1 = std::min(H, k0 + kChunkK);
-          for_row_tiles(B, [&](int64_t n0, int rows) {
-            const float* a[kAvx2Rows];
-            float* c[kAvx2Rows];
-            for (int r = 0; r < rows; ++r) {
-              a[r] = h_row(n0 + r);
-              c[r] = hg.data() + (n0 + r) * G + v * hs + q * kAvx2Units;
-            }
-            panel_rows(rows, a, panel, k0, k1, c, k0 == 0);
-          });
-        }
+        const float* xp = fold ? x_panels.data() + (v * groups + q) * I * kAvx2Units : nullptr;
+        for_row_tiles(B, [&](int64_t n0, int rows) {
+          const float* a[kAvx2Rows];
+          const float* xr[kAvx2Rows];
+          float* c[kAvx2Rows];
+          for (int r = 0; r < rows; ++r) {
+            a[r] = h_row(n0 + r);
+            xr[r] = fold ? x2 + (st.offset[t] + n0 + r) * I : nullptr;
+            c[r] = hg.data() + (n0 + r) * G + v * hs + q * kAvx2Units;
+          }
+          panel_rows(rows, a, panel, H, c, fold && !apart ? xr : nullptr, xp, I);
+          if (apart) {  // GRU's W_in x, apart from W_hn h: into slot NG
+            for (int r = 0; r < rows; ++r) c[r] += (NG - v) * hs;
+            panel_rows(rows, xr, xp, I, c);
+          }
+        });
       }
     }
     const int64_t j0 = q0 * kAvx2Units, j1 = std::min(H, q1 * kAvx2Units);
-    for (int64_t n = 0; n < B; ++n) cell(s, n, j0, j1, hg.data() + n * G, hs, xg_s + n * NG * H);
-  });
+    for (int64_t n = 0; n < B; ++n) {
+      cell(s, n, j0, j1, hg.data() + n * G, hs, fold ? nullptr : xg_s + n * NG * H);
+    }
+  };
+  if (fold) {
+    run_steps(
+        workers, 0, st.T, [&](int64_t w, int64_t s) { step(w, s, nullptr); },
+        [](int64_t, int64_t) {});
+  } else {
+    projected_steps(st, workers, xg, step);
+  }
   copy_final_states(st, reverse, H, y, h_n);
+}
+
+// The float32 forward recurrence of CPUs without AVX-512, tensors given: the row-dot loop
+// (rowdot) or panel_forward, x folded into its tiles from kPanelFoldBatch rows
+// (panel_fold; split_last: GRU's slot for W_in x). x2 [R, I], w_ih [NG*H, I],
+// w_hh [NG*H, H], h0 [N, H]; y, h_n as rowdot_forward.
+template <int NG, typename Cell>
+void avx2_forward(bool rowdot, bool split_last, const Steps& st, bool reverse, const Tensor& x2,
+                  const Tensor& w_ih, const Tensor& w_hh, const Tensor& h0, float* y,
+                  float* h_n, InputProjection& xg, const Cell& cell) {
+  const int64_t H = w_hh.size(1);
+  const Tensor w_hh_c = torch::stable::contiguous(w_hh), h0_c = torch::stable::contiguous(h0);
+  const float* w = w_hh_c.const_data_ptr<float>();
+  const float* h0_p = h0_c.const_data_ptr<float>();
+  if (rowdot) return rowdot_forward<NG>(st, reverse, H, w, h0_p, y, h_n, xg, cell);
+  if (!panel_fold(st.N)) return panel_forward<NG>(st, reverse, H, w, h0_p, y, h_n, xg, cell);
+  const Tensor w_ih_c = torch::stable::contiguous(w_ih), x2_c = torch::stable::contiguous(x2);
+  panel_forward<NG>(st, reverse, H, w, h0_p, y, h_n, xg, cell, x2_c.const_data_ptr<float>(),
+                    x2.size(1), w_ih_c.const_data_ptr<float>(), split_last);
 }
 
 // w [G, H] (W_hh, torch's layout) as column panels [groups][G][kAvx2Units]: panel q holds
@@ -207,7 +287,7 @@ inline void pack_column_panels(const float* w, int64_t G, int64_t H, float* out)
 // contract: cell(s, j0, j1) for a worker's units of all the step's rows, then, once every
 // worker has finished step s, dh[n, j] = dG[offset + n] . W_hh[:, j] for the step's rows n
 // and the worker's units), the products by panels of 16 columns of W_hh packed once a
-// call, 6 rows a tile, k over the G rows in chunks of kChunkK added in order. A worker's
+// call, 6 rows a tile, k over all G rows in order. A worker's
 // units are the same at the product and at the cell, so one barrier a step.
 template <typename Cell>
 void panel_backward(const Steps& st, bool reverse, int64_t G, int64_t H, const float* w_hh,
@@ -225,24 +305,17 @@ void panel_backward(const Steps& st, bool reverse, int64_t G, int64_t H, const f
         const int64_t j0 = q0 * kAvx2Units, j1 = std::min(H, q1 * kAvx2Units);
         if (s > 0) {
           const int64_t t = tt(s - 1), B = st.batch[t];
-          // k chunks outermost: a chunk of the step's dG rows (B x 128 floats) stays in
-          // L2 over the worker's panels; with the panels outermost every panel read all
-          // of dG (512 KB at N=64, G=2048: L2's size): 6% fewer panel_tile samples at
-          // T=100, N=64, H=512 LSTM. The same sums, in the same order.
-          for (int64_t k0 = 0; k0 < G; k0 += kChunkK) {
-            const int64_t k1 = std::min(G, k0 + kChunkK);
-            for (int64_t q = q0; q < q1; ++q) {
-              const float* panel = panels.data() + q * G * kAvx2Units;
-              for_row_tiles(B, [&](int64_t n0, int rows) {
-                const float* a[kAvx2Rows];
-                float* c[kAvx2Rows];
-                for (int r = 0; r < rows; ++r) {
-                  a[r] = dG + (st.offset[t] + n0 + r) * G;
-                  c[r] = dhp.data() + (n0 + r) * hs + q * kAvx2Units;
-                }
-                panel_rows(rows, a, panel, k0, k1, c, k0 == 0);
-              });
-            }
+          for (int64_t q = q0; q < q1; ++q) {
+            const float* panel = panels.data() + q * G * kAvx2Units;
+            for_row_tiles(B, [&](int64_t n0, int rows) {
+              const float* a[kAvx2Rows];
+              float* c[kAvx2Rows];
+              for (int r = 0; r < rows; ++r) {
+                a[r] = dG + (st.offset[t] + n0 + r) * G;
+                c[r] = dhp.data() + (n0 + r) * hs + q * kAvx2Units;
+              }
+              panel_rows(rows, a, panel, G, c);
+            });
           }
           for (int64_t n = 0; n < B; ++n) {
             std::memcpy(dh + n * H + j0, dhp.data() + n * hs + j0, (j1 - j0) * sizeof(float));

@@ -159,21 +159,26 @@ void gru_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, con
   // lstm.cpp.
   if constexpr (std::is_same_v<scalar_t, float>) {
     const bool rowdot = N <= kRowDotBatch && rowdot_wanted();
-    if (rowdot || (panels_wanted(N, H) && panels_pay(st.T, 3 * H, H))) {
+    if (rowdot ||
+        (panels_wanted(N, H, kPanelForwardRowsBytes) && panels_pay(st.T, 3 * H, H))) {
       auto cell = [&](int64_t s, int64_t n, int64_t j0, int64_t j1, const float* hg, int64_t hs,
                       const float* xg_row) {
         const int64_t off = st.offset[reverse ? st.T - 1 - s : s];
         float* ws_row = save ? ws_p + (off + n) * kGRUSaved * H : nullptr;
-        with_flags(true, save, [&](auto, auto with_ws) {
-          gru_forward_units<true, with_ws>(v16, xg_row, xg_row + 2 * H, hg, hs, b_i.data(), b_h.data(),
-                                           ha.data() + n * H, y_p + (off + n) * H, ws_row, H, j0,
-                                           j1);
+        with_flags(xg_row != nullptr, save, [&](auto with_xg, auto with_ws) {
+          if constexpr (with_xg) {
+            gru_forward_units<true, with_ws>(v16, xg_row, xg_row + 2 * H, hg, hs, b_i.data(),
+                                             b_h.data(), ha.data() + n * H, y_p + (off + n) * H,
+                                             ws_row, H, j0, j1);
+          } else {  // x folded: W_in x in a fourth slot
+            gru_forward_units<false, with_ws>(v16, xg_row, hg + 3 * hs, hg, hs, b_i.data(),
+                                              b_h.data(), ha.data() + n * H,
+                                              y_p + (off + n) * H, ws_row, H, j0, j1);
+          }
         });
       };
-      const Tensor w_hh_c = torch::stable::contiguous(w_hh), h0_c = torch::stable::contiguous(h0);
-      (rowdot ? rowdot_forward<3, decltype(cell)> : panel_forward<3, decltype(cell)>)(
-          st, reverse, H, w_hh_c.const_data_ptr<float>(), h0_c.const_data_ptr<float>(), y_p,
-          h_n.mutable_data_ptr<float>(), xg, cell);
+      avx2_forward<3>(rowdot, true, st, reverse, x2, w_ih, w_hh, h0, y_p,
+                      h_n.mutable_data_ptr<float>(), xg, cell);
       return;
     }
   }
@@ -240,7 +245,7 @@ void gru_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, co
   // batches, the AVX2 panels above them (avx2_panels.h).
   if constexpr (std::is_same_v<scalar_t, float>) {
     const bool rowdot = rowdot_backward_wanted(N, G, H);
-    if (rowdot || (panels_wanted(N, H) && panel_backward_pays(st.T, N))) {
+    if (rowdot || (panels_wanted(N, H, kPanelRowsBytes) && panel_backward_pays(st.T, N))) {
       Tensor dh = torch::stable::clone(ghn);
       float* dh_p = dh.mutable_data_ptr<float>();
       const float* gy_p = gy2.const_data_ptr<float>();

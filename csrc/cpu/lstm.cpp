@@ -169,20 +169,19 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
   // at small batches (rowdot_loop.h), the AVX2 panels above them (avx2_panels.h).
   if constexpr (std::is_same_v<scalar_t, float>) {
     const bool rowdot = N <= kRowDotBatch && rowdot_wanted();
-    if (!w_hr && (rowdot || (panels_wanted(N, H) && panels_pay(st.T, 4 * H, H)))) {
+    if (!w_hr && (rowdot || (panels_wanted(N, H, kPanelForwardRowsBytes) &&
+                              panels_pay(st.T, 4 * H, H)))) {
       auto cell = [&](int64_t s, int64_t n, int64_t j0, int64_t j1, const float* hg, int64_t hs,
                       const float* xg_row) {
         const int64_t off = st.offset[reverse ? st.T - 1 - s : s];
         float* ws_row = save ? ws_p + (off + n) * kLSTMSaved * H : nullptr;
-        with_flags(true, save, [&](auto with_xg, auto with_ws) {
+        with_flags(xg_row != nullptr, save, [&](auto with_xg, auto with_ws) {
           lstm_forward_units<with_xg, with_ws>(v16, xg_row, hg, hs, bias.data(), c.data() + n * H,
                                                y_p + (off + n) * H, ws_row, H, j0, j1);
         });
       };
-      const Tensor w_hh_c = torch::stable::contiguous(w_hh), h0_c = torch::stable::contiguous(h0);
-      (rowdot ? rowdot_forward<4, decltype(cell)> : panel_forward<4, decltype(cell)>)(
-          st, reverse, H, w_hh_c.const_data_ptr<float>(), h0_c.const_data_ptr<float>(), y_p,
-          h_n.mutable_data_ptr<float>(), xg, cell);
+      avx2_forward<4>(rowdot, false, st, reverse, x2, w_ih, w_hh, h0, y_p,
+                      h_n.mutable_data_ptr<float>(), xg, cell);
       for (int64_t k = 0; k < N * H; ++k) cn_p[k] = c[k];
       return;
     }
@@ -264,7 +263,8 @@ void lstm_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, c
   // batches, the AVX2 panels above them (avx2_panels.h).
   if constexpr (std::is_same_v<scalar_t, float>) {
     const bool rowdot = rowdot_backward_wanted(N, G, H);
-    if (!w_hr && (rowdot || (panels_wanted(N, H) && panel_backward_pays(st.T, N)))) {
+    if (!w_hr &&
+        (rowdot || (panels_wanted(N, H, kPanelRowsBytes) && panel_backward_pays(st.T, N)))) {
       const std::vector<float> c_first = to_opmath<float>(c0);
       const float* ws_p = ws2.const_data_ptr<float>();
       const float* gy_p = gy2.const_data_ptr<float>();
