@@ -169,11 +169,17 @@ class SharedCores {
     backoff_.store(0, std::memory_order_relaxed);
   }
 
-  // After a run of `steps` steps of several workers whose waits slept `sleeps` times.
-  // Runs of fewer than kMinSteps steps say nothing either way.
+  // After a run of `steps` steps of several workers whose waits slept `sleeps` times, in
+  // `ns` nanoseconds. Runs of fewer than kMinSteps steps say nothing either way, nor do
+  // runs whose steps took kLongStepNs or more on average: there a sleep and its wake-up
+  // cost little against the step, and one worker would double it. (On the 2-core Zen 3
+  // of 2026-11-28, a busy VM host, T=100, N=64, I=H=512 LSTM forward, ~2 ms steps: the
+  // 200 us spins slept at a quarter of the steps, so calls alternated between two
+  // workers, 220-270 ms, and one, 400-490 ms.)
   static constexpr int64_t kMinSteps = 16;
-  static void report(int64_t steps, int64_t sleeps) {
-    if (steps < kMinSteps) return;
+  static constexpr int64_t kLongStepNs = 500'000;
+  static void report(int64_t steps, int64_t sleeps, int64_t ns = 0) {
+    if (steps < kMinSteps || ns >= kLongStepNs * steps) return;
     if (4 * sleeps >= steps) {
       const int64_t b = std::clamp(2 * backoff_.load(std::memory_order_relaxed), kBackoffMin,
                                    kBackoffMax);

@@ -264,6 +264,7 @@ void run_steps(int64_t workers, int64_t s0, int64_t s1, const F& f, const A& ahe
   Waits own;
   Waits& channel = waits != nullptr ? *waits : own;
   const int64_t slept = channel.sleeps();
+  const auto start = std::chrono::steady_clock::now();
   StepBarrier barrier(channel);
   torch::stable::parallel_for(0, workers, 1, [&](int64_t w0, int64_t w1) {
     for (int64_t s = s0; s < s1; ++s) {
@@ -281,7 +282,8 @@ void run_steps(int64_t workers, int64_t s0, int64_t s1, const F& f, const A& ahe
       }
     }
   });
-  SharedCores::report(s1 - s0, channel.sleeps() - slept);
+  const std::chrono::nanoseconds ran = std::chrono::steady_clock::now() - start;
+  SharedCores::report(s1 - s0, channel.sleeps() - slept, ran.count());
 }
 
 // The first touch of the outputs written row by row ([R, width] arrays: y, the workspace,

@@ -129,6 +129,8 @@ int main() {
     check(!SharedCores::now(), "sleeps at under a quarter of the steps: no mark");
     SharedCores::report(15, 15);
     check(!SharedCores::now(), "a run of under 16 steps: no mark");
+    SharedCores::report(200, 200, 200 * SharedCores::kLongStepNs);
+    check(!SharedCores::now(), "a run of long steps: no mark");
     // A mark lasts its back-off from the report: where this thread was paused past it
     // (a busy VM host), the check below has nothing to say.
     auto marked = [](std::chrono::steady_clock::time_point since) {
@@ -152,6 +154,8 @@ int main() {
     check(marked(t0), "a run of 16 steps with 4 sleeps marks");
     SharedCores::report(15, 0);
     check(marked(t0), "a run of under 16 steps does not clear it");
+    SharedCores::report(200, 0, 200 * SharedCores::kLongStepNs);
+    check(marked(t0), "nor does a run of long steps");
     std::this_thread::sleep_for(std::chrono::milliseconds(SharedCores::kBackoffMin / 1000000 + 20));
     check(!SharedCores::now(), "the mark ends with its back-off");
     SharedCores::clear();
