@@ -122,11 +122,11 @@ void pack_panels(const float* w, int64_t H, int64_t K, float* out) {
   });
 }
 
-// acc[r][0:16] += sum_{k0 <= k < k1} a[r][k] * panel[k][0:16], r < MR.
+// acc[r][0:16] += sum_{k < K} a[r][k] * panel[k][0:16], r < MR.
 template <int MR>
 FUSEDRNN_AVX2 inline __attribute__((always_inline)) void panel_madd(
-    __m256 (&acc)[MR][2], const float* const* a, const float* panel, int64_t k0, int64_t k1) {
-  for (int64_t k = k0; k < k1; ++k) {
+    __m256 (&acc)[MR][2], const float* const* a, const float* panel, int64_t K) {
+  for (int64_t k = 0; k < K; ++k) {
     const __m256 b0 = _mm256_loadu_ps(panel + k * kAvx2Units);
     const __m256 b1 = _mm256_loadu_ps(panel + k * kAvx2Units + 8);
 #pragma GCC unroll 6
@@ -148,8 +148,8 @@ FUSEDRNN_AVX2 void panel_tile(const float* const* a, const float* panel, int64_t
   __m256 acc[MR][2];
 #pragma GCC unroll 6
   for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-  panel_madd<MR>(acc, a, panel, 0, K);
-  if (x != nullptr) panel_madd<MR>(acc, x, x_panel, 0, I);
+  panel_madd<MR>(acc, a, panel, K);
+  if (x != nullptr) panel_madd<MR>(acc, x, x_panel, I);
 #pragma GCC unroll 6
   for (int r = 0; r < MR; ++r) {
     _mm256_storeu_ps(c[r], acc[r][0]);
