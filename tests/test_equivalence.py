@@ -12,6 +12,8 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
+import fusedrnn
+
 from conftest import check_close, compare_with_torch, cpu_flags, make_modules
 
 CELLS = ["LSTM", "GRU"]
@@ -127,6 +129,43 @@ def test_matches_torch_bf16_few_rows_large_weights(cell, kw):
     the GEMM loop's backward instead of the float fused one (fused_backward_16bit,
     loop_choice.h): the `step` shape's case."""
     compare_with_torch(cell, **kw, dtype=torch.bfloat16, device="cpu")
+
+
+@pytest.mark.parametrize("upcast", ["0", "1"], ids=["16bit", "float-copies"])
+@pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("kw", HALF_CASES + [case(1, 1, 1024, 1024)])
+def test_matches_torch_16bit_upcast(cell, kw, dt, upcast, monkeypatch):
+    """16-bit storage on float32 copies (FUSEDRNN_CPU_UPCAST=1; upcast_16bit in
+    csrc/cpu/common.h, the default on CPUs with AVX2 and no AVX-512) and in 16-bit (=0, the
+    default elsewhere), each on any CPU: every output and gradient within the tolerance
+    rule; packed, bidirectional, two-layer and unbatched cases."""
+    monkeypatch.setenv("FUSEDRNN_CPU_UPCAST", upcast)
+    compare_with_torch(cell, **kw, dtype=dt, device="cpu")
+
+
+@pytest.mark.skipif("avx512f" in cpu_flags() or "avx2" not in cpu_flags(),
+                    reason="16-bit storage runs on float32 copies by default only on CPUs "
+                           "with AVX2 and no AVX-512")
+@pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_16bit_upcast_runs_by_default(cell, dt, monkeypatch):
+    """Without AVX-512 the default takes the float32 copies: the output and dx have the
+    bits of FUSEDRNN_CPU_UPCAST=1, and =0 gives other bits (its h is rounded to 16 bits
+    each step). Guards the default: copies that never ran would pass the forced tests."""
+    torch.manual_seed(0)
+    m = (fusedrnn.LSTM if cell == "LSTM" else fusedrnn.GRU)(24, 40).to(dt)
+    x0 = torch.randn(9, 5, 24).to(dt)
+    outs = {}
+    for upcast in ("", "0", "1"):
+        monkeypatch.setenv("FUSEDRNN_CPU_UPCAST", upcast)
+        x = x0.clone().requires_grad_()
+        y, _ = m(x)
+        y.float().square().sum().backward()
+        outs[upcast] = (y.detach(), x.grad)
+    for a, b in zip(outs[""], outs["1"], strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(outs["0"][0], outs["1"][0])
 
 
 def _run(module, x, hx, grad_seed=1):

@@ -162,6 +162,27 @@ inline bool mkl_gemm_wanted(int64_t rows, int64_t values) {
   return on && rows >= kMklRows && values >= kMklValues;
 }
 
+// Whether the ops compute 16-bit storage (bfloat16, float16) on float32 copies: on CPUs
+// with AVX2 and FMA but no AVX-512, which have no 16-bit products. There aten::mm, the
+// GEMM loop's product for these dtypes, ran bfloat16 at ~1 GFLOP/s (a 2-core Zen 3; see
+// bench.py's _peak_size) and torch.nn's bfloat16 LSTM at ~14, while the float32 loops run
+// at 100-140. The copies cost a pass over x, the weights and the outputs per call. The
+// float32 loops keep h in float from step to step (torch.nn rounds it to bfloat16 each
+// step): the results are nearer the float64 reference than torch.nn's. The saved
+// workspace is float either way. FUSEDRNN_CPU_UPCAST=0 / 1: off / on at any ISA (tests, A/B).
+inline bool upcast_16bit(ScalarType dt) {
+  if (dt != ScalarType::BFloat16 && dt != ScalarType::Half) return false;
+  const char* env = std::getenv("FUSEDRNN_CPU_UPCAST");
+  if (env && env[0]) return env[0] != '0';
+  return few_rows_isa() == FewRowsIsa::kAvx2;
+}
+
+// t as float32 (a converted copy), and the same for an optional tensor.
+inline Tensor to_float(const Tensor& t) { return converted(t, ScalarType::Float); }
+inline std::optional<Tensor> to_float(const std::optional<Tensor>& t) {
+  return t ? std::optional<Tensor>(to_float(*t)) : std::nullopt;
+}
+
 // a @ w^T for w [M,K] contiguous (torch's weight layout). Float32 goes through oneDNN's
 // matmul (mkldnn::_linear_pointwise, the op torch.compile's CPU backend uses), which on
 // the AVX-512 AMD CPU of our benchmarks runs the RNN's GEMM shapes 2-2.5x faster than

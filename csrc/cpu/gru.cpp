@@ -211,9 +211,15 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
   const int64_t H = w_hh.size(1);
   check_cpu_input(x_in, "x", x_in, x_in.dim());
   check_layer_args(x_in, w_ih, w_hh, b_ih, b_hh, h0, 3, H, st);
+  const ScalarType dt = x_in.scalar_type();
+  if (upcast_16bit(dt)) {  // 16-bit storage on float32 copies (upcast_16bit)
+    auto [y, h_n, ws] = gru_forward(to_float(x_in), to_float(w_ih), to_float(w_hh),
+                                    to_float(b_ih), to_float(b_hh), to_float(h0), batch_sizes,
+                                    reverse, save);
+    return {converted(y, dt), converted(h_n, dt), ws};
+  }
   const Tensor x = torch::stable::contiguous(x_in);
   const Tensor x2 = torch::stable::reshape(x, {st.R, x.size(x.dim() - 1)});
-  const ScalarType dt = x.scalar_type();
   Tensor y2 = empty_as(x, {st.R, H});
   Tensor h_n = empty_as(x, {st.N, H});
   Tensor ws2 = cached_empty(x, {save ? st.R : st.N, kGRUSaved * H}, opmath_type(dt));
@@ -351,6 +357,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   STD_TORCH_CHECK(grad_y.numel() == st.R * H && y.numel() == st.R * H,
                   "fusedrnn: grad_y and y must have the shape of y");
   STD_TORCH_CHECK(ws.numel() == st.R * kGRUSaved * H, "fusedrnn: wrong workspace size");
+  if (upcast_16bit(dt)) {  // 16-bit storage on float32 copies (upcast_16bit)
+    auto [dx, dh0, dw_ih, dw_hh, db_ih, db_hh] =
+        gru_backward(to_float(grad_y), to_float(grad_h_n), to_float(x_in), to_float(w_ih),
+                     to_float(w_hh), to_float(h0), to_float(y), ws, batch_sizes, reverse);
+    return {converted(dx, dt),    converted(dh0, dt),   converted(dw_ih, dt),
+            converted(dw_hh, dt), converted(db_ih, dt), converted(db_hh, dt)};
+  }
   const Tensor x2 = torch::stable::reshape(torch::stable::contiguous(x_in), {st.R, I});
   const Tensor gy2 = torch::stable::reshape(torch::stable::contiguous(grad_y), {st.R, H});
   const Tensor y2 = torch::stable::reshape(torch::stable::contiguous(y), {st.R, H});

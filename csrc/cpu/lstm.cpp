@@ -228,9 +228,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
   } else {
     STD_TORCH_CHECK(P == H, "fusedrnn: w_hh must be [4H, H] without w_hr");
   }
+  const ScalarType dt = x_in.scalar_type();
+  if (upcast_16bit(dt)) {  // 16-bit storage on float32 copies (upcast_16bit)
+    auto [y, h_n, c_n, ws] =
+        lstm_forward(to_float(x_in), to_float(w_ih), to_float(w_hh), to_float(b_ih),
+                     to_float(b_hh), to_float(w_hr), to_float(h0), to_float(c0), batch_sizes,
+                     reverse, save);
+    return {converted(y, dt), converted(h_n, dt), converted(c_n, dt), ws};
+  }
   const Tensor x = torch::stable::contiguous(x_in);
   const Tensor x2 = torch::stable::reshape(x, {st.R, x.size(x.dim() - 1)});
-  const ScalarType dt = x.scalar_type();
   Tensor y2 = empty_as(x, {st.R, P});
   Tensor h_n = empty_as(x, {st.N, P});
   Tensor c_n = empty_as(x, {st.N, H});
@@ -411,6 +418,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   STD_TORCH_CHECK(grad_y.numel() == st.R * P && y.numel() == st.R * P,
                   "fusedrnn: grad_y and y must have the shape of y");
   STD_TORCH_CHECK(ws.numel() == st.R * kLSTMSaved * H, "fusedrnn: wrong workspace size");
+  if (upcast_16bit(dt)) {  // 16-bit storage on float32 copies (upcast_16bit)
+    auto [dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr] =
+        lstm_backward(to_float(grad_y), to_float(grad_h_n), to_float(grad_c_n), to_float(x_in),
+                      to_float(w_ih), to_float(w_hh), to_float(w_hr), to_float(h0),
+                      to_float(c0_in), to_float(y), ws, batch_sizes, reverse);
+    return {converted(dx, dt),    converted(dh0, dt),   converted(dc0, dt), converted(dw_ih, dt),
+            converted(dw_hh, dt), converted(db, dt),    converted(dw_hr, dt)};
+  }
   const Tensor x2 = torch::stable::reshape(torch::stable::contiguous(x_in), {st.R, I});
   const Tensor gy2 = torch::stable::reshape(torch::stable::contiguous(grad_y), {st.R, P});
   const Tensor y2 = torch::stable::reshape(torch::stable::contiguous(y), {st.R, P});
