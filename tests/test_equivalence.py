@@ -150,22 +150,26 @@ def test_matches_torch_16bit_upcast(cell, kw, dt, upcast, monkeypatch):
 @pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_16bit_upcast_runs_by_default(cell, dt, monkeypatch):
-    """Without AVX-512 the default takes the float32 copies: the output and dx have the
-    bits of FUSEDRNN_CPU_UPCAST=1, and =0 gives other bits (its h is rounded to 16 bits
-    each step). Guards the default: copies that never ran would pass the forced tests."""
+    """Without AVX-512 the default takes the float32 copies from 8 rows (T x N) on
+    (kUpcastForwardRows): at T=9, N=5 the output and dx have the bits of
+    FUSEDRNN_CPU_UPCAST=1, and =0 gives other bits (its h is rounded to 16 bits each
+    step); at T=3, N=2 the forward's output has the bits of =0. Guards the default: copies
+    that never ran would pass the forced tests."""
     torch.manual_seed(0)
     m = (fusedrnn.LSTM if cell == "LSTM" else fusedrnn.GRU)(24, 40).to(dt)
-    x0 = torch.randn(9, 5, 24).to(dt)
-    outs = {}
-    for upcast in ("", "0", "1"):
-        monkeypatch.setenv("FUSEDRNN_CPU_UPCAST", upcast)
-        x = x0.clone().requires_grad_()
-        y, _ = m(x)
-        y.float().square().sum().backward()
-        outs[upcast] = (y.detach(), x.grad)
-    for a, b in zip(outs[""], outs["1"], strict=True):
-        assert torch.equal(a, b)
-    assert not torch.equal(outs["0"][0], outs["1"][0])
+    for T, N, same in ((9, 5, "1"), (3, 2, "0")):
+        x0 = torch.randn(T, N, 24).to(dt)
+        outs = {}
+        for upcast in ("", "0", "1"):
+            monkeypatch.setenv("FUSEDRNN_CPU_UPCAST", upcast)
+            x = x0.clone().requires_grad_()
+            y, _ = m(x)
+            y.float().square().sum().backward()
+            outs[upcast] = (y.detach(), x.grad)
+        checked = outs[""] if same == "1" else outs[""][:1]  # (y, dx), or y
+        for a, b in zip(checked, outs[same]):
+            assert torch.equal(a, b)
+        assert not torch.equal(outs["0"][0], outs["1"][0])
 
 
 def _run(module, x, hx, grad_seed=1):

@@ -164,21 +164,39 @@ inline bool mkl_gemm_wanted(int64_t rows, int64_t values) {
 
 // Whether the ops compute 16-bit storage (bfloat16, float16) on float32 copies: on CPUs
 // with AVX2 and FMA but no AVX-512, which have no 16-bit products. There aten::mm, the
-// GEMM loop's product for these dtypes, ran bfloat16 at ~1 GFLOP/s (a 2-core Zen 3; see
-// bench.py's _peak_size) and torch.nn's bfloat16 LSTM at ~14, while the float32 loops run
-// at 100-140. The copies cost a pass over x, the weights and the outputs per call. The
-// float32 loops keep h in float from step to step (torch.nn rounds it to bfloat16 each
-// step): the results are nearer the float64 reference than torch.nn's. The saved
-// workspace is float either way. FUSEDRNN_CPU_UPCAST=0 / 1: off / on at any ISA (tests, A/B).
-inline bool upcast_16bit(ScalarType dt) {
+// GEMM loop's product for these dtypes, ran bfloat16 at ~1 GFLOP/s for many rows (a
+// 2-core Zen 3; see bench.py's _peak_size) and ~16 GFLOP/s for a row at a time (a
+// bandwidth-bound product); torch.nn's bfloat16 LSTM ran at ~14, while the float32 loops
+// run at 100-140. The copies cost a pass over x, the weights and the outputs per call: the
+// backward takes them at any size, the forward from kUpcastForwardRows rows (T x N) on.
+// Paired on that Zen 3, I=H=1024, ms, 16-bit vs copies: LSTM inference T=1, N=1 1.44 vs
+// 3.56, N=4 4.74 vs 6.33, N=6 6.20 vs 6.19, N=8 8.29 vs 6.55, T=8, N=1 9.08 vs 8.23; GRU
+// N=4 3.19 vs 2.97, N=6 4.64 vs 4.08; training (copies both ways) T=1, N=1 LSTM 44.3 vs
+// 14.8, GRU 36.6 vs 14.5. The float32 loops keep h in float from step to step (torch.nn
+// rounds it to 16 bits each step): the results lie nearer the float64 reference than
+// torch.nn's. The saved workspace is float either way, the same layout.
+// FUSEDRNN_CPU_UPCAST=0 / 1: off / on at any ISA and size (tests, A/B).
+constexpr int64_t kUpcastForwardRows = 8;
+
+inline bool upcast_16bit(ScalarType dt, int64_t forward_rows = -1) {
   if (dt != ScalarType::BFloat16 && dt != ScalarType::Half) return false;
   const char* env = std::getenv("FUSEDRNN_CPU_UPCAST");
   if (env && env[0]) return env[0] != '0';
-  return few_rows_isa() == FewRowsIsa::kAvx2;
+  return few_rows_isa() == FewRowsIsa::kAvx2 &&
+         (forward_rows < 0 || forward_rows >= kUpcastForwardRows);
 }
 
-// t as float32 (a converted copy), and the same for an optional tensor.
-inline Tensor to_float(const Tensor& t) { return converted(t, ScalarType::Float); }
+// t as float32, a contiguous copy in cached memory (cached_empty: weights of 16 MB in
+// bfloat16 make 32 MB copies, which glibc would map and fault in afresh every call), and
+// the same for an optional tensor.
+inline Tensor to_float(const Tensor& t) {
+  if (t.scalar_type() == ScalarType::Float) return t;
+  std::vector<int64_t> sizes(t.dim());
+  for (int64_t d = 0; d < t.dim(); ++d) sizes[d] = t.size(d);
+  Tensor out = cached_empty(t, sizes, ScalarType::Float);
+  torch::stable::copy_(out, t);
+  return out;
+}
 inline std::optional<Tensor> to_float(const std::optional<Tensor>& t) {
   return t ? std::optional<Tensor>(to_float(*t)) : std::nullopt;
 }

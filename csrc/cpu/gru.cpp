@@ -212,7 +212,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
   check_cpu_input(x_in, "x", x_in, x_in.dim());
   check_layer_args(x_in, w_ih, w_hh, b_ih, b_hh, h0, 3, H, st);
   const ScalarType dt = x_in.scalar_type();
-  if (upcast_16bit(dt)) {  // 16-bit storage on float32 copies (upcast_16bit)
+  if (upcast_16bit(dt, st.R)) {  // 16-bit storage on float32 copies (upcast_16bit)
     auto [y, h_n, ws] = gru_forward(to_float(x_in), to_float(w_ih), to_float(w_hh),
                                     to_float(b_ih), to_float(b_hh), to_float(h0), batch_sizes,
                                     reverse, save);

@@ -229,7 +229,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
     STD_TORCH_CHECK(P == H, "fusedrnn: w_hh must be [4H, H] without w_hr");
   }
   const ScalarType dt = x_in.scalar_type();
-  if (upcast_16bit(dt)) {  // 16-bit storage on float32 copies (upcast_16bit)
+  if (upcast_16bit(dt, st.R)) {  // 16-bit storage on float32 copies (upcast_16bit)
     auto [y, h_n, c_n, ws] =
         lstm_forward(to_float(x_in), to_float(w_ih), to_float(w_hh), to_float(b_ih),
                      to_float(b_hh), to_float(w_hr), to_float(h0), to_float(c0), batch_sizes,
