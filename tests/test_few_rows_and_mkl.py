@@ -1,7 +1,7 @@
 """fusedrnn against torch.nn on the CPU paths of few rows and of large backward GEMMs
 (csrc/cpu/few_rows.h, few_rows_kernels.h; mkl_gemm_wanted in common.h): products of at
 most 4 rows with the weight read in place (AVX-512 for float64 and bfloat16, AVX2 for
-float32 and float64 on CPUs without AVX-512), and the backward's dx and weight-gradient
+float32 and float64 and bfloat16's x W^T on CPUs without AVX-512), and the backward's dx and weight-gradient
 chunks on MKL or oneDNN. Each case asserts the tolerance rule on every output and gradient
 (conftest.compare_with_torch)."""
 
@@ -40,9 +40,10 @@ def test_matches_torch_few_rows(cell, kw, dt, fused, monkeypatch):
     (few_rows.h): x W^T (the forward's input projection and, per step, h W_hh^T), dG W
     (the backward's dx and dh) and dG^T x (the weight gradients, non-temporal stores from
     1 MB), with the fused loop (where it runs) or the GEMM loop everywhere. AVX-512BW
-    kernels, or for float64 on CPUs with AVX2 and no AVX-512 the ymm ones."""
-    if "avx512bw" not in cpu_flags() and not (dt == torch.float64 and _avx2_no_avx512()):
-        pytest.skip("the few-row loops need AVX-512BW (float64 also AVX2 without AVX-512)")
+    kernels, or on CPUs with AVX2 and no AVX-512 the ymm ones: float64, and bfloat16's x W^T
+    (its backward there runs on float copies)."""
+    if "avx512bw" not in cpu_flags() and not _avx2_no_avx512():
+        pytest.skip("the few-row loops need AVX-512BW, or AVX2 without AVX-512")
     monkeypatch.setenv("FUSEDRNN_CPU_FUSED", fused)
     compare_with_torch(cell, **kw, dtype=dt, device="cpu")
 
@@ -91,3 +92,29 @@ def test_few_rows_avx2_runs(cell, dt, monkeypatch):
     assert not torch.equal(on, off)
     tol = dict(rtol=1e-4, atol=1e-5) if dt == torch.float32 else dict(rtol=1e-12, atol=1e-13)
     torch.testing.assert_close(on, off, **tol)
+
+
+@pytest.mark.skipif(not _avx2_no_avx512(),
+                    reason="the ymm few-row loops run on CPUs with AVX2 and no AVX-512")
+@pytest.mark.parametrize("cell", CELLS)
+def test_few_rows_avx2_bf16_forward_runs(cell, monkeypatch):
+    """bfloat16's x W_ih^T and h W_hh^T of up to 4 rows (T=1, N=4) come from the AVX2 dot
+    loop on widened loads (Ymm<BFloat16>, few_rows_kernels.h), float sums rounded once.
+    With the loops off (FUSEDRNN_CPU_FEW_ROWS=0, aten::mm) the sums run in another order:
+    rounded to bfloat16, about one output in 10^4 differs, so the test draws up to 16
+    inputs and needs one that differs; every draw within bfloat16's tolerance."""
+    torch.manual_seed(0)
+    fmod = (fusedrnn.LSTM if cell == "LSTM" else fusedrnn.GRU)(1024, 1024).bfloat16()
+    differs = False
+    for _ in range(16):
+        x = torch.randn(1, 4, 1024).bfloat16()
+        h0 = torch.randn(1, 4, 1024).bfloat16()
+        hx = (h0, torch.randn(1, 4, 1024).bfloat16()) if cell == "LSTM" else h0
+        with torch.no_grad():
+            monkeypatch.delenv("FUSEDRNN_CPU_FEW_ROWS", raising=False)
+            on = fmod(x, hx)[0]
+            monkeypatch.setenv("FUSEDRNN_CPU_FEW_ROWS", "0")
+            off = fmod(x, hx)[0]
+        torch.testing.assert_close(on.float(), off.float(), rtol=2e-2, atol=2e-2)
+        differs = differs or not torch.equal(on, off)
+    assert differs

@@ -208,7 +208,7 @@ inline std::optional<Tensor> to_float(const std::optional<Tensor>& t) {
 // dtypes, and torch builds without that op, use aten::mm (bfloat16 already reaches oneDNN
 // there). The op is probed once; a build that lacks it logs one error and falls back.
 inline Tensor linear(const Tensor& a, const Tensor& w) {
-  if (a.size(0) <= kFewRows && a.numel() > 0 && few_rows_available(a.scalar_type())) {
+  if (a.size(0) <= kFewRows && a.numel() > 0 && few_rows_dot_available(a.scalar_type())) {
     // a few rows: the weight read in place
     Tensor out = empty_as(a, {a.size(0), w.size(0)});
     if (few_rows_mm(a, t(w), out)) return out;

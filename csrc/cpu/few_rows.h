@@ -112,6 +112,17 @@ inline bool few_rows_available(ScalarType dt) {
   }
 }
 
+// Whether few_rows_mm takes x W^T (a transposed b, the dot loop) in `dt`: where
+// few_rows_available, and bfloat16 on CPUs with AVX2 and no AVX-512 too (dot_block_ymm on
+// widened loads): there the GEMM loop's forward products below kUpcastForwardRows rows
+// (common.h) are bfloat16's, and aten::mm read them at ~16 GFLOP/s.
+inline bool few_rows_dot_available(ScalarType dt) {
+  if (few_rows_available(dt)) return true;
+  const char* env = std::getenv("FUSEDRNN_CPU_FEW_ROWS");
+  return !(env && env[0] == '0') && dt == ScalarType::BFloat16 &&
+         few_rows_isa() == FewRowsIsa::kAvx2;
+}
+
 // out = a @ b for a [R, K] (rows contiguous), R <= kFewRows, out [R, M] contiguous: b = t(W)
 // of W [M, K] with contiguous rows (x W^T), or b [K, M] with contiguous rows (dG W).
 // False (nothing written) where these loops do not take the case.
@@ -119,12 +130,13 @@ inline bool few_rows_mm(const Tensor& a, const Tensor& b, Tensor& out) {
   namespace d = few_rows_detail;
   const ScalarType dt = a.scalar_type();
   const int64_t R = a.size(0), K = a.size(1), M = b.size(1);
-  if (R < 1 || R > kFewRows || K == 0 || M == 0 || !few_rows_available(dt)) return false;
+  if (R < 1 || R > kFewRows || K == 0 || M == 0 || !few_rows_dot_available(dt)) return false;
   if (b.scalar_type() != dt || out.scalar_type() != dt || a.stride(1) != 1 ||
       !out.is_contiguous())
     return false;
   const bool transposed = b.stride(0) == 1, plain = b.stride(1) == 1;
   if (!transposed && !plain) return false;
+  if (!transposed && !few_rows_available(dt)) return false;
   const int64_t lda = a.stride(0);
   auto run = [&](auto tag) {
     using S = decltype(tag);
@@ -136,14 +148,18 @@ inline bool few_rows_mm(const Tensor& a, const Tensor& b, Tensor& out) {
     d::with_rows(R, [&](auto rc) {
       constexpr int kR = decltype(rc)::value;
       constexpr bool kPairs = std::is_same_v<S, c10::BFloat16>;
-      // ymm kernels: float32 always, float64 without AVX-512
+      // ymm kernels: float32 always, float64 and bfloat16 (x W^T only) without AVX-512
       const bool ymm = std::is_same_v<S, float> || few_rows_isa() == FewRowsIsa::kAvx2;
       if (transposed) {  // W [M, K] at ld b.stride(1): out[r, g] = a[r, :] . W[g, :]
         const int64_t ldw = b.stride(1);
         d::split(M, std::max<int64_t>(8, d::kGrainValues / std::max<int64_t>(K, 1)), 8,
                  [&](int64_t g0, int64_t g1) {
                    if constexpr (kPairs) {
-                     d::dot_block_pairs<kR>(ap, lda, wp, ldw, K, g0, g1, op, M);
+                     if (ymm) {
+                       d::dot_block_ymm<kR>(ap, lda, wp, ldw, K, g0, g1, op, M);
+                     } else {
+                       d::dot_block_pairs<kR>(ap, lda, wp, ldw, K, g0, g1, op, M);
+                     }
                    } else if (ymm) {
                      d::dot_block_ymm<kR>(ap, lda, wp, ldw, K, g0, g1, op, M);
                    } else if constexpr (std::is_same_v<S, double>) {

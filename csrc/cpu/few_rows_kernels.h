@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <immintrin.h>
 
 #define FUSEDRNN_AVX512_BW __attribute__((target("avx512f,avx512bw,avx512vl")))
@@ -363,6 +364,31 @@ struct Ymm<double> {
     q = _mm_add_sd(q, _mm_unpackhi_pd(q, q));
     return _mm_cvtsd_f64(q);
   }
+};
+
+// bfloat16 storage, float lanes: loads widen 8 values (a 16-byte load, zero-extended, shifted
+// into the high half), the last partial vector through a zeroed copy (AVX2 has no 16-bit
+// masked load). Only dot_block_ymm takes it (the forward's x W^T and h W_hh^T; the backward
+// of 16-bit storage runs on float copies there, upcast_16bit in common.h); its sums are
+// float, each rounded to bfloat16 once when stored.
+template <>
+struct Ymm<c10::BFloat16> {
+  using V = __m256;
+  using M = int64_t;  // lanes in use
+  static constexpr int64_t L = 8;
+  FUSEDRNN_AVX2_FMA static M lanes(int64_t n) { return std::min<int64_t>(std::max<int64_t>(n, 0), L); }
+  FUSEDRNN_AVX2_FMA static V zero() { return _mm256_setzero_ps(); }
+  FUSEDRNN_AVX2_FMA static V load(const c10::BFloat16* p) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+  FUSEDRNN_AVX2_FMA static V load(const c10::BFloat16* p, M n) {
+    alignas(16) c10::BFloat16 tmp[L] = {};
+    std::memcpy(tmp, p, n * sizeof(c10::BFloat16));
+    return load(tmp);
+  }
+  FUSEDRNN_AVX2_FMA static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  FUSEDRNN_AVX2_FMA static float reduce(V v) { return Ymm<float>::reduce(v); }
 };
 
 // dot_block in ymm vectors: out[r * ldo + g] = sum_k a[r * lda + k] * w[g * ldw + k], each
