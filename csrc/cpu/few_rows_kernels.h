@@ -391,6 +391,13 @@ struct Ymm<c10::BFloat16> {
   FUSEDRNN_AVX2_FMA static float reduce(V v) { return Ymm<float>::reduce(v); }
 };
 
+// bfloat16 values of each weight row the dot loop prefetches ahead (256 bytes), once a
+// cache line. After another model's call the rows come from DRAM, and the loop's 8 rows of
+// 16-byte loads left the prefetchers behind: paired with torch.nn on the 2-core Zen 3, T=1,
+// N=1, I=H=1024 inference, ms, none / 128 / 256 / 512 values ahead: LSTM 1.61 / 1.34 /
+// 1.41 / 1.61 and 1.12 / 1.08 / 1.13 / 1.27, GRU 1.13 / 1.02 / 1.07 / 1.13.
+constexpr int64_t kPrefetchBf16 = 128;
+
 // dot_block in ymm vectors: out[r * ldo + g] = sum_k a[r * lda + k] * w[g * ldw + k], each
 // sum in lanes (k mod L), then reduce. 8 / R rows of w a pass (at least 2): at most 16
 // accumulators.
@@ -417,6 +424,10 @@ FUSEDRNN_AVX2_FMA void dot_block_ymm(const S* a, int64_t lda, const S* w, int64_
         av[r] = full ? Y::load(a + r * lda + k) : Y::load(a + r * lda + k, m);
 #pragma GCC unroll 8
       for (int b = 0; b < GB; ++b) {
+        if constexpr (std::is_same_v<S, c10::BFloat16>) {
+          if ((k & 31) == 0)
+            _mm_prefetch(reinterpret_cast<const char*>(wr[b] + k + kPrefetchBf16), _MM_HINT_T0);
+        }
         const typename Y::V wv = full ? Y::load(wr[b] + k) : Y::load(wr[b] + k, m);
 #pragma GCC unroll 4
         for (int r = 0; r < R; ++r) acc[b][r] = Y::fma(av[r], wv, acc[b][r]);
