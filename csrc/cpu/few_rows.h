@@ -191,10 +191,26 @@ inline bool few_rows_mm(const Tensor& a, const Tensor& b, Tensor& out) {
   return true;
 }
 
-// Whether few_rows_tn takes a^T @ b: a [R, G], b [R, K] (rows contiguous), R <= kFewRows.
+// Rows up to which few_rows_tn takes the weight gradients a^T @ b on the ymm loop (CPUs
+// with AVX2 and no AVX-512; kFewRows elsewhere). Past 4 rows they went to MKL, which
+// packed dG and wrote the gradients into fresh pages (the backward op at T=5, N=1,
+// I=H=1024 GRU: 11.2 ms against 3.1 at T=4). Paired on a 2-core Zen 3, training, ms, N=1,
+// I=H=1024, up to 4 rows vs up to 16: GRU T=5 16.2 vs 11.2, T=8 17.3 vs 13.3, T=12 21.2
+// vs 19.9, T=16 28.2 vs 29.3; LSTM T=5 16.2 vs 15.1, T=8 21.6 vs 18.2, T=12 28.5 vs 25.2,
+// T=16 36.0 vs 42.1; GRU T=2, N=4, I=H=512 6.60 vs 4.32. So up to 12.
+constexpr int64_t kFewRowsTnYmm = few_rows_detail::kMaxRowsTnYmm;
+
+// Whether few_rows_tn takes a^T @ b: a [R, G], b [R, K] (rows contiguous), R <= kFewRows
+// (kFewRowsTnYmm where the ymm loop runs).
 inline bool few_rows_tn_takes(const Tensor& a, const Tensor& b) {
   const int64_t R = a.size(0);
-  return R >= 1 && R <= kFewRows && a.size(1) > 0 && b.size(1) > 0 &&
+  int64_t most = kFewRows;
+  if (few_rows_isa() == FewRowsIsa::kAvx2) {
+    const char* env = std::getenv("FUSEDRNN_CPU_FEW_ROWS_TN");  // A/B, tests: rows, 1..12
+    most = env && env[0] ? std::clamp<int64_t>(std::atol(env), 1, kFewRowsTnYmm)
+                         : kFewRowsTnYmm;
+  }
+  return R >= 1 && R <= most && a.size(1) > 0 && b.size(1) > 0 &&
          few_rows_available(a.scalar_type()) && b.scalar_type() == a.scalar_type() &&
          a.stride(1) == 1 && b.stride(1) == 1;
 }

@@ -18,6 +18,9 @@ namespace few_rows_detail {
 
 // Rows the kernels take at most (few_rows.h's kFewRows; with_rows instantiates R = 1..4).
 constexpr int kMaxRows = 4;
+// ... except outer_block_ymm (the weight gradients without AVX-512): few_rows.h's
+// kFewRowsTnYmm.
+constexpr int kMaxRowsTnYmm = 12;
 
 // float64: 8-double vectors, lanes m of n.
 FUSEDRNN_AVX512_BW inline __mmask8 lanes8(int64_t n) {
@@ -503,7 +506,7 @@ FUSEDRNN_AVX2_FMA void outer_block_ymm(const S* a, int64_t lda, const S* b, int6
   const int64_t Kv = K / Y::L * Y::L;
   const typename Y::M tail = Y::lanes(K - Kv);
   for (int64_t g = g0; g < g1; ++g) {
-    typename Y::V coef[kMaxRows];
+    typename Y::V coef[kMaxRowsTnYmm];
     for (int64_t r = 0; r < R; ++r) coef[r] = Y::set1(a[r * lda + g]);
     S* o = out + g * ldo;
     for (int64_t k = 0; k < K; k += Y::L) {
