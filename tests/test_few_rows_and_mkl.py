@@ -127,6 +127,8 @@ TN_CASES = [
     case(3, 4, 33, 129),
     case(2, 6, 7, 97, bidir=True),
     case(13, 1, 65, 40, hx=False),
+    case(8, 1, 129, 33),
+    case(2, 7, 31, 97),
 ]
 
 
@@ -138,7 +140,34 @@ TN_CASES = [
 @pytest.mark.parametrize("kw", TN_CASES)
 def test_matches_torch_few_rows_tn_avx2(cell, kw, dt):
     """dW = dG^T x and dG^T h of 5-12 rows in the ymm loop (rows in ascending order), 13
-    rows on the library GEMM: every output and gradient within the tolerance rule. (No
+    rows on the library GEMM; dx = dG W_ih of 5-8 rows (and the GEMM loop's per-step dh
+    of 5-8 rows) in passes of up to 4 rows (kFewRowsInPasses), 12 and 14 on the library
+    GEMM: every output and gradient within the tolerance rule. (No
     test of which loop ran: at 8 rows MKL's float32 sums came out with the same bits,
     one product and then an FMA a row in ascending order as here.)"""
     compare_with_torch(cell, **kw, dtype=dt, device="cpu")
+
+
+@pytest.mark.skipif(not _avx2_no_avx512(),
+                    reason="dG W of 5-8 rows runs in passes of 4 rows on CPUs with AVX2 and "
+                           "no AVX-512")
+@pytest.mark.parametrize("cell", CELLS)
+def test_few_rows_in_passes_runs(cell, monkeypatch):
+    """At T=6, N=1 the backward's dx = dG W_ih (6 rows, summed over G = 3H or 4H) comes
+    from the few-row loop in two passes by default: with FUSEDRNN_CPU_FEW_ROWS_PASSES=4
+    (MKL past 4 rows) dx has other bits; both within float32's tolerance."""
+    torch.manual_seed(0)
+    fmod = (fusedrnn.LSTM if cell == "LSTM" else fusedrnn.GRU)(512, 512)
+    x = torch.randn(6, 1, 512)
+
+    def dx():
+        xi = x.clone().requires_grad_()
+        y, _ = fmod(xi)
+        (y * torch.linspace(-1, 1, 512)).sum().backward()
+        return xi.grad
+
+    on = dx()
+    monkeypatch.setenv("FUSEDRNN_CPU_FEW_ROWS_PASSES", "4")
+    off = dx()
+    assert not torch.equal(on, off)
+    torch.testing.assert_close(on, off, rtol=1e-4, atol=1e-5)

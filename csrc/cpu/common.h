@@ -249,9 +249,11 @@ inline Tensor right_weight(const Tensor& v, int64_t rows) {
 inline Tensor times_right(const Tensor& a, const Tensor& w) {
   if (w.is_contiguous()) return linear(a, w);
   const Tensor v = t(w);
-  if (a.size(0) <= kFewRows && a.numel() > 0 && few_rows_available(a.scalar_type())) {
+  const char* env = std::getenv("FUSEDRNN_CPU_FEW_ROWS_PASSES");  // A/B, tests: rows
+  const int64_t most = env && env[0] ? std::atol(env) : kFewRowsInPasses;
+  if (a.size(0) <= most && a.numel() > 0 && few_rows_available(a.scalar_type())) {
     Tensor out = empty_as(a, {a.size(0), v.size(1)});
-    if (few_rows_mm(a, v, out)) return out;
+    if (few_rows_mm(a, v, out, most)) return out;
   }
   return mm(a, v);
 }

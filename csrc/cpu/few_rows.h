@@ -47,6 +47,16 @@ namespace fusedrnn {
 // GRU 1.80 vs 1.96; I=H=256 0.110 vs 0.110: no consistent gain.
 constexpr int64_t kFewRows = 4;
 
+// Rows up to which times_right's dG W (the backward's dx, and dh in the GEMM loop) takes
+// few_rows_mm in passes of up to 4 rows, on CPUs with AVX2 and no AVX-512: past 4 rows
+// MKL copied all of W (12 MB at I=H=1024 GRU: perf, mkl_blas_def_sgemm_scopy) for each
+// product. Paired on a 2-core Zen 3, training, ms, up to 4 rows vs up to 12
+// (FUSEDRNN_CPU_FEW_ROWS_PASSES), N=1, I=H=1024: LSTM T=5 15.5 vs 13.8, T=8 24.5 vs 18.7,
+// T=12 29.9 vs 30.3; GRU T=5 11.8 vs 11.3, T=8 13.5 vs 13.6, T=12 19.9 vs 18.8; GRU T=2,
+// N=4, I=H=512 4.82 vs 4.47; LSTM T=3, N=3, I=H=256 2.68 vs 2.73. Three passes (9-12
+// rows) no better than MKL: up to 8.
+constexpr int64_t kFewRowsInPasses = 8;
+
 #if FUSEDRNN_HAVE_FEW_ROWS
 
 namespace few_rows_detail {
@@ -126,11 +136,13 @@ inline bool few_rows_dot_available(ScalarType dt) {
 // out = a @ b for a [R, K] (rows contiguous), R <= kFewRows, out [R, M] contiguous: b = t(W)
 // of W [M, K] with contiguous rows (x W^T), or b [K, M] with contiguous rows (dG W).
 // False (nothing written) where these loops do not take the case.
-inline bool few_rows_mm(const Tensor& a, const Tensor& b, Tensor& out) {
+inline bool few_rows_mm(const Tensor& a, const Tensor& b, Tensor& out,
+                        int64_t max_rows = kFewRows) {
   namespace d = few_rows_detail;
   const ScalarType dt = a.scalar_type();
   const int64_t R = a.size(0), K = a.size(1), M = b.size(1);
-  if (R < 1 || R > kFewRows || K == 0 || M == 0 || !few_rows_dot_available(dt)) return false;
+  if (few_rows_isa() != FewRowsIsa::kAvx2) max_rows = kFewRows;
+  if (R < 1 || R > max_rows || K == 0 || M == 0 || !few_rows_dot_available(dt)) return false;
   if (b.scalar_type() != dt || out.scalar_type() != dt || a.stride(1) != 1 ||
       !out.is_contiguous())
     return false;
@@ -140,12 +152,15 @@ inline bool few_rows_mm(const Tensor& a, const Tensor& b, Tensor& out) {
   const int64_t lda = a.stride(0);
   auto run = [&](auto tag) {
     using S = decltype(tag);
-    const S* ap = static_cast<const S*>(a.const_data_ptr());
+    const S* a0 = static_cast<const S*>(a.const_data_ptr());
     const S* wp = static_cast<const S*>(b.const_data_ptr());
-    S* op = static_cast<S*>(out.mutable_data_ptr());
+    S* o0 = static_cast<S*>(out.mutable_data_ptr());
     // the axpy's sums between passes: double for float64, else float
     using Acc = std::conditional_t<std::is_same_v<S, double>, double, float>;
-    d::with_rows(R, [&](auto rc) {
+    for (int64_t r0 = 0; r0 < R; r0 += kFewRows) {  // passes of up to 4 rows
+    const S* ap = a0 + r0 * lda;
+    S* op = o0 + r0 * M;
+    d::with_rows(std::min<int64_t>(kFewRows, R - r0), [&](auto rc) {
       constexpr int kR = decltype(rc)::value;
       constexpr bool kPairs = std::is_same_v<S, c10::BFloat16>;
       // ymm kernels: float32 always, float64 and bfloat16 (x W^T only) without AVX-512
@@ -182,6 +197,7 @@ inline bool few_rows_mm(const Tensor& a, const Tensor& b, Tensor& out) {
                  });
       }
     });
+    }
   };
   switch (dt) {
     case ScalarType::Double: run(double{}); break;
@@ -252,7 +268,7 @@ inline void few_rows_tn(const Tensor& a, const Tensor& b, Tensor& out) {
 
 #else
 
-inline bool few_rows_mm(const Tensor&, const Tensor&, Tensor&) { return false; }
+inline bool few_rows_mm(const Tensor&, const Tensor&, Tensor&, int64_t = 0) { return false; }
 inline bool few_rows_tn_takes(const Tensor&, const Tensor&) { return false; }
 inline void few_rows_tn(const Tensor&, const Tensor&, Tensor&) {}
 
