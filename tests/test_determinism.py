@@ -265,7 +265,7 @@ def test_few_rows_give_same_bits_on_any_thread_count(cell, T, N, I, dt, monkeypa
 @pytest.mark.parametrize("T,N,I", [(1, 1, 600), (1, 4, 70), (2, 2, 600), (4, 1, 31)])
 @pytest.mark.parametrize("cell", CELLS)
 def test_few_rows_fp32_same_bits_on_any_thread_count(cell, T, N, I, monkeypatch):
-    """float32's few-row products (AVX2, few_rows_kernels.h's *_f32) split outputs between
+    """float32's few-row products (AVX2, few_rows_kernels_ymm.h's *_ymm) split outputs between
     threads, never a sum: outputs and every gradient the same bits on 1 and 2 threads,
     with the GEMM loop everywhere and by default (the row-dot loop's recurrences)."""
     for fused in ("0", "1"):

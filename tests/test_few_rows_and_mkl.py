@@ -1,5 +1,5 @@
 """fusedrnn against torch.nn on the CPU paths of few rows and of large backward GEMMs
-(csrc/cpu/few_rows.h, few_rows_kernels.h; mkl_gemm_wanted in common.h): products of at
+(csrc/cpu/few_rows.h, few_rows_kernels*.h; mkl_gemm_wanted in common.h): products of at
 most 4 rows with the weight read in place (AVX-512 for float64 and bfloat16, AVX2 for
 float32 and float64 and bfloat16's x W^T on CPUs without AVX-512), and the backward's dx and weight-gradient
 chunks on MKL or oneDNN. Each case asserts the tolerance rule on every output and gradient
@@ -63,7 +63,7 @@ def test_matches_torch_mkl_gemms(cell, mkl, monkeypatch):
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("kw", FEW_ROWS_CASES)
 def test_matches_torch_few_rows_fp32_avx2(cell, kw):
-    """float32 products of at most 4 rows in AVX2 (few_rows_kernels.h's *_f32), on CPUs
+    """float32 products of at most 4 rows in AVX2 (few_rows_kernels_ymm.h's *_ymm), on CPUs
     without AVX-512: x W^T, dG W (dx, and dh in the GEMM loop's steps) and dG^T x."""
     compare_with_torch(cell, **kw, dtype=torch.float32, device="cpu")
 
@@ -99,7 +99,7 @@ def test_few_rows_avx2_runs(cell, dt, monkeypatch):
 @pytest.mark.parametrize("cell", CELLS)
 def test_few_rows_avx2_bf16_forward_runs(cell, monkeypatch):
     """bfloat16's x W_ih^T and h W_hh^T of up to 4 rows (T=1, N=4) come from the AVX2 dot
-    loop on widened loads (Ymm<BFloat16>, few_rows_kernels.h), float sums rounded once.
+    loop on widened loads (Ymm<BFloat16>, few_rows_kernels_ymm.h), float sums rounded once.
     With the loops off (FUSEDRNN_CPU_FEW_ROWS=0, aten::mm) the sums run in another order:
     rounded to bfloat16, about one output in 10^4 differs, so the test draws up to 16
     inputs and needs one that differs; every draw within bfloat16's tolerance."""

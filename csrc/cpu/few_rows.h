@@ -8,7 +8,8 @@
 //   axpy_block:  out[r, k] = sum_g a[r, g] w[g, k]   (dG W: the backward's dx, dh)
 //   outer_block: out[g, k] = sum_r a[r, g] b[r, k]   (dG^T x: weight gradients)
 // float64 in 8-double vectors; bfloat16 by pairs (the *_pairs kernels) in float: both in
-// few_rows_kernels.h; here the choice, the threads' split and the tensors.
+// few_rows_kernels.h (AVX-512; the AVX2 kernels in few_rows_kernels_ymm.h); here the
+// choice, the threads' split and the tensors.
 // Storage float64 or bfloat16; sums in double for float64, float for bfloat16. Each sum
 // runs in a fixed order whatever the thread count (split by outputs, never by k): bits
 // are the same for any number of threads.
@@ -26,6 +27,7 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include "few_rows_kernels.h"
+#include "few_rows_kernels_ymm.h"
 #define FUSEDRNN_HAVE_FEW_ROWS 1
 #else
 #define FUSEDRNN_HAVE_FEW_ROWS 0
