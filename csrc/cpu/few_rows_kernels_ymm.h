@@ -105,51 +105,87 @@ struct Ymm<c10::BFloat16> {
   FUSEDRNN_AVX2_FMA static float reduce(V v) { return Ymm<float>::reduce(v); }
 };
 
-// bfloat16 values of each weight row the dot loop prefetches ahead (256 bytes), once a
-// cache line. After another model's call the rows come from DRAM, and the loop's 8 rows of
-// 16-byte loads left the prefetchers behind: paired with torch.nn on the 2-core Zen 3, T=1,
-// N=1, I=H=1024 inference, ms, none / 128 / 256 / 512 values ahead: LSTM 1.61 / 1.34 /
-// 1.41 / 1.61 and 1.12 / 1.08 / 1.13 / 1.27, GRU 1.13 / 1.02 / 1.07 / 1.13.
-constexpr int64_t kPrefetchBf16 = 128;
+// The dot loop's software prefetch: while it reads its group of rows, the next group's
+// rows, one line of each next row for each line it reads of the current one, the lines
+// spread over the vectors of a line. On the 2-core Zen 3, ms, medians of 100-150
+// order-balanced calls of two 8 MB products (both threads), weights from DRAM / from L3:
+// - bfloat16, 1 row: this 0.65-0.76 / 0.33; none 0.83-0.90 / 0.37; 128 values ahead in
+//   each row (what the loop did before) 0.97-1.07 / 0.38-0.48; the next rows at a line's
+//   first vector 0.71-0.77 / 0.34; the next group in address order 0.78-0.87 / 0.26-0.28.
+//   2 rows: 0.73 vs none 0.97; 3 rows: 1.04 vs 1.50; 4 rows: 1.44 vs 1.83.
+// - float32 (double), from DRAM: 3 or 4 rows (2 weight rows a pass) 1.46-1.95 vs none
+//   1.80-2.15 (2.90-3.03 vs 3.14-3.27); but 1 row 1.32 vs 1.19 (2.18 vs 1.82), 2 rows
+//   1.38 vs 1.31 (2.46 vs 2.26): there the loop reads 4-8 lines a vector step, and the
+//   hardware prefetchers kept up. So bfloat16 always, else 2 weight rows a pass only.
+template <int GB, typename S>
+FUSEDRNN_AVX2_FMA inline void prefetch_next_rows(const S* const (&next)[GB], int64_t k) {
+  constexpr int64_t kLine = 64 / sizeof(S), kVecs = kLine / Ymm<S>::L;  // vectors a line
+  constexpr int64_t kRows = GB >= kVecs ? GB / kVecs : 1;  // rows a vector
+  const int64_t j = (k / Ymm<S>::L) % kVecs, k0 = k - k % kLine;
+  if (j * kRows < GB) {
+#pragma GCC unroll 4
+    for (int64_t p = 0; p < kRows; ++p)
+      _mm_prefetch(reinterpret_cast<const char*>(next[j * kRows + p] + k0), _MM_HINT_T0);
+  }
+}
 
 // dot_block in ymm vectors: out[r * ldo + g] = sum_k a[r * lda + k] * w[g * ldw + k], each
 // sum in lanes (k mod L), then reduce. 8 / R rows of w a pass (at least 2): at most 16
-// accumulators.
+// accumulators. The whole vectors in one loop and the masked tail after it, each
+// accumulator named by constants only: with the tail's loads in the loop (bfloat16's
+// through a stack copy) and the reduce indexed by a run-time count, GCC kept the
+// accumulators on the stack, a store (and, for bfloat16, a load) a FMA.
 template <int R, typename S>
 FUSEDRNN_AVX2_FMA void dot_block_ymm(const S* a, int64_t lda, const S* w, int64_t ldw,
                                      int64_t K, int64_t g0, int64_t g1, S* out, int64_t ldo) {
   using Y = Ymm<S>;
   constexpr int GB = R == 1 ? 8 : R == 2 ? 4 : 2;
+  const int64_t Kv = K / Y::L * Y::L;
   for (int64_t g = g0; g < g1; g += GB) {
     const S* wr[GB];
-    for (int b = 0; b < GB; ++b) wr[b] = w + std::min<int64_t>(g + b, g1 - 1) * ldw;
+    const S* next[GB];
+    for (int b = 0; b < GB; ++b) {
+      wr[b] = w + std::min<int64_t>(g + b, g1 - 1) * ldw;
+      next[b] = w + std::min<int64_t>(g + GB + b, g1 - 1) * ldw;
+    }
     typename Y::V acc[GB][R];
 #pragma GCC unroll 8
     for (int b = 0; b < GB; ++b)
 #pragma GCC unroll 4
       for (int r = 0; r < R; ++r) acc[b][r] = Y::zero();
-    const int64_t Kv = K / Y::L * Y::L;
-    for (int64_t k = 0; k < K; k += Y::L) {
-      const bool full = k < Kv;
-      const typename Y::M m = Y::lanes(K - k);
+    for (int64_t k = 0; k < Kv; k += Y::L) {
       typename Y::V av[R];
 #pragma GCC unroll 4
-      for (int r = 0; r < R; ++r)
-        av[r] = full ? Y::load(a + r * lda + k) : Y::load(a + r * lda + k, m);
+      for (int r = 0; r < R; ++r) av[r] = Y::load(a + r * lda + k);
+      if constexpr (std::is_same_v<S, c10::BFloat16> || GB == 2)
+        prefetch_next_rows<GB>(next, k);
 #pragma GCC unroll 8
       for (int b = 0; b < GB; ++b) {
-        if constexpr (std::is_same_v<S, c10::BFloat16>) {
-          if ((k & 31) == 0)
-            _mm_prefetch(reinterpret_cast<const char*>(wr[b] + k + kPrefetchBf16), _MM_HINT_T0);
-        }
-        const typename Y::V wv = full ? Y::load(wr[b] + k) : Y::load(wr[b] + k, m);
+        const typename Y::V wv = Y::load(wr[b] + k);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) acc[b][r] = Y::fma(av[r], wv, acc[b][r]);
+      }
+    }
+    if (Kv < K) {
+      const typename Y::M m = Y::lanes(K - Kv);
+      typename Y::V av[R];
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) av[r] = Y::load(a + r * lda + Kv, m);
+#pragma GCC unroll 8
+      for (int b = 0; b < GB; ++b) {
+        const typename Y::V wv = Y::load(wr[b] + Kv, m);
 #pragma GCC unroll 4
         for (int r = 0; r < R; ++r) acc[b][r] = Y::fma(av[r], wv, acc[b][r]);
       }
     }
     const int64_t nb = std::min<int64_t>(GB, g1 - g);
-    for (int64_t b = 0; b < nb; ++b)
-      for (int r = 0; r < R; ++r) out[r * ldo + g + b] = Y::reduce(acc[b][r]);
+#pragma GCC unroll 8
+    for (int b = 0; b < GB; ++b) {
+      if (b < nb) {
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) out[r * ldo + g + b] = Y::reduce(acc[b][r]);
+      }
+    }
   }
 }
 
