@@ -39,6 +39,7 @@ namespace fusedrnn {
 
 // Units per panel: two 8-float vectors.
 constexpr int64_t kAvx2Units = 16;
+static_assert(kAvx2Units == kPanelColumns, "panel_backward packs W_hh by pack_column_panels");
 // Rows per tile: 6 rows x 2 vectors = 12 accumulators, 2 panel vectors and a broadcast
 // in the 16 ymm registers.
 constexpr int kAvx2Rows = 6;
@@ -264,23 +265,6 @@ void avx2_forward(bool rowdot, bool split_last, const Steps& st, bool reverse, c
   const Tensor w_ih_c = torch::stable::contiguous(w_ih), x2_c = torch::stable::contiguous(x2);
   panel_forward<NG>(st, reverse, H, w, h0_p, y, h_n, xg, cell, x2_c.const_data_ptr<float>(),
                     x2.size(1), w_ih_c.const_data_ptr<float>(), split_last);
-}
-
-// w [G, H] (W_hh, torch's layout) as column panels [groups][G][kAvx2Units]: panel q holds
-// the columns q*16 + u of every row g; zero past H.
-inline void pack_column_panels(const float* w, int64_t G, int64_t H, float* out) {
-  const int64_t groups = (H + kAvx2Units - 1) / kAvx2Units;
-  parallel_rows(groups, 1, [&](int64_t q0, int64_t q1) {
-    for (int64_t q = q0; q < q1; ++q) {
-      for (int64_t g = 0; g < G; ++g) {
-        float* dst = out + (q * G + g) * kAvx2Units;
-        for (int64_t u = 0; u < kAvx2Units; ++u) {
-          const int64_t j = q * kAvx2Units + u;
-          dst[u] = j < H ? w[g * H + j] : 0.f;
-        }
-      }
-    }
-  });
 }
 
 // The GEMM loop's backward recurrence above the row-dot loop's batches (rowdot_backward's

@@ -147,7 +147,9 @@ inline Tensor mm_tn(const Tensor& a, const Tensor& b) {
   const Tensor ac = torch::stable::contiguous(a), bc = torch::stable::contiguous(b);
   // MKL (mkl_gemm_wanted) multiplies each chunk's transposed view as it is.
   const bool mkl = mkl_gemm_wanted(chunk, M * P);
-  std::vector<double> acc(M * P);
+  // the first chunk writes every value: block-cache memory, neither zeroed nor faulted in
+  // afresh (a std::vector was both: 2 MB at T=200, N=1, H=256 LSTM's dW_hh, each call)
+  const Scratch<double> acc(M * P);
   Tensor out = empty_as(a, {M, P});
   float* o = out.mutable_data_ptr<float>();
   Tensor at_buf, bt_buf;
