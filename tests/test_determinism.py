@@ -117,15 +117,18 @@ def test_small_layers_bit_identical_across_thread_counts(cell, H):
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"),
                     reason="the row-dot loop is built for x86-64")
+@pytest.mark.parametrize("T,H", [(30, 256), (30, 129), (5, 129)])
 @pytest.mark.parametrize("N", [1, 2])
 @pytest.mark.parametrize("cell", CELLS)
-def test_rowdot_loop_bit_identical_across_thread_counts(cell, N, monkeypatch):
+def test_rowdot_loop_bit_identical_across_thread_counts(cell, N, T, H, monkeypatch):
     """The small-batch forward and backward recurrences of CPUs without AVX-512
     (rowdot_loop.h), forced: each dot product sums its terms in one order whatever the
     number of workers, so 1 and 2 threads give the same bits, outputs and gradients; and
-    they are not the GEMM loop's (the loops did run)."""
-    _, m = make_modules(cell, 40, 256, 1, bidirectional=True)
-    _assert_loop_bit_identical_and_not_gemm(cell, m, torch.randn(30, N, 40), "FUSEDRNN_CPU_ROWDOT",
+    they are not the GEMM loop's (the loops did run). The backward's dG W_hh from column
+    panels from kPanelBackSteps (8) steps on, each worker packing its own (H=129: a
+    partial last panel), and from W_hh in place below."""
+    _, m = make_modules(cell, 40, H, 1, bidirectional=True)
+    _assert_loop_bit_identical_and_not_gemm(cell, m, torch.randn(T, N, 40), "FUSEDRNN_CPU_ROWDOT",
                                             monkeypatch)
 
 

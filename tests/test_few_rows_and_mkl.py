@@ -171,3 +171,44 @@ def test_few_rows_in_passes_runs(cell, monkeypatch):
     off = dx()
     assert not torch.equal(on, off)
     torch.testing.assert_close(on, off, rtol=1e-4, atol=1e-5)
+
+
+# (T, N, proj_size): products of 5-12 rows, where oneDNN's and MKL's float32 GEMMs on this
+# class of CPU sum differently on 1 and 2 threads (at 5-7 and 9-11 rows): T*N rows in the
+# input projection and dx, N rows in the step's products and W_hr's.
+FEW_ROWS_THREAD_CASES = [(1, 9, 0), (3, 3, 0), (5, 2, 0), (1, 6, 16), (5, 5, 16), (30, 10, 16)]
+
+
+@pytest.mark.skipif(not _avx2_no_avx512(),
+                    reason="float32's few-row loops run on CPUs with AVX2 and no AVX-512")
+@pytest.mark.parametrize("H", [33, 129])
+@pytest.mark.parametrize("T,N,proj", FEW_ROWS_THREAD_CASES)
+@pytest.mark.parametrize("cell", CELLS)
+def test_few_rows_bit_identical_across_thread_counts(cell, T, N, proj, H):
+    """float32 products of up to 12 rows (kFewRowsInPasses: linear, few_rows_into and
+    times_right in common.h) run on the few-row loops, split by outputs: every output and
+    gradient has the same bits on 1 and 2 threads. Before, oneDNN's linear (the input
+    projection) and MKL's mm (dx, W_hr's products) gave other bits on 2 threads: in 72 of
+    176 cases of a sweep (T 1, 3, 5, 30; N 1-16; H 33, 129; with and without W_hr), and
+    in 18 of these 18."""
+    if proj and cell == "GRU":
+        pytest.skip("proj_size is LSTM's")
+    runs = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            torch.manual_seed(0)
+            kw = dict(proj_size=proj) if proj else {}
+            m = (fusedrnn.LSTM if cell == "LSTM" else fusedrnn.GRU)(24, H, **kw)
+            x = torch.randn(T, N, 24, requires_grad=True)
+            y, fin = m(x)
+            outs = [y, *(fin if cell == "LSTM" else [fin])]
+            torch.manual_seed(1)
+            grads = torch.autograd.grad(outs, [x, *m.parameters()],
+                                        [torch.randn_like(o) for o in outs])
+            runs.append([*(o.detach() for o in outs), *grads])
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a, b)

@@ -201,17 +201,33 @@ inline std::optional<Tensor> to_float(const std::optional<Tensor>& t) {
   return t ? std::optional<Tensor>(to_float(*t)) : std::nullopt;
 }
 
+// Rows up to which products take the few-row loops (few_rows.h), the weight read in
+// place: kFewRows, and on CPUs with AVX2 and no AVX-512 kFewRowsInPasses (there, at 5-7
+// and 9-11 rows, oneDNN's and MKL's float32 GEMMs had other bits on 1 and 2 threads).
+inline int64_t few_rows_most() {
+  return few_rows_isa() == FewRowsIsa::kAvx2 ? kFewRowsInPasses : kFewRows;
+}
+
+// out = a @ b (out contiguous): up to few_rows_most() rows on the few-row loops where they
+// take the case, else aten::mm.
+inline void few_rows_into(const Tensor& a, const Tensor& b, Tensor& out) {
+  if (a.size(0) <= few_rows_most() && few_rows_mm(a, b, out, few_rows_most())) return;
+  mm_out(a, b, out);
+}
+
 // a @ w^T for w [M,K] contiguous (torch's weight layout). Float32 goes through oneDNN's
 // matmul (mkldnn::_linear_pointwise, the op torch.compile's CPU backend uses), which on
 // the AVX-512 AMD CPU of our benchmarks runs the RNN's GEMM shapes 2-2.5x faster than
 // torch.mm's MKL path (435 vs 172 GFLOP/s at 64x512x2048, benchmarks/README.md). Other
 // dtypes, and torch builds without that op, use aten::mm (bfloat16 already reaches oneDNN
 // there). The op is probed once; a build that lacks it logs one error and falls back.
+//
+// A few rows go to the few-row loops (few_rows_into).
 inline Tensor linear(const Tensor& a, const Tensor& w) {
-  if (a.size(0) <= kFewRows && a.numel() > 0 && few_rows_dot_available(a.scalar_type())) {
-    // a few rows: the weight read in place
+  if (a.size(0) <= few_rows_most() && a.numel() > 0 &&
+      few_rows_dot_available(a.scalar_type())) {
     Tensor out = empty_as(a, {a.size(0), w.size(0)});
-    if (few_rows_mm(a, t(w), out)) return out;
+    if (few_rows_mm(a, t(w), out, few_rows_most())) return out;
   }
   static bool have_onednn = true;
   if (have_onednn && a.scalar_type() == ScalarType::Float && a.numel() > 0) {
@@ -304,7 +320,7 @@ class InputProjection {
         }
         block_ = rows(buf_->tensor, 0, rows_);
         const Tensor x_rows = rows(x2_, r0_, rows_);
-        if (!few_rows_mm(x_rows, t(w_ih_), block_)) mm_out(x_rows, t(w_ih_), block_);
+        few_rows_into(x_rows, t(w_ih_), block_);
       }
       end_ = e;
     }

@@ -201,7 +201,7 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
     });
     if (w_hr) {
       Tensor y_b = rows(y2, off, B);
-      mm_out(head(m, B), *w_hr_t, y_b);
+      few_rows_into(head(m, B), *w_hr_t, y_b);
     }
     copy_rows(h_p, y_p + off * P, B * P);
   }
@@ -327,7 +327,7 @@ void lstm_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, c
       scalar_t* d = dha_p + off * P;
       for (int64_t k = 0; k < B * P; ++k) d[k] = static_cast<scalar_t>(acc_t(a[k]) + acc_t(b[k]));
       Tensor dm_b = head(dm, B);
-      mm_out(rows(dh_all, off, B), *w_hr, dm_b);
+      few_rows_into(rows(dh_all, off, B), *w_hr, dm_b);
       a = dm.const_data_ptr<scalar_t>();
       b = zeros.const_data_ptr<scalar_t>();
     }

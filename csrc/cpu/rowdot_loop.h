@@ -168,6 +168,36 @@ void rowdot_forward(const Steps& st, bool reverse, int64_t H, const float* w_hh,
   copy_final_states(st, reverse, H, y, h_n);
 }
 
+// out[j] = sum_g a[g] * w[g*C + j] for the columns j in [j0, j1) of w [G, C]: 8 columns a
+// vector (32 at a time), each column's sum over g in order, whichever group it falls in.
+FUSEDRNN_CPU_CLONES inline void col_dots(const float* __restrict a, const float* __restrict w,
+                                         int64_t G, int64_t C, int64_t j0, int64_t j1,
+                                         float* __restrict out) {
+  constexpr int kW = kDotLanes / 2;
+  int64_t j = j0;
+  for (; j + 4 * kW <= j1; j += 4 * kW) {
+    Lanes acc[4] = {};
+    for (int64_t g = 0; g < G; ++g) {
+      const Lanes av = Lanes{} + a[g];
+      const float* wr = w + g * C + j;
+#pragma GCC unroll 4
+      for (int q = 0; q < 4; ++q) acc[q] += av * load_lanes(wr + q * kW);
+    }
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; ++q) std::memcpy(out + j + q * kW, &acc[q], sizeof(acc[q]));
+  }
+  for (; j + kW <= j1; j += kW) {
+    Lanes acc = {};
+    for (int64_t g = 0; g < G; ++g) acc += (Lanes{} + a[g]) * load_lanes(w + g * C + j);
+    std::memcpy(out + j, &acc, sizeof(acc));
+  }
+  for (; j < j1; ++j) {
+    Lanes acc = {};  // lane 0 only: the same vector arithmetic as the columns above
+    for (int64_t g = 0; g < G; ++g) acc += (Lanes{} + a[g]) * (Lanes{} + w[g * C + j]);
+    out[j] = acc[0];
+  }
+}
+
 // Columns per column panel (pack_column_panels): two 8-float vectors.
 constexpr int64_t kPanelColumns = kDotLanes;
 
@@ -176,11 +206,13 @@ constexpr int64_t kPanelColumns = kDotLanes;
 inline void pack_column_panels(const float* w, int64_t G, int64_t H, int64_t q0, int64_t q1,
                                float* out) {
   for (int64_t q = q0; q < q1; ++q) {
+    const int64_t j0 = q * kPanelColumns, n = std::min(kPanelColumns, H - j0);
     for (int64_t g = 0; g < G; ++g) {
       float* dst = out + (q * G + g) * kPanelColumns;
-      for (int64_t u = 0; u < kPanelColumns; ++u) {
-        const int64_t j = q * kPanelColumns + u;
-        dst[u] = j < H ? w[g * H + j] : 0.f;
+      if (n == kPanelColumns) {
+        std::memcpy(dst, w + g * H + j0, kPanelColumns * sizeof(float));
+      } else {
+        for (int64_t u = 0; u < kPanelColumns; ++u) dst[u] = u < n ? w[g * H + j0 + u] : 0.f;
       }
     }
   }
@@ -193,6 +225,13 @@ inline void pack_column_panels(const float* w, int64_t G, int64_t H, float* out)
     pack_column_panels(w, G, H, q0, q1, out);
   });
 }
+
+// Steps from which the row-dot backward packs W_hh's column panels: a pack cost about two
+// products in place. Replica on the 2-core Zen 3 (both threads, W_hh from memory at the
+// first step), us a call, in place vs pack and panels: H=256 LSTM (1 MB) T=1 76 vs 131,
+// T=4 153 vs 156, T=8 252 vs 234, T=16 398 vs 312; H=512 (4 MB) T=1 309 vs 585, T=4 712
+// vs 767, T=8 1102 vs 1111, T=16 1950 vs 1494.
+constexpr int64_t kPanelBackSteps = 8;
 
 // out[c] = sum_g a[g] * W[g, q*16 + c] for the NP * 16 columns of the column panels q ..
 // q + NP - 1 (pack_column_panels): NP contiguous streams, 2 NP vector sums, each column's
@@ -249,7 +288,7 @@ inline void panels_col_dots(const float* a, const float* panels, int64_t G, int6
 // cell(s, j0, j1) for the worker's units of all the step's rows (it reads dh's and writes
 // dG's columns of those units), then, once every worker has finished step s, dh[n, j] =
 // dG[offset + n] . W_hh[:, j] for the step's rows n and the worker's units, from W_hh's
-// column panels (panels_col_dots). dG [R, G] (the gate gradients that reach W_hh), dh
+// column panels (panels_col_dots; W_hh in place below kPanelBackSteps steps). dG [R, G] (the gate gradients that reach W_hh), dh
 // [N, H] (grad_h_n on entry), w_hh [G, H]. Each column's sum runs over g in order:
 // bit-identical for any thread count.
 template <typename Cell>
@@ -258,21 +297,26 @@ void rowdot_backward(const Steps& st, bool reverse, int64_t G, int64_t H, const 
   auto tt = [&](int64_t s) { return reverse ? s : st.T - 1 - s; };
   const int64_t groups = (H + kPanelColumns - 1) / kPanelColumns;
   const int64_t workers = step_workers(groups, st.N * G * H);
-  // W_hh's column panels, each worker packing its own at step 0 (before its first
-  // product, after step 0's barrier)
-  const Scratch<float> panels(groups * G * kPanelColumns);
+  // W_hh's column panels from kPanelBackSteps steps on, each worker packing its own at
+  // step 0 (before its first product, after step 0's barrier); else W_hh in place
+  const bool packed = st.T >= kPanelBackSteps;
+  const Scratch<float> panels(packed ? groups * G * kPanelColumns : 0);
   run_steps(
       workers, 0, st.T + 1,
       [&](int64_t w, int64_t s) {
         const int64_t q0 = groups * w / workers, q1 = groups * (w + 1) / workers;
         const int64_t j0 = std::min(H, q0 * kPanelColumns), j1 = std::min(H, q1 * kPanelColumns);
         if (j1 <= j0) return;
-        if (s == 0) pack_column_panels(w_hh, G, H, q0, q1, panels.data());
+        if (s == 0 && packed) pack_column_panels(w_hh, G, H, q0, q1, panels.data());
         if (s > 0) {
           const int64_t t = tt(s - 1);
           for (int64_t n = 0; n < st.batch[t]; ++n) {
-            panels_col_dots(dG + (st.offset[t] + n) * G, panels.data(), G, H, q0, q1,
-                            dh + n * H);
+            const float* a = dG + (st.offset[t] + n) * G;
+            if (packed) {
+              panels_col_dots(a, panels.data(), G, H, q0, q1, dh + n * H);
+            } else {
+              col_dots(a, w_hh, G, H, j0, j1, dh + n * H);
+            }
           }
         }
         if (s < st.T) cell(s, j0, j1);
