@@ -266,7 +266,7 @@ inline Tensor times_right(const Tensor& a, const Tensor& w) {
   if (w.is_contiguous()) return linear(a, w);
   const Tensor v = t(w);
   const char* env = std::getenv("FUSEDRNN_CPU_FEW_ROWS_PASSES");  // A/B, tests: rows
-  const int64_t most = env && env[0] ? std::atol(env) : kFewRowsInPasses;
+  const int64_t most = env && env[0] ? std::atol(env) : few_rows_most();
   if (a.size(0) <= most && a.numel() > 0 && few_rows_available(a.scalar_type())) {
     Tensor out = empty_as(a, {a.size(0), v.size(1)});
     if (few_rows_mm(a, v, out, most)) return out;

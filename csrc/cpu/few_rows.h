@@ -57,7 +57,7 @@ constexpr int64_t kFewRows = 4;
 // T=12 29.9 vs 30.3; GRU T=5 11.8 vs 11.3, T=8 13.5 vs 13.6, T=12 19.9 vs 18.8; GRU T=2,
 // N=4, I=H=512 4.82 vs 4.47; LSTM T=3, N=3, I=H=256 2.68 vs 2.73. Three passes (9-12
 // rows) were no faster than MKL, but there MKL's sums (and oneDNN's, at 5-7 and 9-11 rows:
-// both split each product differently on 1 and 2 threads, tests/test_determinism.py) had
+// both split each product differently on 1 and 2 threads, tests/test_few_rows_and_mkl.py) had
 // other bits for another thread count: up to 12. The forward's input projection of up to
 // 12 rows (InputProjection, common.h) takes the same loop, for the same reason.
 constexpr int64_t kFewRowsInPasses = 12;

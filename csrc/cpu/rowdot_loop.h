@@ -243,7 +243,8 @@ constexpr int64_t kPanelBackSteps = 8;
 // products (1 MB of W_hh, 2 threads, median of 400 alternations of 20 steps), us a step:
 // in place, 4 sums 16.4, 8 sums 14.8, 8 sums with the rows 8 ahead prefetched 12.7; from
 // panels, 8 sums 10.2 (G=768: 12.2 -> 7.5; G=2048, H=512: 84.2 -> 59.5). The sums are the
-// same, in the same order: the bits do not change.
+// same, in the same order, as col_dots's, except past the last multiple of 8 columns,
+// where col_dots's scalar tail rounds the product before the add.
 template <int NP>
 FUSEDRNN_CPU_CLONES void panel_col_dots(const float* __restrict a,
                                         const float* __restrict panels, int64_t G, int64_t q,
@@ -288,9 +289,9 @@ inline void panels_col_dots(const float* a, const float* panels, int64_t G, int6
 // cell(s, j0, j1) for the worker's units of all the step's rows (it reads dh's and writes
 // dG's columns of those units), then, once every worker has finished step s, dh[n, j] =
 // dG[offset + n] . W_hh[:, j] for the step's rows n and the worker's units, from W_hh's
-// column panels (panels_col_dots; W_hh in place below kPanelBackSteps steps). dG [R, G] (the gate gradients that reach W_hh), dh
-// [N, H] (grad_h_n on entry), w_hh [G, H]. Each column's sum runs over g in order:
-// bit-identical for any thread count.
+// column panels (panels_col_dots; W_hh in place below kPanelBackSteps steps). dG [R, G]
+// (the gate gradients that reach W_hh), dh [N, H] (grad_h_n on entry), w_hh [G, H]. Each
+// column's sum runs over g in order: bit-identical for any thread count.
 template <typename Cell>
 void rowdot_backward(const Steps& st, bool reverse, int64_t G, int64_t H, const float* w_hh,
                      const float* dG, float* dh, const Cell& cell) {
