@@ -135,14 +135,15 @@ def test_rowdot_loop_bit_identical_across_thread_counts(cell, N, T, H, monkeypat
 @pytest.mark.parametrize("cell", CELLS)
 def test_mkl_gemms_bit_identical_across_thread_counts(cell, monkeypatch):
     """The backward's large float32 GEMMs on MKL (mkl_gemm_wanted, common.h: the default on
-    CPUs without AVX-512, forced here): dx = dG W_ih ([1088, 320], 1088 rows) and the
-    weight gradients' 1024-row chunks (results [960 or 1280, 320]). Outputs and every
+    CPUs without AVX-512, forced here, panel_gemm off): dx = dG W_ih ([1088, 320], 1088
+    rows) and the weight gradients' 1024-row chunks (results [960 or 1280, 320]). Outputs and every
     gradient the same bits on 1 and 2 threads; with MKL off (oneDNN), dx and dW_ih have
     other bits, so the MKL GEMMs did run."""
     _, m = make_modules(cell, 320, 320, 1)
     x = torch.randn(17, 64, 320).requires_grad_()
     threads = torch.get_num_threads()
     runs = []
+    monkeypatch.setenv("FUSEDRNN_CPU_PANEL_GEMM", "0")  # dx on MKL, not panel_gemm
     try:
         for n, on in ((1, "1"), (2, "1"), (2, "0")):
             torch.set_num_threads(n)

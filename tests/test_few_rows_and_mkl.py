@@ -11,6 +11,7 @@ import torch
 import fusedrnn
 
 from conftest import CELLS, compare_with_torch, cpu_flags
+from test_determinism import _outputs_and_grads
 from test_equivalence import case
 
 
@@ -212,3 +213,58 @@ def test_few_rows_bit_identical_across_thread_counts(cell, T, N, proj, H):
         torch.set_num_threads(threads)
     for a, b in zip(*runs, strict=True):
         assert torch.equal(a, b)
+
+
+# The panel GEMMs (csrc/cpu/panel_gemm.h) around the recurrences of CPUs with AVX2 and no
+# AVX-512: the input projection x W_ih^T, dx = dG W_ih and the weight gradients' chunks.
+# Odd sizes: G = 4 * 129 (a 4-column last panel), K = I = 7 and 1100 (past oneDNN's
+# 1024-deep blocks), 13 rows (one past the few-row loops), rows not a multiple of the
+# 6-row tiles or of a row block; two layers (the second's K = 2H), bidirectional,
+# batch_first.
+PANEL_GEMM_CASES = [
+    case(50, 1, 7, 129),
+    case(13, 1, 1100, 33, bidir=True),
+    case(1, 13, 65, 40, L=2, hx=False),
+    case(7, 5, 129, 129, bf=True, nc="step"),
+    case(200, 1, 256, 256),
+]
+
+
+@pytest.mark.skipif(not _avx2_no_avx512(),
+                    reason="the panel kernel runs on CPUs with AVX2 and FMA")
+@pytest.mark.parametrize("panel", ["1", "0"], ids=["panel", "library"])
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("kw", PANEL_GEMM_CASES)
+def test_matches_torch_panel_gemms(cell, kw, panel, monkeypatch):
+    """The float32 GEMMs around the loops on the panel kernel (panel_gemm.h) or on oneDNN
+    and MKL (FUSEDRNN_CPU_PANEL_GEMM): within the tolerance rule either way, every output
+    and gradient."""
+    monkeypatch.setenv("FUSEDRNN_CPU_PANEL_GEMM", panel)
+    compare_with_torch(cell, **kw)
+
+
+@pytest.mark.skipif(not _avx2_no_avx512(),
+                    reason="the panel kernel runs on CPUs with AVX2 and FMA")
+@pytest.mark.parametrize("cell", CELLS)
+def test_panel_gemms_run_and_bit_identical_across_thread_counts(cell, monkeypatch):
+    """The panel GEMMs split by output columns, each output one sum over k in order:
+    every output and gradient has the same bits on 1 and 2 threads. K past 1024 (I = 1100
+    for x W_ih^T; G = 1600 or 1200 for dx = dG W_ih), where oneDNN's sums run in another
+    order: with the panel GEMMs off, y and dx differ, so they did run."""
+    torch.manual_seed(0)
+    m = (fusedrnn.LSTM if cell == "LSTM" else fusedrnn.GRU)(1100, 400)
+    x = torch.randn(20, 1, 1100, requires_grad=True)
+    runs = []
+    threads = torch.get_num_threads()
+    try:
+        for n, on in ((1, "1"), (2, "1"), (2, "0")):
+            torch.set_num_threads(n)
+            monkeypatch.setenv("FUSEDRNN_CPU_PANEL_GEMM", on)
+            runs.append(_outputs_and_grads(cell, m, x))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(runs[0], runs[1], strict=True):
+        assert torch.equal(a, b)
+    dx = 3 if cell == "LSTM" else 2
+    assert not torch.equal(runs[1][0], runs[2][0])
+    assert not torch.equal(runs[1][dx], runs[2][dx])

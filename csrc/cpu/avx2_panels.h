@@ -25,6 +25,7 @@
 #pragma once
 
 #include "common.h"
+#include "panel_gemm.h"
 #include "rowdot_loop.h"
 #include "workers.h"
 
@@ -34,15 +35,6 @@
 namespace fusedrnn {
 
 #if FUSEDRNN_HAVE_FUSED
-
-#define FUSEDRNN_AVX2 __attribute__((target("avx2,fma")))
-
-// Units per panel: two 8-float vectors.
-constexpr int64_t kAvx2Units = 16;
-static_assert(kAvx2Units == kPanelColumns, "panel_backward packs W_hh by pack_column_panels");
-// Rows per tile: 6 rows x 2 vectors = 12 accumulators, 2 panel vectors and a broadcast
-// in the 16 ymm registers.
-constexpr int kAvx2Rows = 6;
 
 // The backward's loop runs where a step's rows take at most this many bytes (N * H
 // floats): above it oneDNN's per-step GEMMs were as fast or faster. Paired at T=50, N=256,
@@ -100,84 +92,6 @@ inline bool panels_pay(int64_t T, int64_t G, int64_t H) {
 // vs 24.3, T=3 31.3 vs 30.1, T=4 34.8 vs 32.6; N=8, H=512 LSTM T=2 7.5 vs 8.0, T=3 7.5 vs
 // 7.6, T=4 9.0 vs 8.8; T=50, H=1024 GRU N=2 72.6 vs 62.9, N=4 88.7 vs 72.2.
 inline bool panel_backward_pays(int64_t T, int64_t N) { return T >= 3 && N >= 2; }
-
-// w [NG*H, K] (torch's layout) as panels [NG][groups][K][kAvx2Units]: panel (v, q) holds
-// the rows v*H + q*16 + u, u < 16, by k; zero past H.
-template <int NG>
-void pack_panels(const float* w, int64_t H, int64_t K, float* out) {
-  const int64_t groups = (H + kAvx2Units - 1) / kAvx2Units;
-  parallel_rows(NG * groups, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t v = p / groups, q = p % groups;
-      float* dst = out + p * K * kAvx2Units;
-      for (int64_t u = 0; u < kAvx2Units; ++u) {
-        const int64_t j = q * kAvx2Units + u;
-        const float* src = w + (v * H + j) * K;
-        if (j < H) {
-          for (int64_t k = 0; k < K; ++k) dst[k * kAvx2Units + u] = src[k];
-        } else {
-          for (int64_t k = 0; k < K; ++k) dst[k * kAvx2Units + u] = 0.f;
-        }
-      }
-    }
-  });
-}
-
-// acc[r][0:16] += sum_{k < K} a[r][k] * panel[k][0:16], r < MR.
-template <int MR>
-FUSEDRNN_AVX2 inline __attribute__((always_inline)) void panel_madd(
-    __m256 (&acc)[MR][2], const float* const* a, const float* panel, int64_t K) {
-  for (int64_t k = 0; k < K; ++k) {
-    const __m256 b0 = _mm256_loadu_ps(panel + k * kAvx2Units);
-    const __m256 b1 = _mm256_loadu_ps(panel + k * kAvx2Units + 8);
-#pragma GCC unroll 6
-    for (int r = 0; r < MR; ++r) {
-      const __m256 av = _mm256_broadcast_ss(a[r] + k);
-      acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
-      acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
-    }
-  }
-}
-
-// c[r][0:16] = sum_{k < K} a[r][k] * panel[k][0:16], r < MR; where x is not null, plus
-// sum_{k < I} x[r][k] * x_panel[k][0:16] (the folded input product, in the same chains,
-// after h's terms).
-template <int MR>
-FUSEDRNN_AVX2 void panel_tile(const float* const* a, const float* panel, int64_t K,
-                              float* const* c, const float* const* x, const float* x_panel,
-                              int64_t I) {
-  __m256 acc[MR][2];
-#pragma GCC unroll 6
-  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-  panel_madd<MR>(acc, a, panel, K);
-  if (x != nullptr) panel_madd<MR>(acc, x, x_panel, I);
-#pragma GCC unroll 6
-  for (int r = 0; r < MR; ++r) {
-    _mm256_storeu_ps(c[r], acc[r][0]);
-    _mm256_storeu_ps(c[r] + 8, acc[r][1]);
-  }
-}
-
-// panel_tile for the rows left (1..kAvx2Rows).
-template <int MR = kAvx2Rows>
-inline void panel_rows(int rows, const float* const* a, const float* panel, int64_t K,
-                       float* const* c, const float* const* x = nullptr,
-                       const float* x_panel = nullptr, int64_t I = 0) {
-  if constexpr (MR > 1) {
-    if (rows < MR) return panel_rows<MR - 1>(rows, a, panel, K, c, x, x_panel, I);
-  }
-  panel_tile<MR>(a, panel, K, c, x, x_panel, I);
-}
-
-// f(n0, rows) for the row tiles of B rows, kAvx2Rows at a time, the last with the rest.
-// (Tiles of even sizes, B=32 as 5, 5, 6, 5, 5, 6 rather than five of 6 and one of 2, ran
-// 2-4% slower: T=100, N=32, H=512 LSTM forward op 125.3 vs 122.6 ms, I=1024 199.2 vs
-// 191.8, GRU 100.7 vs 97.6; backward level.)
-template <typename F>
-inline void for_row_tiles(int64_t B, const F& f) {
-  for (int64_t n0 = 0; n0 < B; n0 += kAvx2Rows)
-    f(n0, static_cast<int>(std::min<int64_t>(kAvx2Rows, B - n0)));
-}
 
 // The forward recurrence over steps [0, T) in run order, as rowdot_forward (its cell
 // callback and its hg rows, here of gate stride hs = groups * 16), for any batch. At step

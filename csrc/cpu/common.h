@@ -274,12 +274,23 @@ inline Tensor times_right(const Tensor& a, const Tensor& w) {
   return mm(a, v);
 }
 
-// a @ v for v [K, C] contiguous (the backward's dx = dG W_ih): float32 on MKL where
-// mkl_gemm_wanted (reading v as it is), else times_right(a, right_weight(v, rows of a)).
+// The float32 panel GEMMs of CPUs with AVX2 and no AVX-512 (panel_gemm.h, included at the
+// end of this file).
+inline bool panel_gemm_isa();
+inline bool panel_gemm_wanted(int64_t rows);
+inline void panel_linear(const Tensor& a, const Tensor& w, float* packed, bool packed_ready,
+                         Tensor& out);
+inline Tensor panel_times(const Tensor& a, const Tensor& v);
+inline int64_t panel_floats(int64_t P, int64_t K);
+
+// a @ v for v [K, C] contiguous (the backward's dx = dG W_ih): float32 on panel_gemm where
+// panel_gemm_wanted, else on MKL where mkl_gemm_wanted (reading v as it is), else
+// times_right(a, right_weight(v, rows of a)).
 inline Tensor times_weight(const Tensor& a, const Tensor& v) {
-  if (a.scalar_type() == ScalarType::Float && a.numel() > 0 &&
-      mkl_gemm_wanted(a.size(0), a.size(0) * v.size(1)))
-    return mm(a, v);
+  if (a.scalar_type() == ScalarType::Float && a.numel() > 0) {
+    if (panel_gemm_wanted(a.size(0))) return panel_times(torch::stable::contiguous(a), v);
+    if (mkl_gemm_wanted(a.size(0), a.size(0) * v.size(1))) return mm(a, v);
+  }
   return times_right(a, right_weight(v, a.size(0)));
 }
 
@@ -309,7 +320,16 @@ class InputProjection {
       // The block's steps hold consecutive rows of x2: ascending t forward, descending
       // in reverse, so the lowest row belongs to the block's first (forward) or last step.
       r0_ = st_.offset[reverse_ ? tt(e - 1) : tt(s)];
-      if (x2_.scalar_type() == ScalarType::Float) {
+      if (x2_.scalar_type() == ScalarType::Float && panel_gemm_wanted(rows_)) {
+        // W_ih packed at the first block, the blocks into one buffer
+        if (!packed_) packed_ = std::make_unique<Scratch<float>>(panel_floats(w_ih_.size(0), w_ih_.size(1)));
+        if (!buf_ || buf_->tensor.size(0) < rows_) {
+          buf_ = std::make_unique<ScratchTensor>(x2_, std::vector<int64_t>{rows_, w_ih_.size(0)});
+        }
+        block_ = rows(buf_->tensor, 0, rows_);
+        panel_linear(rows(x2_, r0_, rows_), w_ih_, packed_->data(), packed_ready_, block_);
+        packed_ready_ = true;
+      } else if (x2_.scalar_type() == ScalarType::Float) {
         block_ = linear(rows(x2_, r0_, rows_), w_ih_);
       } else {
         // Into one Scratch buffer for every block (aten::mm.out, the GEMM that linear
@@ -335,6 +355,8 @@ class InputProjection {
   bool reverse_;
   int64_t end_ = 0, r0_ = 0;
   std::unique_ptr<ScratchTensor> buf_;
+  std::unique_ptr<Scratch<float>> packed_;  // W_ih as panels (panel_gemm_wanted)
+  bool packed_ready_ = false;
   Tensor block_ = Tensor();  // after buf_: may view it, so released first
 };
 
@@ -480,3 +502,5 @@ inline void previous_states(const Tensor& y2, const Tensor& h0, const Steps& st,
 }
 
 }  // namespace fusedrnn
+
+#include "panel_gemm.h"  // the definitions of the panel GEMMs declared above

@@ -142,22 +142,32 @@ inline Tensor mm_tn(const Tensor& a, const Tensor& b) {
   // 1024 rows, chunks of 128: MKL's one GEMM there split K across threads (1000 rows into
   // a [28, 7] result) and erred 2.6x torch.nn's in GRU's dW_hh at T=50, N=16, H=129
   // (tests/test_accuracy.py); in 256-row oneDNN chunks 2.2x; in 128-row chunks within 2x.
-  if (K <= kShortChunk) return linear(t(a), t(b));
   const int64_t chunk = K <= kReduceChunk || M * P <= kSmallResult ? kShortChunk : kReduceChunk;
-  const Tensor ac = torch::stable::contiguous(a), bc = torch::stable::contiguous(b);
-  // MKL (mkl_gemm_wanted) multiplies each chunk's transposed view as it is.
+  // MKL (mkl_gemm_wanted) multiplies each chunk's transposed view as it is; panel_gemm
+  // (panel_gemm_isa) a's transposed chunk by b's chunk packed by columns.
   const bool mkl = mkl_gemm_wanted(chunk, M * P);
+  const bool panel = !mkl && panel_gemm_isa();
+  if (K <= kShortChunk && !panel) return linear(t(a), t(b));
+  const Tensor ac = torch::stable::contiguous(a), bc = torch::stable::contiguous(b);
   // the first chunk writes every value: block-cache memory, neither zeroed nor faulted in
   // afresh (a std::vector was both: 2 MB at T=200, N=1, H=256 LSTM's dW_hh, each call)
   const Scratch<double> acc(M * P);
   Tensor out = empty_as(a, {M, P});
   float* o = out.mutable_data_ptr<float>();
   Tensor at_buf, bt_buf;
+  const Scratch<float> packed(panel ? panel_floats(P, std::min(chunk, K)) : 0);
+  const Scratch<float> part_buf(panel ? M * P : 0);
   for (int64_t k0 = 0; k0 < K; k0 += chunk) {
     const int64_t kc = std::min(chunk, K - k0);
     Tensor part;  // [M,P] = a_c^T @ b_c
+    const float* p = part_buf.data();
     if (mkl) {
       part = mm(t(rows(ac, k0, kc)), rows(bc, k0, kc));
+    } else if (panel) {
+      if (k0 == 0 || kc != at_buf.size(1)) at_buf = empty_as(a, {M, kc});
+      transpose_rows(ac, k0, kc, at_buf);
+      pack_column_panels(bc.const_data_ptr<float>() + k0 * P, kc, P, packed.data());
+      panel_gemm(at_buf.const_data_ptr<float>(), kc, M, kc, packed.data(), P, part_buf.data(), P);
     } else {
       if (k0 == 0 || kc != at_buf.size(1)) {
         at_buf = empty_as(a, {M, kc});
@@ -167,7 +177,7 @@ inline Tensor mm_tn(const Tensor& a, const Tensor& b) {
       transpose_rows(bc, k0, kc, bt_buf);
       part = linear(at_buf, bt_buf);
     }
-    const float* p = part.const_data_ptr<float>();
+    if (!panel) p = part.const_data_ptr<float>();
     const bool first = k0 == 0, last = k0 + kc >= K;
     parallel_rows(M * P, 1 << 14, [&](int64_t i0, int64_t i1) {
       accumulate_chunk(p, acc.data(), last ? o : nullptr, first, i0, i1);

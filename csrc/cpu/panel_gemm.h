@@ -1,0 +1,231 @@
+// The float32 panel kernel of CPUs with AVX2 and FMA but without AVX-512: a tile of 6 rows
+// by 16 columns in 12 ymm accumulators over a panel [K][16] of the right operand, each
+// output one sum over k in order. The step products of avx2_panels.h's loops run on it,
+// and so do, here (panel_gemm), the GEMMs around those loops: the forward's input
+// projection x W_ih^T (InputProjection, common.h), the backward's dx = dG W_ih
+// (times_weight) and weight gradients dG^T x, dG^T h (mm_tn).
+//
+// Why the GEMMs too: at the shapes of small batches the library GEMMs ran below the
+// panels' rate. 2-core Zen 3, ms (torch's linear or mm / panel_gemm replica, row blocks of
+// 48): [200, 256] x [256, 1024] 0.83 / 0.61-0.66, [200, 1024] x [1024, 256] 0.72 /
+// 0.54-0.64, [1024, 200] x [200, 256] 0.83 / 0.53-0.69; at T=200, N=1, H=256 LSTM the
+// projection was ~40% of the forward (1.2 of 3.1 ms). Larger: [1024, 768] x [768, 3072]
+// 32.4 / 27.2-29.8, [1024, 2048] x [2048, 512] 12.3 / 11.3. Paired in the ops, torch.nn /
+// fusedrnn, FUSEDRNN_CPU_PANEL_GEMM=0 -> 1: T=200, N=1, I=H=256 LSTM inference 1.47x ->
+// 1.55x, training 1.30x -> 1.52x, GRU 4.28x -> 4.41x, 8.30x -> 9.80x; T=256, N=16,
+// I=H=768 LSTM inference 1.19x -> 1.31x, GRU 1.68x -> 1.87x, GRU training 1.97x -> 2.14x;
+// T=100, N=64, I=H=512 training (dx only: x is folded there) LSTM 1.09x -> 1.17x, GRU
+// 1.39x -> 1.47x. The weight gradients' 1024-row chunks stay on MKL where it takes them
+// (mkl_gemm_wanted): on panels they ran level or slower (T=256, N=16, I=H=768 LSTM
+// training 829 -> 927 ms).
+//
+// Bits: a product's sums are the same whichever thread makes a panel (split by panels,
+// never by k), so they do not depend on the thread count.
+//
+// Included at the end of common.h (InputProjection and times_weight call into it), and
+// includes common.h itself; #pragma once settles the order either way.
+#pragma once
+
+#include "common.h"
+#include "rowdot_loop.h"
+
+#include <cstdlib>
+#include <cstring>
+
+namespace fusedrnn {
+
+#if FUSEDRNN_HAVE_FUSED
+
+#define FUSEDRNN_AVX2 __attribute__((target("avx2,fma")))
+
+// Units per panel: two 8-float vectors.
+constexpr int64_t kAvx2Units = 16;
+static_assert(kAvx2Units == kPanelColumns, "panel_backward packs W_hh by pack_column_panels");
+// Rows per tile: 6 rows x 2 vectors = 12 accumulators, 2 panel vectors and a broadcast
+// in the 16 ymm registers.
+constexpr int kAvx2Rows = 6;
+
+// w [NG*H, K] (torch's layout) as panels [NG][groups][K][kAvx2Units]: panel (v, q) holds
+// the rows v*H + q*16 + u, u < 16, by k; zero past H.
+template <int NG>
+void pack_panels(const float* w, int64_t H, int64_t K, float* out) {
+  const int64_t groups = (H + kAvx2Units - 1) / kAvx2Units;
+  parallel_rows(NG * groups, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t v = p / groups, q = p % groups;
+      float* dst = out + p * K * kAvx2Units;
+      for (int64_t u = 0; u < kAvx2Units; ++u) {
+        const int64_t j = q * kAvx2Units + u;
+        const float* src = w + (v * H + j) * K;
+        if (j < H) {
+          for (int64_t k = 0; k < K; ++k) dst[k * kAvx2Units + u] = src[k];
+        } else {
+          for (int64_t k = 0; k < K; ++k) dst[k * kAvx2Units + u] = 0.f;
+        }
+      }
+    }
+  });
+}
+
+// acc[r][0:16] += sum_{k < K} a[r][k] * panel[k][0:16], r < MR.
+template <int MR>
+FUSEDRNN_AVX2 inline __attribute__((always_inline)) void panel_madd(
+    __m256 (&acc)[MR][2], const float* const* a, const float* panel, int64_t K) {
+  // Four k a pass: without it, gcc's loop of one k (2 loads, 6 broadcasts, 12 FMAs and the
+  // loop's own adds and branch) ran one Zen 3 core at 78-80 GFLOP/s of its 99 with all in
+  // L1 (K=256, 6 rows), 90 with it. Same sums in the same order. Paired, torch.nn /
+  // fusedrnn, without -> with: T=100, N=64, I=H=512 LSTM inference 1.08x -> 1.11x, training
+  // 1.12x -> 1.16x, GRU inference 1.32x -> 1.46x, training 1.31x -> 1.41x; T=50, N=256,
+  // I=H=1024 LSTM inference 0.93x -> 1.10x; T=256, N=16, I=H=768 LSTM inference 1.07x ->
+  // 1.17x, GRU training level (1.94x, 1.90x).
+#pragma GCC unroll 4
+  for (int64_t k = 0; k < K; ++k) {
+    const __m256 b0 = _mm256_loadu_ps(panel + k * kAvx2Units);
+    const __m256 b1 = _mm256_loadu_ps(panel + k * kAvx2Units + 8);
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; ++r) {
+      const __m256 av = _mm256_broadcast_ss(a[r] + k);
+      acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
+    }
+  }
+}
+
+// c[r][0:16] = sum_{k < K} a[r][k] * panel[k][0:16], r < MR; where x is not null, plus
+// sum_{k < I} x[r][k] * x_panel[k][0:16] (the folded input product, in the same chains,
+// after h's terms).
+template <int MR>
+FUSEDRNN_AVX2 void panel_tile(const float* const* a, const float* panel, int64_t K,
+                              float* const* c, const float* const* x, const float* x_panel,
+                              int64_t I) {
+  __m256 acc[MR][2];
+#pragma GCC unroll 6
+  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  panel_madd<MR>(acc, a, panel, K);
+  if (x != nullptr) panel_madd<MR>(acc, x, x_panel, I);
+#pragma GCC unroll 6
+  for (int r = 0; r < MR; ++r) {
+    _mm256_storeu_ps(c[r], acc[r][0]);
+    _mm256_storeu_ps(c[r] + 8, acc[r][1]);
+  }
+}
+
+// panel_tile for the rows left (1..kAvx2Rows).
+template <int MR = kAvx2Rows>
+inline void panel_rows(int rows, const float* const* a, const float* panel, int64_t K,
+                       float* const* c, const float* const* x = nullptr,
+                       const float* x_panel = nullptr, int64_t I = 0) {
+  if constexpr (MR > 1) {
+    if (rows < MR) return panel_rows<MR - 1>(rows, a, panel, K, c, x, x_panel, I);
+  }
+  panel_tile<MR>(a, panel, K, c, x, x_panel, I);
+}
+
+// f(n0, rows) for the row tiles of B rows, kAvx2Rows at a time, the last with the rest.
+// (Tiles of even sizes, B=32 as 5, 5, 6, 5, 5, 6 rather than five of 6 and one of 2, ran
+// 2-4% slower: T=100, N=32, H=512 LSTM forward op 125.3 vs 122.6 ms, I=1024 199.2 vs
+// 191.8, GRU 100.7 vs 97.6; backward level.)
+template <typename F>
+inline void for_row_tiles(int64_t B, const F& f) {
+  for (int64_t n0 = 0; n0 < B; n0 += kAvx2Rows)
+    f(n0, static_cast<int>(std::min<int64_t>(kAvx2Rows, B - n0)));
+}
+
+
+// Rows of a row block in panel_gemm: a block's rows of the left operand, about
+// kPanelGemmBlockBytes, stay in L2 while the worker's panels pass over them; 12 to 48 rows.
+// Replica, 2-core Zen 3, ms at 12 / 24 / 48 rows: [6400, 2048] x [2048, 512] 74.7-84.4 /
+// 81.7-85.0 / 84.8-85.0; [4096, 3072] x [3072, 768] 120 / 135 / 130 (18 rows: 124);
+// [2048, 1024] x [1024, 512] 13.4 / 13.6 / 13.8; at K=256 level.
+constexpr int64_t kPanelGemmBlockBytes = 96 << 10;
+
+inline int64_t panel_gemm_block_rows(int64_t K) {
+  const int64_t rows = kPanelGemmBlockBytes / (std::max<int64_t>(K, 1) * int64_t(sizeof(float)));
+  return std::clamp<int64_t>(rows / kAvx2Rows * kAvx2Rows, 12, 48);
+}
+
+// c[m, 0:P] = sum_{k < K} a[m, k] * b[k, 0:P] for m < M, with b as panels
+// [ceil(P / 16)][K][16] (pack_panels<1> of b^T, pack_column_panels of b; zero past P).
+// Rows of a lie lda floats apart, rows of c ldc apart. Threads split the panels.
+inline void panel_gemm(const float* a, int64_t lda, int64_t M, int64_t K, const float* panels,
+                       int64_t P, float* c, int64_t ldc) {
+  const int64_t np = (P + kAvx2Units - 1) / kAvx2Units, mb = panel_gemm_block_rows(K);
+  parallel_rows(np, 1, [&](int64_t q0, int64_t q1) {
+    alignas(32) float part[kAvx2Rows][kAvx2Units];  // the last panel's tile, past P
+    for (int64_t m0 = 0; m0 < M; m0 += mb) {
+      const int64_t m1 = std::min(M, m0 + mb);
+      for (int64_t q = q0; q < q1; ++q) {
+        const float* panel = panels + q * K * kAvx2Units;
+        const int64_t cols = std::min(kAvx2Units, P - q * kAvx2Units);
+        for_row_tiles(m1 - m0, [&](int64_t i0, int rows) {
+          const float* ar[kAvx2Rows];
+          float* cr[kAvx2Rows];
+          for (int r = 0; r < rows; ++r) {
+            ar[r] = a + (m0 + i0 + r) * lda;
+            cr[r] = cols == kAvx2Units ? c + (m0 + i0 + r) * ldc + q * kAvx2Units : part[r];
+          }
+          panel_rows(rows, ar, panel, K, cr);
+          if (cols < kAvx2Units) {
+            for (int r = 0; r < rows; ++r)
+              std::memcpy(c + (m0 + i0 + r) * ldc + q * kAvx2Units, part[r], cols * sizeof(float));
+          }
+        });
+      }
+    }
+  });
+}
+
+// Whether float32 GEMMs (of `rows` rows) take panel_gemm: on CPUs with AVX2 and FMA but no
+// AVX-512 (few_rows_isa), past the few-row loops' rows. FUSEDRNN_CPU_PANEL_GEMM=0 / 1
+// turns it off / on wherever the CPU has AVX2 and FMA (tests, A/B; read at every call).
+inline bool panel_gemm_isa() {
+  static const bool cpu = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (!cpu) return false;
+  const char* env = std::getenv("FUSEDRNN_CPU_PANEL_GEMM");
+  if (env && env[0]) return env[0] != '0';
+  return few_rows_isa() == FewRowsIsa::kAvx2;
+}
+inline bool panel_gemm_wanted(int64_t rows) { return rows > few_rows_most() && panel_gemm_isa(); }
+
+// Floats of the panels of a [P, K] or [K, P] operand: ceil(P / 16) * 16 * K.
+inline int64_t panel_floats(int64_t P, int64_t K) {
+  return (P + kAvx2Units - 1) / kAvx2Units * kAvx2Units * K;
+}
+
+// a @ w^T (a [M, K] with unit column stride, w [P, K] contiguous, float32) into out [M, P]
+// (contiguous), w packed into `packed` (pack_panels<1>, panel_floats(P, K)) unless
+// `packed_ready`.
+inline void panel_linear(const Tensor& a, const Tensor& w, float* packed, bool packed_ready,
+                         Tensor& out) {
+  const int64_t M = a.size(0), K = a.size(1), P = w.size(0);
+  if (!packed_ready) pack_panels<1>(w.const_data_ptr<float>(), P, K, packed);
+  panel_gemm(a.const_data_ptr<float>(), a.stride(0), M, K, packed, P,
+             out.mutable_data_ptr<float>(), P);
+}
+
+// a @ v (a [M, K] with unit column stride, v [K, P] contiguous, float32) as a new [M, P]
+// tensor: v packed by columns.
+inline Tensor panel_times(const Tensor& a, const Tensor& v) {
+  const int64_t M = a.size(0), K = a.size(1), P = v.size(1);
+  const Scratch<float> packed(panel_floats(P, K));
+  pack_column_panels(v.const_data_ptr<float>(), K, P, packed.data());
+  Tensor out = empty_as(a, {M, P});
+  panel_gemm(a.const_data_ptr<float>(), a.stride(0), M, K, packed.data(), P,
+             out.mutable_data_ptr<float>(), P);
+  return out;
+}
+
+#else
+
+inline bool panel_gemm_isa() { return false; }
+inline bool panel_gemm_wanted(int64_t) { return false; }
+inline void panel_linear(const Tensor&, const Tensor&, float*, bool, Tensor&) {}
+inline Tensor panel_times(const Tensor& a, const Tensor&) { return a; }
+inline int64_t panel_floats(int64_t, int64_t) { return 0; }
+inline void panel_gemm(const float*, int64_t, int64_t, int64_t, const float*, int64_t, float*,
+                       int64_t) {}
+inline void pack_column_panels(const float*, int64_t, int64_t, float*) {}
+
+#endif  // FUSEDRNN_HAVE_FUSED
+
+}  // namespace fusedrnn
