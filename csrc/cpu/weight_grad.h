@@ -149,25 +149,28 @@ inline Tensor mm_tn(const Tensor& a, const Tensor& b) {
   const bool panel = !mkl && panel_gemm_isa();
   if (K <= kShortChunk && !panel) return linear(t(a), t(b));
   const Tensor ac = torch::stable::contiguous(a), bc = torch::stable::contiguous(b);
+  if (panel) {  // a transposed whole, b packed whole, the chunks' doubles in the tiles
+    const ScratchTensor at(a, {M, K});
+    Tensor at_t = at.tensor;
+    transpose_rows(ac, 0, K, at_t);
+    const Scratch<float> packed(panel_floats(P, K));
+    pack_column_panels(bc.const_data_ptr<float>(), K, P, packed.data());
+    Tensor out = empty_as(a, {M, P});
+    panel_gemm_tn(at_t.const_data_ptr<float>(), K, M, K, chunk, packed.data(), P,
+                  out.mutable_data_ptr<float>(), P);
+    return out;
+  }
   // the first chunk writes every value: block-cache memory, neither zeroed nor faulted in
   // afresh (a std::vector was both: 2 MB at T=200, N=1, H=256 LSTM's dW_hh, each call)
   const Scratch<double> acc(M * P);
   Tensor out = empty_as(a, {M, P});
   float* o = out.mutable_data_ptr<float>();
   Tensor at_buf, bt_buf;
-  const Scratch<float> packed(panel ? panel_floats(P, std::min(chunk, K)) : 0);
-  const Scratch<float> part_buf(panel ? M * P : 0);
   for (int64_t k0 = 0; k0 < K; k0 += chunk) {
     const int64_t kc = std::min(chunk, K - k0);
     Tensor part;  // [M,P] = a_c^T @ b_c
-    const float* p = part_buf.data();
     if (mkl) {
       part = mm(t(rows(ac, k0, kc)), rows(bc, k0, kc));
-    } else if (panel) {
-      if (k0 == 0 || kc != at_buf.size(1)) at_buf = empty_as(a, {M, kc});
-      transpose_rows(ac, k0, kc, at_buf);
-      pack_column_panels(bc.const_data_ptr<float>() + k0 * P, kc, P, packed.data());
-      panel_gemm(at_buf.const_data_ptr<float>(), kc, M, kc, packed.data(), P, part_buf.data(), P);
     } else {
       if (k0 == 0 || kc != at_buf.size(1)) {
         at_buf = empty_as(a, {M, kc});
@@ -177,7 +180,7 @@ inline Tensor mm_tn(const Tensor& a, const Tensor& b) {
       transpose_rows(bc, k0, kc, bt_buf);
       part = linear(at_buf, bt_buf);
     }
-    if (!panel) p = part.const_data_ptr<float>();
+    const float* p = part.const_data_ptr<float>();
     const bool first = k0 == 0, last = k0 + kc >= K;
     parallel_rows(M * P, 1 << 14, [&](int64_t i0, int64_t i1) {
       accumulate_chunk(p, acc.data(), last ? o : nullptr, first, i0, i1);
