@@ -200,6 +200,32 @@ def test_avx2_panel_fold_runs_by_default(cell, monkeypatch):
         assert not torch.equal(outs["0"], outs["1"])
 
 
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"),
+                    reason="the AVX2 panel loop needs AVX2 and FMA")
+@pytest.mark.parametrize("shape", [(5, 13, 40, 129, "0"), (5, 13, 40, 129, "1"),
+                                   (2, 33, 1024, 1024, "")],
+                         ids=["x-apart", "x-folded", "default-depth"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_avx2_panel_packed_rows_same_bits(cell, shape, monkeypatch):
+    """The panel forward's packed tile rows (FUSEDRNN_CPU_PANEL_PACK, panel_pack in
+    panel_gemm.h: each worker copies the step's h and x rows by k, 6 rows a tile) feed the
+    same sums in the same order as the rows in place: outputs and every gradient have the
+    same bits packed and in place. N=13: tiles of 6, 6 and 1 rows; H=129: a one-unit last
+    panel; x in its own products or folded; and at I=H=1024, N=33 the default (packed
+    from a depth of 2048)."""
+    T, N, I, H, fold = shape
+    monkeypatch.setenv("FUSEDRNN_CPU_PANELS", "1")
+    monkeypatch.setenv("FUSEDRNN_CPU_PANEL_FOLD", fold)
+    _, m = make_modules(cell, I, H, 1, bidirectional=True)
+    x = torch.randn(T, N, I).requires_grad_()
+    runs = []
+    for pack in ("1" if fold else "", "0"):
+        monkeypatch.setenv("FUSEDRNN_CPU_PANEL_PACK", pack)
+        runs.append(_outputs_and_grads(cell, m, x))
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("N", [1, 16, 64, 130])
 @pytest.mark.parametrize("cell", CELLS)

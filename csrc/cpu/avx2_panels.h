@@ -31,6 +31,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 namespace fusedrnn {
 
@@ -116,6 +117,11 @@ void panel_forward(const Steps& st, bool reverse, int64_t H, const float* w_hh, 
   pack_panels<NG>(w_hh, H, H, panels.data());
   if (fold) pack_panels<NG>(w_ih, H, I, x_panels.data());
   const int64_t workers = step_workers(groups, N * NG * H * (H + (fold ? I : 0)));
+  // each worker's copy of the step's rows, tile by tile: h's H, then x's I (panel_pack)
+  const int64_t depth = H + (fold ? I : 0);
+  const bool pack = panel_pack(depth);
+  std::vector<Scratch<float>> packed;
+  for (int64_t w = 0; pack && w < workers; ++w) packed.emplace_back(N * depth);
   auto units = [&](int64_t w) {
     return std::pair<int64_t, int64_t>{groups * w / workers, groups * (w + 1) / workers};
   };
@@ -125,6 +131,18 @@ void panel_forward(const Steps& st, bool reverse, int64_t H, const float* w_hh, 
     const auto [q0, q1] = units(w);
     if (q1 <= q0) return;
     auto h_row = [&](int64_t n) { return n < keep ? y + (st.offset[p] + n) * H : h0 + n * H; };
+    auto x_row = [&](int64_t n) { return x2 + (st.offset[t] + n) * I; };
+    if (pack) {
+      for_row_tiles(B, [&](int64_t n0, int rows) {
+        const float* a[kAvx2Rows];
+        float* out = packed[w].data() + n0 * depth;
+        for (int r = 0; r < rows; ++r) a[r] = h_row(n0 + r);
+        pack_tile_rows(rows, a, H, out);
+        if (!fold) return;
+        for (int r = 0; r < rows; ++r) a[r] = x_row(n0 + r);
+        pack_tile_rows(rows, a, I, out + H * rows);
+      });
+    }
     for (int64_t v = 0; v < NG; ++v) {
       const bool apart = fold && split_last && v == NG - 1;
       for (int64_t q = q0; q < q1; ++q) {
@@ -134,15 +152,25 @@ void panel_forward(const Steps& st, bool reverse, int64_t H, const float* w_hh, 
           const float* a[kAvx2Rows];
           const float* xr[kAvx2Rows];
           float* c[kAvx2Rows];
-          for (int r = 0; r < rows; ++r) {
-            a[r] = h_row(n0 + r);
-            xr[r] = fold ? x2 + (st.offset[t] + n0 + r) * I : nullptr;
-            c[r] = hg.data() + (n0 + r) * G + v * hs + q * kAvx2Units;
+          for (int r = 0; r < rows; ++r) c[r] = hg.data() + (n0 + r) * G + v * hs + q * kAvx2Units;
+          if (pack) {
+            a[0] = packed[w].data() + n0 * depth;
+            xr[0] = a[0] + H * rows;
+          } else {
+            for (int r = 0; r < rows; ++r) {
+              a[r] = h_row(n0 + r);
+              xr[r] = fold ? x_row(n0 + r) : nullptr;
+            }
           }
-          panel_rows(rows, a, panel, H, c, fold && !apart ? xr : nullptr, xp, I);
+          auto product = [&](const float* const* ar, const float* pa, int64_t K,
+                             const float* const* xa) {
+            if (pack) return panel_rows<kAvx2Rows, true>(rows, ar, pa, K, c, xa, xp, I);
+            panel_rows(rows, ar, pa, K, c, xa, xp, I);
+          };
+          product(a, panel, H, fold && !apart ? xr : nullptr);
           if (apart) {  // GRU's W_in x, apart from W_hn h: into slot NG
             for (int r = 0; r < rows; ++r) c[r] += (NG - v) * hs;
-            panel_rows(rows, xr, xp, I, c);
+            product(xr, xp, I, nullptr);
           }
         });
       }

@@ -67,8 +67,9 @@ void pack_panels(const float* w, int64_t H, int64_t K, float* out) {
   });
 }
 
-// acc[r][0:16] += sum_{k < K} a[r][k] * panel[k][0:16], r < MR.
-template <int MR>
+// acc[r][0:16] += sum_{k < K} a[r][k] * panel[k][0:16], r < MR; kPacked: a[r][k] at
+// a[0][k * MR + r] (the tile's rows packed by k).
+template <int MR, bool kPacked = false>
 FUSEDRNN_AVX2 inline __attribute__((always_inline)) void panel_madd(
     __m256 (&acc)[MR][2], const float* const* a, const float* panel, int64_t K) {
   // Four k a pass: without it, gcc's loop of one k (2 loads, 6 broadcasts, 12 FMAs and the
@@ -84,7 +85,7 @@ FUSEDRNN_AVX2 inline __attribute__((always_inline)) void panel_madd(
     const __m256 b1 = _mm256_loadu_ps(panel + k * kAvx2Units + 8);
 #pragma GCC unroll 6
     for (int r = 0; r < MR; ++r) {
-      const __m256 av = _mm256_broadcast_ss(a[r] + k);
+      const __m256 av = _mm256_broadcast_ss(kPacked ? a[0] + k * MR + r : a[r] + k);
       acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
       acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
     }
@@ -94,15 +95,15 @@ FUSEDRNN_AVX2 inline __attribute__((always_inline)) void panel_madd(
 // c[r][0:16] = sum_{k < K} a[r][k] * panel[k][0:16], r < MR; where x is not null, plus
 // sum_{k < I} x[r][k] * x_panel[k][0:16] (the folded input product, in the same chains,
 // after h's terms).
-template <int MR>
+template <int MR, bool kPacked = false>
 FUSEDRNN_AVX2 void panel_tile(const float* const* a, const float* panel, int64_t K,
                               float* const* c, const float* const* x, const float* x_panel,
                               int64_t I) {
   __m256 acc[MR][2];
 #pragma GCC unroll 6
   for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-  panel_madd<MR>(acc, a, panel, K);
-  if (x != nullptr) panel_madd<MR>(acc, x, x_panel, I);
+  panel_madd<MR, kPacked>(acc, a, panel, K);
+  if (x != nullptr) panel_madd<MR, kPacked>(acc, x, x_panel, I);
 #pragma GCC unroll 6
   for (int r = 0; r < MR; ++r) {
     _mm256_storeu_ps(c[r], acc[r][0]);
@@ -111,14 +112,45 @@ FUSEDRNN_AVX2 void panel_tile(const float* const* a, const float* panel, int64_t
 }
 
 // panel_tile for the rows left (1..kAvx2Rows).
-template <int MR = kAvx2Rows>
+template <int MR = kAvx2Rows, bool kPacked = false>
 inline void panel_rows(int rows, const float* const* a, const float* panel, int64_t K,
                        float* const* c, const float* const* x = nullptr,
                        const float* x_panel = nullptr, int64_t I = 0) {
   if constexpr (MR > 1) {
-    if (rows < MR) return panel_rows<MR - 1>(rows, a, panel, K, c, x, x_panel, I);
+    if (rows < MR) return panel_rows<MR - 1, kPacked>(rows, a, panel, K, c, x, x_panel, I);
   }
-  panel_tile<MR>(a, panel, K, c, x, x_panel, I);
+  panel_tile<MR, kPacked>(a, panel, K, c, x, x_panel, I);
+}
+
+// out[k * rows + r] = a[r][k] for k < K, r < rows: a tile's rows packed by k, read by the
+// kPacked kernels as one stream.
+inline void pack_tile_rows(int rows, const float* const* a, int64_t K, float* out) {
+  for (int r = 0; r < rows; ++r) {
+    const float* src = a[r];
+    for (int64_t k = 0; k < K; ++k) out[k * rows + r] = src[k];
+  }
+}
+
+// The depth (floats a row: H + I, x folded) from which the panel forward packs a step's
+// tile rows (pack_tile_rows) before its products: there a tile's 6 rows (48 KB at 2048)
+// outgrow L1 alongside the panel, and their 6 streams ran slower than one packed stream,
+// by more than the packing costs (each worker packs all the step's rows for itself, a
+// copy as large as them in its L2). Paired inference, torch.nn / fusedrnn, in place ->
+// packed, K = I + H = 2048 (x folded): T=50, N=256, I=H=1024 LSTM 1.145x -> 1.220x,
+// 1.030x -> 1.101x, 1.043x -> 1.165x, but 1.112x -> 1.101x once; GRU 1.200x -> 1.310x;
+// N=128 LSTM 1.055x -> 1.111x, GRU 1.302x -> 1.353x; N=64 LSTM 0.981x -> 1.135x, 1.092x
+// -> 1.106x, 1.038x -> 1.086x, GRU 1.281x -> 1.291x. Not in the backward: there, K = G =
+// 2048, T=100, N=64, I=H=512 LSTM training went 1.182x -> 1.161x and 1.180x -> 1.149x.
+// Below 2048: N=32, I=1024, H=512 LSTM 1.084x -> 1.102x; K = 1024, T=100, N=64, I=H=512
+// LSTM 1.102x -> 1.137x, GRU 1.554x -> 1.456x and 1.550x -> 1.323x; N=256, I=H=512 GRU
+// 1.254x -> 1.243x. FUSEDRNN_CPU_PANEL_PACK=0 / 1: off / on at any depth (tests, A/B;
+// read at every call).
+constexpr int64_t kPanelPackDepth = 2048;
+
+inline bool panel_pack(int64_t K) {
+  const char* env = std::getenv("FUSEDRNN_CPU_PANEL_PACK");
+  if (env && env[0]) return env[0] != '0';
+  return K >= kPanelPackDepth;
 }
 
 // f(n0, rows) for the row tiles of B rows, kAvx2Rows at a time, the last with the rest.
