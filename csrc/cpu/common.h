@@ -275,24 +275,12 @@ inline Tensor times_right(const Tensor& a, const Tensor& w) {
 }
 
 // The float32 panel GEMMs of CPUs with AVX2 and no AVX-512 (panel_gemm.h, included at the
-// end of this file).
+// end of this file, with times_weight: the backward's dx).
 inline bool panel_gemm_isa();
 inline bool panel_gemm_wanted(int64_t rows);
 inline void panel_linear(const Tensor& a, const Tensor& w, float* packed, bool packed_ready,
                          Tensor& out);
-inline Tensor panel_times(const Tensor& a, const Tensor& v);
 inline int64_t panel_floats(int64_t P, int64_t K);
-
-// a @ v for v [K, C] contiguous (the backward's dx = dG W_ih): float32 on panel_gemm where
-// panel_gemm_wanted, else on MKL where mkl_gemm_wanted (reading v as it is), else
-// times_right(a, right_weight(v, rows of a)).
-inline Tensor times_weight(const Tensor& a, const Tensor& v) {
-  if (a.scalar_type() == ScalarType::Float && a.numel() > 0) {
-    if (panel_gemm_wanted(a.size(0))) return panel_times(torch::stable::contiguous(a), v);
-    if (mkl_gemm_wanted(a.size(0), a.size(0) * v.size(1))) return mm(a, v);
-  }
-  return times_right(a, right_weight(v, a.size(0)));
-}
 
 // The input projection x @ W_ih^T, a block of about kBlockRows rows (whole steps) at a
 // time as the step loop reaches it. The [R, G] product never exists whole: each block is

@@ -22,7 +22,7 @@
 // Bits: a product's sums are the same whichever thread makes a panel (split by panels,
 // never by k), so they do not depend on the thread count.
 //
-// Included at the end of common.h (InputProjection and times_weight call into it), and
+// Included at the end of common.h (InputProjection calls into it; times_weight lives here), and
 // includes common.h itself; #pragma once settles the order either way.
 #pragma once
 
@@ -176,33 +176,40 @@ inline int64_t panel_gemm_block_rows(int64_t K) {
   return std::clamp<int64_t>(rows / kAvx2Rows * kAvx2Rows, 12, 48);
 }
 
-// c[m, 0:P] = sum_{k < K} a[m, k] * b[k, 0:P] for m < M, with b as panels
-// [ceil(P / 16)][K][16] (pack_panels<1> of b^T, pack_column_panels of b; zero past P).
-// Rows of a lie lda floats apart, rows of c ldc apart. Threads split the panels.
-inline void panel_gemm(const float* a, int64_t lda, int64_t M, int64_t K, const float* panels,
-                       int64_t P, float* c, int64_t ldc) {
+// f(m, rows, q, cols) for every tile of an [M, P] product: `rows` rows from m, panel q's
+// `cols` columns (16 but in the last panel). Threads split the panels; each runs its
+// panels over row blocks of panel_gemm_block_rows(K) rows.
+template <typename F>
+void for_panel_tiles(int64_t M, int64_t K, int64_t P, const F& f) {
   const int64_t np = (P + kAvx2Units - 1) / kAvx2Units, mb = panel_gemm_block_rows(K);
   parallel_rows(np, 1, [&](int64_t q0, int64_t q1) {
-    alignas(32) float part[kAvx2Rows][kAvx2Units];  // the last panel's tile, past P
     for (int64_t m0 = 0; m0 < M; m0 += mb) {
       const int64_t m1 = std::min(M, m0 + mb);
       for (int64_t q = q0; q < q1; ++q) {
-        const float* panel = panels + q * K * kAvx2Units;
         const int64_t cols = std::min(kAvx2Units, P - q * kAvx2Units);
-        for_row_tiles(m1 - m0, [&](int64_t i0, int rows) {
-          const float* ar[kAvx2Rows];
-          float* cr[kAvx2Rows];
-          for (int r = 0; r < rows; ++r) {
-            ar[r] = a + (m0 + i0 + r) * lda;
-            cr[r] = cols == kAvx2Units ? c + (m0 + i0 + r) * ldc + q * kAvx2Units : part[r];
-          }
-          panel_rows(rows, ar, panel, K, cr);
-          if (cols < kAvx2Units) {
-            for (int r = 0; r < rows; ++r)
-              std::memcpy(c + (m0 + i0 + r) * ldc + q * kAvx2Units, part[r], cols * sizeof(float));
-          }
-        });
+        for_row_tiles(m1 - m0, [&](int64_t i0, int rows) { f(m0 + i0, rows, q, cols); });
       }
+    }
+  });
+}
+
+// c[m, 0:P] = sum_{k < K} a[m, k] * b[k, 0:P] for m < M, with b as panels
+// [ceil(P / 16)][K][16] (pack_panels<1> of b^T, pack_column_panels of b; zero past P).
+// Rows of a lie lda floats apart, rows of c ldc apart.
+inline void panel_gemm(const float* a, int64_t lda, int64_t M, int64_t K, const float* panels,
+                       int64_t P, float* c, int64_t ldc) {
+  for_panel_tiles(M, K, P, [&](int64_t m, int rows, int64_t q, int64_t cols) {
+    alignas(32) float part[kAvx2Rows][kAvx2Units];  // the last panel's tile, past P
+    const float* ar[kAvx2Rows];
+    float* cr[kAvx2Rows];
+    for (int r = 0; r < rows; ++r) {
+      ar[r] = a + (m + r) * lda;
+      cr[r] = cols == kAvx2Units ? c + (m + r) * ldc + q * kAvx2Units : part[r];
+    }
+    panel_rows(rows, ar, panels + q * K * kAvx2Units, K, cr);
+    if (cols < kAvx2Units) {
+      for (int r = 0; r < rows; ++r)
+        std::memcpy(c + (m + r) * ldc + q * kAvx2Units, part[r], cols * sizeof(float));
     }
   });
 }
@@ -216,33 +223,23 @@ inline void panel_gemm(const float* a, int64_t lda, int64_t M, int64_t K, const 
 // with the panel GEMMs off: LSTM -14.0% -> -15.3%, GRU -15.3% -> -17.7%.)
 inline void panel_gemm_tn(const float* at, int64_t lda, int64_t M, int64_t K, int64_t chunk,
                           const float* panels, int64_t P, float* out, int64_t ldo) {
-  const int64_t np = (P + kAvx2Units - 1) / kAvx2Units, mb = panel_gemm_block_rows(K);
-  parallel_rows(np, 1, [&](int64_t q0, int64_t q1) {
+  for_panel_tiles(M, K, P, [&](int64_t m, int rows, int64_t q, int64_t cols) {
     alignas(32) float part[kAvx2Rows][kAvx2Units];
-    alignas(32) double sum[kAvx2Rows][kAvx2Units];
-    for (int64_t m0 = 0; m0 < M; m0 += mb) {
-      const int64_t m1 = std::min(M, m0 + mb);
-      for (int64_t q = q0; q < q1; ++q) {
-        const float* panel = panels + q * K * kAvx2Units;
-        const int64_t cols = std::min(kAvx2Units, P - q * kAvx2Units);
-        for_row_tiles(m1 - m0, [&](int64_t i0, int rows) {
-          const float* ar[kAvx2Rows];
-          float* cr[kAvx2Rows];
-          for (int r = 0; r < rows; ++r) cr[r] = part[r];
-          for (int64_t k0 = 0; k0 < K; k0 += chunk) {
-            const int64_t kc = std::min(chunk, K - k0);
-            for (int r = 0; r < rows; ++r) ar[r] = at + (m0 + i0 + r) * lda + k0;
-            panel_rows(rows, ar, panel + k0 * kAvx2Units, kc, cr);
-            for (int r = 0; r < rows; ++r)
-              for (int64_t u = 0; u < kAvx2Units; ++u)
-                sum[r][u] = k0 == 0 ? double(part[r][u]) : sum[r][u] + double(part[r][u]);
-          }
-          for (int r = 0; r < rows; ++r) {
-            float* o = out + (m0 + i0 + r) * ldo + q * kAvx2Units;
-            for (int64_t u = 0; u < cols; ++u) o[u] = static_cast<float>(sum[r][u]);
-          }
-        });
-      }
+    double sum[kAvx2Rows][kAvx2Units];
+    const float* ar[kAvx2Rows];
+    float* cr[kAvx2Rows];
+    for (int r = 0; r < rows; ++r) cr[r] = part[r];
+    for (int64_t k0 = 0; k0 < K; k0 += chunk) {
+      const int64_t kc = std::min(chunk, K - k0);
+      for (int r = 0; r < rows; ++r) ar[r] = at + (m + r) * lda + k0;
+      panel_rows(rows, ar, panels + (q * K + k0) * kAvx2Units, kc, cr);
+      for (int r = 0; r < rows; ++r)
+        for (int64_t u = 0; u < kAvx2Units; ++u)
+          sum[r][u] = k0 == 0 ? double(part[r][u]) : sum[r][u] + double(part[r][u]);
+    }
+    for (int r = 0; r < rows; ++r) {
+      float* o = out + (m + r) * ldo + q * kAvx2Units;
+      for (int64_t u = 0; u < cols; ++u) o[u] = static_cast<float>(sum[r][u]);
     }
   });
 }
@@ -301,5 +298,16 @@ inline void panel_gemm_tn(const float*, int64_t, int64_t, int64_t, int64_t, cons
                           int64_t, float*, int64_t) {}
 
 #endif  // FUSEDRNN_HAVE_FUSED
+
+// a @ v for v [K, C] contiguous (the backward's dx = dG W_ih): float32 on panel_gemm where
+// panel_gemm_wanted, else on MKL where mkl_gemm_wanted (reading v as it is), else
+// times_right(a, right_weight(v, rows of a)).
+inline Tensor times_weight(const Tensor& a, const Tensor& v) {
+  if (a.scalar_type() == ScalarType::Float && a.numel() > 0) {
+    if (panel_gemm_wanted(a.size(0))) return panel_times(torch::stable::contiguous(a), v);
+    if (mkl_gemm_wanted(a.size(0), a.size(0) * v.size(1))) return mm(a, v);
+  }
+  return times_right(a, right_weight(v, a.size(0)));
+}
 
 }  // namespace fusedrnn
