@@ -265,6 +265,78 @@ struct GRU {
 };
 
 }  // namespace cells16
+
+// The same cells on 8 floats at a time (AVX2 and FMA), for CPUs without AVX-512
+// (x86-64-v3): n rounded by vroundps, 2^n made in the exponent field (n is in [-126, 127]
+// after the clamp), the divisions true divisions (as fast as vrcpps and a Newton step
+// here, which left sigmoid(88) short of 1). Within 0.99 (exp), 1.38 (sigmoid), 2.14 (tanh)
+// float eps (test_cells.cpp). gcc's vectorized scalar loop (tanh_ on |x| with a sign
+// select, the clamps as compares and blends) took 6.3 ns a unit for the LSTM forward cell
+// and 4.7 for the GRU's on one Zen 3 core (bench_cells 1024), these 3.9 and 2.5.
+#define FUSEDRNN_HAVE_CELLS8 1
+#define FUSEDRNN_CELLS8_TARGET __attribute__((target("avx2,fma")))
+#define FUSEDRNN_CELLS8 inline __attribute__((always_inline)) FUSEDRNN_CELLS8_TARGET
+
+namespace cells8 {
+
+FUSEDRNN_CELLS8 __m256 exp(__m256 x) {
+  // Clamped as exp_ (max(lo, x): a NaN x is vmaxps's second operand, so it passes).
+  x = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);
+  x = _mm256_min_ps(_mm256_set1_ps(88.0f), x);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  // 2^n as its exponent field: n is in [-126, 127] after the clamp (a NaN's 2^n is
+  // garbage, and p, NaN, passes)
+  const __m256i e = _mm256_slli_epi32(
+      _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+FUSEDRNN_CELLS8 __m256 recip(__m256 d) { return _mm256_div_ps(_mm256_set1_ps(1.0f), d); }
+
+FUSEDRNN_CELLS8 __m256 sigmoid(__m256 x) {
+  return recip(_mm256_add_ps(_mm256_set1_ps(1.0f), exp(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+}
+
+FUSEDRNN_CELLS8 __m256 tanh(__m256 x) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  const __m256 big = _mm256_fnmadd_ps(_mm256_set1_ps(2.0f),
+                                      recip(_mm256_add_ps(exp(_mm256_add_ps(x, x)), one)), one);
+  const __m256 z = _mm256_mul_ps(x, x);
+  __m256 q = _mm256_set1_ps(-5.70498872745e-3f);
+  q = _mm256_fmadd_ps(q, z, _mm256_set1_ps(2.06390887954e-2f));
+  q = _mm256_fmadd_ps(q, z, _mm256_set1_ps(-5.37397155531e-2f));
+  q = _mm256_fmadd_ps(q, z, _mm256_set1_ps(1.33314422036e-1f));
+  q = _mm256_fmadd_ps(q, z, _mm256_set1_ps(-3.33332819422e-1f));
+  const __m256 small = _mm256_fmadd_ps(_mm256_mul_ps(x, z), q, x);
+  const __m256 ax = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
+  return _mm256_blendv_ps(big, small, _mm256_cmp_ps(ax, _mm256_set1_ps(0.625f), _CMP_LT_OQ));
+}
+
+struct LSTM {
+  __m256 i, f, g, o, c, h;
+  FUSEDRNN_CELLS8 LSTM(__m256 pi, __m256 pf, __m256 pg, __m256 po, __m256 c_prev)
+      : i(sigmoid(pi)), f(sigmoid(pf)), g(tanh(pg)), o(sigmoid(po)),
+        c(_mm256_fmadd_ps(f, c_prev, _mm256_mul_ps(i, g))), h(_mm256_mul_ps(o, tanh(c))) {}
+};
+
+struct GRU {
+  __m256 r, z, n, h;
+  FUSEDRNN_CELLS8 GRU(__m256 pr, __m256 pz, __m256 xn, __m256 hn, __m256 h_prev)
+      : r(sigmoid(pr)), z(sigmoid(pz)), n(tanh(_mm256_fmadd_ps(r, hn, xn))),
+        h(_mm256_fmadd_ps(z, _mm256_sub_ps(h_prev, n), n)) {}
+};
+
+}  // namespace cells8
 #endif
 
 }  // namespace fusedrnn

@@ -46,19 +46,22 @@ FUSEDRNN_CPU_CLONES void gru_forward_scalar(
   }
 }
 
-// The forward cell over the units [j0, j1) of one row: 16 at a time with v16
-// (cells16_on()) where the types allow, else the scalar loop.
+// The forward cell over the units [j0, j1) of one row: 16 or 8 at a time (lanes,
+// cell_lanes()) where the types allow, else the scalar loop.
 template <bool kXg, bool kSave, typename scalar_t, typename xn_t, typename hg_t, typename acc_t>
-inline void gru_forward_units(bool v16, const scalar_t* xg, const xn_t* xn, const hg_t* hg,
+inline void gru_forward_units(int lanes, const scalar_t* xg, const xn_t* xn, const hg_t* hg,
                               int64_t hs, const acc_t* bi, const acc_t* bh, acc_t* h, scalar_t* y,
                               acc_t* w, int64_t H, int64_t j0, int64_t j1) {
 #if FUSEDRNN_HAVE_CELLS16
   if constexpr (kCells16Storage<scalar_t> && kCells16Storage<xn_t> &&
                 std::is_same_v<hg_t, float> && std::is_same_v<acc_t, float>) {
-    if (v16) return gru_forward_units16<kXg, kSave>(xg, xn, hg, hs, bi, bh, h, y, w, H, j0, j1);
+    if (lanes == 16) return gru_forward_units16<kXg, kSave>(xg, xn, hg, hs, bi, bh, h, y, w, H, j0, j1);
+    if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<xn_t, float>) {
+      if (lanes == 8) return gru_forward_units8<kXg, kSave>(xg, xn, hg, hs, bi, bh, h, y, w, H, j0, j1);
+    }
   }
 #endif
-  (void)v16;
+  (void)lanes;
   gru_forward_scalar<kXg, kSave>(xg, xn, hg, hs, bi, bh, h, y, w, H, j0, j1);
 }
 
@@ -89,7 +92,7 @@ void gru_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, con
                       Tensor& ws2) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t N = st.N, H = w_hh.size(1), G = 3 * H;
-  const bool v16 = cells16_on();
+  const int lanes = cell_lanes();
 
   InputProjection xg(st, x2, w_ih, reverse);
   const std::vector<acc_t> b_i = bias_vector<scalar_t>(b_ih, G);
@@ -128,11 +131,11 @@ void gru_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, con
         float* ws_row = save ? ws_p + (off + n) * kGRUSaved * H : nullptr;
         with_flags(!fold, save, [&](auto with_xg, auto with_ws) {
           if constexpr (with_xg) {
-            gru_forward_units<true, with_ws>(v16, xg_row, xg_row + 2 * H, hg, hs, b_i.data(), b_h.data(),
+            gru_forward_units<true, with_ws>(lanes, xg_row, xg_row + 2 * H, hg, hs, b_i.data(), b_h.data(),
                                              ha.data() + n * H, y_p + (off + n) * H, ws_row, H,
                                              j0, j1);
           } else {
-            gru_forward_units<false, with_ws>(v16, xg_row, hg + 3 * hs, hg, hs, b_i.data(), b_h.data(),
+            gru_forward_units<false, with_ws>(lanes, xg_row, hg + 3 * hs, hg, hs, b_i.data(), b_h.data(),
                                               ha.data() + n * H, y_p + (off + n) * H, ws_row,
                                               H, j0, j1);
           }
@@ -167,11 +170,11 @@ void gru_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, con
         float* ws_row = save ? ws_p + (off + n) * kGRUSaved * H : nullptr;
         with_flags(xg_row != nullptr, save, [&](auto with_xg, auto with_ws) {
           if constexpr (with_xg) {
-            gru_forward_units<true, with_ws>(v16, xg_row, xg_row + 2 * H, hg, hs, b_i.data(),
+            gru_forward_units<true, with_ws>(lanes, xg_row, xg_row + 2 * H, hg, hs, b_i.data(),
                                              b_h.data(), ha.data() + n * H, y_p + (off + n) * H,
                                              ws_row, H, j0, j1);
           } else {  // x folded: W_in x in a fourth slot
-            gru_forward_units<false, with_ws>(v16, xg_row, hg + 3 * hs, hg, hs, b_i.data(),
+            gru_forward_units<false, with_ws>(lanes, xg_row, hg + 3 * hs, hg, hs, b_i.data(),
                                               b_h.data(), ha.data() + n * H,
                                               y_p + (off + n) * H, ws_row, H, j0, j1);
           }
@@ -191,7 +194,7 @@ void gru_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, con
     const scalar_t* xg_p = static_cast<const scalar_t*>(xg.step(s));
     acc_t* ws_s = save ? ws_p + off * kGRUSaved * H : ws_p;
     for_each_unit_chunk(B, H, [&](int64_t n, int64_t j0, int64_t j1) {
-      gru_forward_units<true, true>(v16, xg_p + n * G, xg_p + n * G + 2 * H, hg_p + n * G, H, b_i.data(),
+      gru_forward_units<true, true>(lanes, xg_p + n * G, xg_p + n * G + 2 * H, hg_p + n * G, H, b_i.data(),
                         b_h.data(), ha.data() + n * H, y_p + (off + n) * H,
                         ws_s + n * kGRUSaved * H, H, j0, j1);
     });

@@ -51,19 +51,22 @@ FUSEDRNN_CPU_CLONES void lstm_forward_scalar(
   }
 }
 
-// The forward cell over the units [j0, j1) of one row: 16 at a time with v16
-// (cells16_on()) where the types allow, else the scalar loop.
+// The forward cell over the units [j0, j1) of one row: 16 or 8 at a time (lanes,
+// cell_lanes()) where the types allow, else the scalar loop.
 template <bool kXg, bool kSave, typename scalar_t, typename hg_t, typename acc_t>
-inline void lstm_forward_units(bool v16, const scalar_t* xg, const hg_t* hg, int64_t hs,
+inline void lstm_forward_units(int lanes, const scalar_t* xg, const hg_t* hg, int64_t hs,
                                const acc_t* b, acc_t* c, scalar_t* y, acc_t* w, int64_t H,
                                int64_t j0, int64_t j1) {
 #if FUSEDRNN_HAVE_CELLS16
   if constexpr (kCells16Storage<scalar_t> && std::is_same_v<hg_t, float> &&
                 std::is_same_v<acc_t, float>) {
-    if (v16) return lstm_forward_units16<kXg, kSave>(xg, hg, hs, b, c, y, w, H, j0, j1);
+    if (lanes == 16) return lstm_forward_units16<kXg, kSave>(xg, hg, hs, b, c, y, w, H, j0, j1);
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (lanes == 8) return lstm_forward_units8<kXg, kSave>(xg, hg, hs, b, c, y, w, H, j0, j1);
+    }
   }
 #endif
-  (void)v16;
+  (void)lanes;
   lstm_forward_scalar<kXg, kSave>(xg, hg, hs, b, c, y, w, H, j0, j1);
 }
 
@@ -110,7 +113,7 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
                        Tensor& ws2) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t N = st.N, H = w_ih.size(0) / 4, P = w_hh.size(1), G = 4 * H;
-  const bool v16 = cells16_on();
+  const int lanes = cell_lanes();
 
   InputProjection xg(st, x2, w_ih, reverse);
   const std::vector<acc_t> b_i = bias_vector<scalar_t>(b_ih, G);
@@ -148,7 +151,7 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
         const int64_t off = st.offset[reverse ? st.T - 1 - s : s];
         float* ws_row = save ? ws_p + (off + n) * kLSTMSaved * H : nullptr;
         with_flags(!fold, save, [&](auto with_xg, auto with_ws) {
-          lstm_forward_units<with_xg, with_ws>(v16, xg_row, hg, hs, bias.data(), c.data() + n * H,
+          lstm_forward_units<with_xg, with_ws>(lanes, xg_row, hg, hs, bias.data(), c.data() + n * H,
                                                y_p + (off + n) * H, ws_row, H, j0, j1);
         });
       };
@@ -176,7 +179,7 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
         const int64_t off = st.offset[reverse ? st.T - 1 - s : s];
         float* ws_row = save ? ws_p + (off + n) * kLSTMSaved * H : nullptr;
         with_flags(xg_row != nullptr, save, [&](auto with_xg, auto with_ws) {
-          lstm_forward_units<with_xg, with_ws>(v16, xg_row, hg, hs, bias.data(), c.data() + n * H,
+          lstm_forward_units<with_xg, with_ws>(lanes, xg_row, hg, hs, bias.data(), c.data() + n * H,
                                                y_p + (off + n) * H, ws_row, H, j0, j1);
         });
       };
@@ -196,7 +199,7 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
     acc_t* ws_s = save ? ws_p + off * kLSTMSaved * H : ws_p;
     scalar_t* out = w_hr ? m_p : y_p + off * H;  // rows of m, or of y (P = H)
     for_each_unit_chunk(B, H, [&](int64_t n, int64_t j0, int64_t j1) {
-      lstm_forward_units<true, true>(v16, xg_p + n * G, hg_p + n * G, H, bias.data(), c.data() + n * H,
+      lstm_forward_units<true, true>(lanes, xg_p + n * G, hg_p + n * G, H, bias.data(), c.data() + n * H,
                          out + n * H, ws_s + n * kLSTMSaved * H, H, j0, j1);
     });
     if (w_hr) {

@@ -85,6 +85,30 @@ FUSEDRNN_CELLS16_TARGET __attribute__((noinline)) void gru_fwd16(CR a, CR b, CR 
     _mm512_storeu_ps(o3 + k, r.h);
   }
 }
+
+// And on the 8-lane cells (cells8, AVX2).
+FUSEDRNN_CELLS8_TARGET __attribute__((noinline)) void lstm_fwd8(
+    CR a, CR b, CR c, CR d, CR s, R o0, R o1, R o2, R o3, R o4, R o5, int64_t n) {
+  for (int64_t k = 0; k + 8 <= n; k += 8) {
+    const fusedrnn::cells8::LSTM r(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k),
+                                   _mm256_loadu_ps(c + k), _mm256_loadu_ps(d + k),
+                                   _mm256_loadu_ps(s + k));
+    _mm256_storeu_ps(o0 + k, r.i), _mm256_storeu_ps(o1 + k, r.f), _mm256_storeu_ps(o2 + k, r.g);
+    _mm256_storeu_ps(o3 + k, r.o), _mm256_storeu_ps(o4 + k, r.c), _mm256_storeu_ps(o5 + k, r.h);
+  }
+}
+
+FUSEDRNN_CELLS8_TARGET __attribute__((noinline)) void gru_fwd8(CR a, CR b, CR c, CR d, CR s,
+                                                               R o0, R o1, R o2, R o3,
+                                                               int64_t n) {
+  for (int64_t k = 0; k + 8 <= n; k += 8) {
+    const fusedrnn::cells8::GRU r(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k),
+                                  _mm256_loadu_ps(c + k), _mm256_loadu_ps(d + k),
+                                  _mm256_loadu_ps(s + k));
+    _mm256_storeu_ps(o0 + k, r.r), _mm256_storeu_ps(o1 + k, r.z), _mm256_storeu_ps(o2 + k, r.n);
+    _mm256_storeu_ps(o3 + k, r.h);
+  }
+}
 #endif
 
 // Best of 7 runs, each repeating fn until about 20 ms have passed.
@@ -134,6 +158,10 @@ int main(int argc, char** argv) {
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
     row("lstm fwd 16", ns_per_element([&] { lstm_fwd16(a, b, c, d, s, o0, o1, o2, o3, o4, o5, n); }, n), 11);
     row("gru fwd 16", ns_per_element([&] { gru_fwd16(a, b, c, d, s, o0, o1, o2, o3, n); }, n), 9);
+  }
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    row("lstm fwd 8", ns_per_element([&] { lstm_fwd8(a, b, c, d, s, o0, o1, o2, o3, o4, o5, n); }, n), 11);
+    row("gru fwd 8", ns_per_element([&] { gru_fwd8(a, b, c, d, s, o0, o1, o2, o3, n); }, n), 9);
   }
 #endif
   row("gru backward", ns_per_element([&] { gru_bwd(a, b, c, d, s, ga, o0, o1, o2, o3, o4, n); }, n), 11);
