@@ -14,14 +14,19 @@ namespace fusedrnn {
 
 #if FUSEDRNN_HAVE_CELLS16
 
-// True where the forward cells run 16 units at a time: AVX-512 F, BW, VL and DQ. With
-// FUSEDRNN_CPU_CELLS16=0, the scalar loops (vectorized by gcc) everywhere; read at every
-// op call (tests compare the two).
-inline bool cells16_on() {
+// CPUs with AVX-512 F, BW, VL and DQ.
+inline bool cells16_cpu() {
   static const bool cpu = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  return cpu;
+}
+
+// True where the forward cells run 16 units at a time: cells16_cpu(). With
+// FUSEDRNN_CPU_CELLS16=0, the scalar loops (vectorized by gcc); read at every op call
+// (tests compare the two).
+inline bool cells16_on() {
   const char* env = std::getenv("FUSEDRNN_CPU_CELLS16");
-  return cpu && !(env && env[0] == '0');
+  return cells16_cpu() && !(env && env[0] == '0');
 }
 
 // Storage types the 16-unit loops take.
@@ -115,10 +120,12 @@ inline bool cells16_on() { return false; }
 
 #if FUSEDRNN_HAVE_CELLS8
 
-// True where the forward cells run 8 units at a time: AVX2 and FMA, without the
-// AVX-512 of cells16_on. FUSEDRNN_CPU_CELLS8=0: the scalar loops; read at every op call.
+// True where the forward cells run 8 units at a time: AVX2 and FMA on CPUs without the
+// AVX-512 of cells16_on (there FUSEDRNN_CPU_CELLS16=0 still means the scalar loops).
+// FUSEDRNN_CPU_CELLS8=0: the scalar loops; read at every op call.
 inline bool cells8_on() {
-  static const bool cpu = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool cpu =
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && !cells16_cpu();
   const char* env = std::getenv("FUSEDRNN_CPU_CELLS8");
   return cpu && !(env && env[0] == '0');
 }
