@@ -46,8 +46,7 @@ FUSEDRNN_CPU_CLONES void gru_forward_scalar(
   }
 }
 
-// The forward cell over the units [j0, j1) of one row: 16 or 8 at a time (lanes,
-// cell_lanes()) where the types allow, else the scalar loop.
+// One row's forward cell, units [j0, j1): the vector cells (cell_lanes()) where types allow.
 template <bool kXg, bool kSave, typename scalar_t, typename xn_t, typename hg_t, typename acc_t>
 inline void gru_forward_units(int lanes, const scalar_t* xg, const xn_t* xn, const hg_t* hg,
                               int64_t hs, const acc_t* bi, const acc_t* bh, acc_t* h, scalar_t* y,
@@ -56,9 +55,9 @@ inline void gru_forward_units(int lanes, const scalar_t* xg, const xn_t* xn, con
   if constexpr (kCells16Storage<scalar_t> && kCells16Storage<xn_t> &&
                 std::is_same_v<hg_t, float> && std::is_same_v<acc_t, float>) {
     if (lanes == 16) return gru_forward_units16<kXg, kSave>(xg, xn, hg, hs, bi, bh, h, y, w, H, j0, j1);
-    if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<xn_t, float>) {
+    // cells8: float storage only
+    if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<xn_t, float>)
       if (lanes == 8) return gru_forward_units8<kXg, kSave>(xg, xn, hg, hs, bi, bh, h, y, w, H, j0, j1);
-    }
   }
 #endif
   (void)lanes;

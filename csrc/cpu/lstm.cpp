@@ -51,8 +51,7 @@ FUSEDRNN_CPU_CLONES void lstm_forward_scalar(
   }
 }
 
-// The forward cell over the units [j0, j1) of one row: 16 or 8 at a time (lanes,
-// cell_lanes()) where the types allow, else the scalar loop.
+// One row's forward cell, units [j0, j1): the vector cells (cell_lanes()) where types allow.
 template <bool kXg, bool kSave, typename scalar_t, typename hg_t, typename acc_t>
 inline void lstm_forward_units(int lanes, const scalar_t* xg, const hg_t* hg, int64_t hs,
                                const acc_t* b, acc_t* c, scalar_t* y, acc_t* w, int64_t H,
@@ -61,9 +60,8 @@ inline void lstm_forward_units(int lanes, const scalar_t* xg, const hg_t* hg, in
   if constexpr (kCells16Storage<scalar_t> && std::is_same_v<hg_t, float> &&
                 std::is_same_v<acc_t, float>) {
     if (lanes == 16) return lstm_forward_units16<kXg, kSave>(xg, hg, hs, b, c, y, w, H, j0, j1);
-    if constexpr (std::is_same_v<scalar_t, float>) {
+    if constexpr (std::is_same_v<scalar_t, float>)  // cells8: float storage only
       if (lanes == 8) return lstm_forward_units8<kXg, kSave>(xg, hg, hs, b, c, y, w, H, j0, j1);
-    }
   }
 #endif
   (void)lanes;
