@@ -27,6 +27,7 @@
 #pragma once
 
 #include "common.h"
+#include "row_tiles.h"
 #include "rowdot_loop.h"
 
 #include <cstdlib>
@@ -41,10 +42,6 @@ namespace fusedrnn {
 // Units per panel: two 8-float vectors.
 constexpr int64_t kAvx2Units = 16;
 static_assert(kAvx2Units == kPanelColumns, "panel_backward packs W_hh by pack_column_panels");
-// Rows per tile: 6 rows x 2 vectors = 12 accumulators, 2 panel vectors and a broadcast
-// in the 16 ymm registers.
-constexpr int kAvx2Rows = 6;
-
 // w [NG*H, K] (torch's layout) as panels [NG][groups][K][kAvx2Units]: panel (v, q) holds
 // the rows v*H + q*16 + u, u < 16, by k; zero past H.
 template <int NG>
@@ -152,17 +149,6 @@ inline bool panel_pack(int64_t K) {
   if (env && env[0]) return env[0] != '0';
   return K >= kPanelPackDepth;
 }
-
-// f(n0, rows) for the row tiles of B rows, kAvx2Rows at a time, the last with the rest.
-// (Tiles of even sizes, B=32 as 5, 5, 6, 5, 5, 6 rather than five of 6 and one of 2, ran
-// 2-4% slower: T=100, N=32, H=512 LSTM forward op 125.3 vs 122.6 ms, I=1024 199.2 vs
-// 191.8, GRU 100.7 vs 97.6; backward level.)
-template <typename F>
-inline void for_row_tiles(int64_t B, const F& f) {
-  for (int64_t n0 = 0; n0 < B; n0 += kAvx2Rows)
-    f(n0, static_cast<int>(std::min<int64_t>(kAvx2Rows, B - n0)));
-}
-
 
 // Rows of a row block in panel_gemm: a block's rows of the left operand, about
 // kPanelGemmBlockBytes, stay in L2 while the worker's panels pass over them; 12 to 48 rows.
