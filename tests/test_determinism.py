@@ -172,7 +172,7 @@ def test_avx2_panel_loop_bit_identical_across_thread_counts(cell, H, fold, monke
     loops' bits agree there: the forward's output (K = H) and at H=129 dx too (K = 4H or
     3H = 516 or 387); at H=400 dx (K = 1600 or 1200) tells the backward's loops apart.
     Folded, the output and dx differ. H=129: 9 panels a gate, split 4/5, the last one unit
-    wide; N=13: a 1-row tile."""
+    wide; N=13: tiles of 6, 4 and 3 rows (row_tiles.h)."""
     monkeypatch.setenv("FUSEDRNN_CPU_PANEL_FOLD", fold)
     _, m = make_modules(cell, 40, H, 1, bidirectional=True)
     _assert_loop_bit_identical_and_not_gemm(cell, m, torch.randn(30, 13, 40), "FUSEDRNN_CPU_PANELS",
@@ -210,7 +210,7 @@ def test_avx2_panel_packed_rows_same_bits(cell, shape, monkeypatch):
     """The panel forward's packed tile rows (FUSEDRNN_CPU_PANEL_PACK, panel_pack in
     panel_gemm.h: each worker copies the step's h and x rows by k, 6 rows a tile) feed the
     same sums in the same order as the rows in place: outputs and every gradient have the
-    same bits packed and in place. N=13: tiles of 6, 6 and 1 rows; H=129: a one-unit last
+    same bits packed and in place. N=13: tiles of 6, 4 and 3 rows; H=129: a one-unit last
     panel; x in its own products or folded; and at I=H=1024, N=33 the default (packed
     from a depth of 2048)."""
     T, N, I, H, fold = shape
@@ -224,6 +224,30 @@ def test_avx2_panel_packed_rows_same_bits(cell, shape, monkeypatch):
         runs.append(_outputs_and_grads(cell, m, x))
     for a, b in zip(*runs, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"),
+                    reason="the AVX2 panel loop needs AVX2 and FMA")
+@pytest.mark.parametrize("fold", ["0", "1"], ids=["x-apart", "x-folded"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_avx2_panel_row_blocks_same_bits(cell, fold, monkeypatch):
+    """The panel forward runs a step's rows block by block (FUSEDRNN_CPU_PANEL_BLOCK,
+    panel_block_rows in avx2_panels.h), each block's tiles over all the worker's panels: a
+    row's sums are the same in any block, so blocks of 6, 7 and 12 rows, the default and
+    the whole step give the same bits, outputs and every gradient. N=40: blocks with 4 or
+    5 rows left over, 7-row blocks cut 4 + 3; H=129: a one-unit last panel."""
+    monkeypatch.setenv("FUSEDRNN_CPU_FUSED", "0")
+    monkeypatch.setenv("FUSEDRNN_CPU_PANELS", "1")
+    monkeypatch.setenv("FUSEDRNN_CPU_PANEL_FOLD", fold)
+    _, m = make_modules(cell, 40, 129, 1, bidirectional=True)
+    x = torch.randn(6, 40, 40).requires_grad_()
+    runs = []
+    for rows in ("0", "6", "7", "12", ""):
+        monkeypatch.setenv("FUSEDRNN_CPU_PANEL_BLOCK", rows)
+        runs.append(_outputs_and_grads(cell, m, x))
+    for run in runs[1:]:
+        for a, b in zip(run, runs[0], strict=True):
+            assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

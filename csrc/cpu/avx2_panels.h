@@ -94,6 +94,25 @@ inline bool panels_pay(int64_t T, int64_t G, int64_t H) {
 // 7.6, T=4 9.0 vs 8.8; T=50, H=1024 GRU N=2 72.6 vs 62.9, N=4 88.7 vs 72.2.
 inline bool panel_backward_pays(int64_t T, int64_t N) { return T >= 3 && N >= 2; }
 
+// Rows a block of the panel forward's step (0: all the step's rows in one): the worker
+// runs a block's row tiles over all its panels, then the next block's, so that a block's
+// h and x rows (panel_gemm_block_rows: about kPanelGemmBlockBytes, 12 to 48 rows) stay in
+// L2 while the panels stream past them. A row's sums are the same in any block: the bits
+// do not change. Paired in one process, ms, whole step -> default blocks (2-core Zen 3,
+// float32, x folded, I + H = 1024: 24 rows): T=100, N=64, I=H=512 LSTM inference 182.5 ->
+// 176.2, 197.9 -> 191.6, once 205.6 -> 209.2; training 617.6 -> 590.8; GRU inference
+// 158.5 -> 146.1; the 2-layer bidirectional N=32 LSTM inference 501.4 -> 480.7. Sweeps:
+// LSTM inference 12 / 18 / 24 rows 169.7 / 167.4 / 163.5 against 176.2 whole, 36 rows
+// 193.1 against 191.2; GRU once 120.3 whole, 125.3 at 12 rows (a fast phase). Not where the
+// rows are packed (panel_pack): there each worker's copy of the step's rows is already one
+// stream. FUSEDRNN_CPU_PANEL_BLOCK=n sets n rows (0: the whole step) for tests and A/B;
+// read at every call.
+inline int64_t panel_block_rows(int64_t depth) {
+  const char* env = std::getenv("FUSEDRNN_CPU_PANEL_BLOCK");
+  if (env && env[0]) return std::max<int64_t>(0, std::atoll(env));
+  return panel_gemm_block_rows(depth);
+}
+
 // The forward recurrence over steps [0, T) in run order, as rowdot_forward (its cell
 // callback and its hg rows, here of gate stride hs = groups * 16), for any batch. At step
 // s each worker computes hg[n][v*hs + j] = W_hh[v*H + j] . h_{t-1}[n] for the step's rows
@@ -125,6 +144,7 @@ void panel_forward(const Steps& st, bool reverse, int64_t H, const float* w_hh, 
   auto units = [&](int64_t w) {
     return std::pair<int64_t, int64_t>{groups * w / workers, groups * (w + 1) / workers};
   };
+  const int64_t block_rows = pack ? 0 : panel_block_rows(depth);
   auto step = [&](int64_t w, int64_t s, const float* xg_s) {
     const int64_t t = tt(s), B = st.batch[t];
     const int64_t keep = st.carried(t, reverse), p = st.prev(t, reverse);
@@ -143,36 +163,43 @@ void panel_forward(const Steps& st, bool reverse, int64_t H, const float* w_hh, 
         pack_tile_rows(rows, a, I, out + H * rows);
       });
     }
-    for (int64_t v = 0; v < NG; ++v) {
-      const bool apart = fold && split_last && v == NG - 1;
-      for (int64_t q = q0; q < q1; ++q) {
-        const float* panel = panels.data() + (v * groups + q) * H * kAvx2Units;
-        const float* xp = fold ? x_panels.data() + (v * groups + q) * I * kAvx2Units : nullptr;
-        for_row_tiles(B, [&](int64_t n0, int rows) {
-          const float* a[kAvx2Rows];
-          const float* xr[kAvx2Rows];
-          float* c[kAvx2Rows];
-          for (int r = 0; r < rows; ++r) c[r] = hg.data() + (n0 + r) * G + v * hs + q * kAvx2Units;
-          if (pack) {
-            a[0] = packed[w].data() + n0 * depth;
-            xr[0] = a[0] + H * rows;
-          } else {
+    const int64_t rb = block_rows > 0 ? block_rows : B;
+    for (int64_t b0 = 0; b0 < B; b0 += rb) {
+      const int64_t b1 = std::min(B, b0 + rb);
+      for (int64_t v = 0; v < NG; ++v) {
+        const bool apart = fold && split_last && v == NG - 1;
+        for (int64_t q = q0; q < q1; ++q) {
+          const float* panel = panels.data() + (v * groups + q) * H * kAvx2Units;
+          const float* xp = fold ? x_panels.data() + (v * groups + q) * I * kAvx2Units : nullptr;
+          for_row_tiles(b1 - b0, [&](int64_t i0, int rows) {
+            const int64_t n0 = b0 + i0;
+            const float* a[kAvx2Rows];
+            const float* xr[kAvx2Rows];
+            float* c[kAvx2Rows];
             for (int r = 0; r < rows; ++r) {
-              a[r] = h_row(n0 + r);
-              xr[r] = fold ? x_row(n0 + r) : nullptr;
+              c[r] = hg.data() + (n0 + r) * G + v * hs + q * kAvx2Units;
             }
-          }
-          auto product = [&](const float* const* ar, const float* pa, int64_t K,
-                             const float* const* xa) {
-            if (pack) return panel_rows<kAvx2Rows, true>(rows, ar, pa, K, c, xa, xp, I);
-            panel_rows(rows, ar, pa, K, c, xa, xp, I);
-          };
-          product(a, panel, H, fold && !apart ? xr : nullptr);
-          if (apart) {  // GRU's W_in x, apart from W_hn h: into slot NG
-            for (int r = 0; r < rows; ++r) c[r] += (NG - v) * hs;
-            product(xr, xp, I, nullptr);
-          }
-        });
+            if (pack) {
+              a[0] = packed[w].data() + n0 * depth;
+              xr[0] = a[0] + H * rows;
+            } else {
+              for (int r = 0; r < rows; ++r) {
+                a[r] = h_row(n0 + r);
+                xr[r] = fold ? x_row(n0 + r) : nullptr;
+              }
+            }
+            auto product = [&](const float* const* ar, const float* pa, int64_t K,
+                               const float* const* xa) {
+              if (pack) return panel_rows<kAvx2Rows, true>(rows, ar, pa, K, c, xa, xp, I);
+              panel_rows(rows, ar, pa, K, c, xa, xp, I);
+            };
+            product(a, panel, H, fold && !apart ? xr : nullptr);
+            if (apart) {  // GRU's W_in x, apart from W_hn h: into slot NG
+              for (int r = 0; r < rows; ++r) c[r] += (NG - v) * hs;
+              product(xr, xp, I, nullptr);
+            }
+          });
+        }
       }
     }
     const int64_t j0 = q0 * kAvx2Units, j1 = std::min(H, q1 * kAvx2Units);
