@@ -95,21 +95,26 @@ inline bool panels_pay(int64_t T, int64_t G, int64_t H) {
 inline bool panel_backward_pays(int64_t T, int64_t N) { return T >= 3 && N >= 2; }
 
 // Rows a block of the panel forward's step (0: all the step's rows in one): the worker
-// runs a block's row tiles over all its panels, then the next block's, so that a block's
-// h and x rows (panel_gemm_block_rows: about kPanelGemmBlockBytes, 12 to 48 rows) stay in
-// L2 while the panels stream past them. A row's sums are the same in any block: the bits
-// do not change. Paired in one process, ms, whole step -> default blocks (2-core Zen 3,
-// float32, x folded, I + H = 1024: 24 rows): T=100, N=64, I=H=512 LSTM inference 182.5 ->
-// 176.2, 197.9 -> 191.6, once 205.6 -> 209.2; training 617.6 -> 590.8; GRU inference
-// 158.5 -> 146.1; the 2-layer bidirectional N=32 LSTM inference 501.4 -> 480.7. Sweeps:
-// LSTM inference 12 / 18 / 24 rows 169.7 / 167.4 / 163.5 against 176.2 whole, 36 rows
-// 193.1 against 191.2; GRU once 120.3 whole, 125.3 at 12 rows (a fast phase). Not where the
-// rows are packed (panel_pack): there each worker's copy of the step's rows is already one
-// stream. FUSEDRNN_CPU_PANEL_BLOCK=n sets n rows (0: the whole step) for tests and A/B;
-// read at every call.
-inline int64_t panel_block_rows(int64_t depth) {
+// runs a block's row tiles over all its panels, then the next block's. Blocks of
+// panel_gemm_block_rows (24 rows at a depth I + H of 1024) where a step's rows, N of depth
+// floats, take at most kPanelBlockStepBytes, and not where they are packed (panel_pack).
+// A row's sums are the same in any block: the bits do not change.
+//
+// Measured, not modelled: paired in one process, ms, whole step -> blocks (2-core Zen 3,
+// float32, x folded): T=100, N=64, I=H=512 LSTM inference 182.5 -> 176.2, 197.9 -> 191.6,
+// once 205.6 -> 209.2; training 617.6 -> 590.8; GRU inference 158.5 -> 146.1; the 2-layer
+// bidirectional N=32 LSTM inference 501.4 -> 480.7. Sweep of LSTM inference at N=64: 12 /
+// 18 / 24 rows 169.7 / 167.4 / 163.5 against 176.2 whole; 2 blocks of 32 level (184.7 vs
+// 184.8). Larger steps ran slower in blocks: T=50, N=256, I=H=512 LSTM inference 345.5 ->
+// 370.3 (24 rows), 409.3 (48); N=128, I=H=768 386.2 -> 483.4 (12), 449.6 (24); packed
+// rows, N=256, I=H=1024, 12-row blocks 1387 -> 2182. FUSEDRNN_CPU_PANEL_BLOCK=n sets n
+// rows at any size (0: the whole step) for tests and A/B; read at every call.
+constexpr int64_t kPanelBlockStepBytes = 256 << 10;
+
+inline int64_t panel_block_rows(int64_t N, int64_t depth, bool packed) {
   const char* env = std::getenv("FUSEDRNN_CPU_PANEL_BLOCK");
   if (env && env[0]) return std::max<int64_t>(0, std::atoll(env));
+  if (packed || N * depth * int64_t(sizeof(float)) > kPanelBlockStepBytes) return 0;
   return panel_gemm_block_rows(depth);
 }
 
@@ -144,7 +149,7 @@ void panel_forward(const Steps& st, bool reverse, int64_t H, const float* w_hh, 
   auto units = [&](int64_t w) {
     return std::pair<int64_t, int64_t>{groups * w / workers, groups * (w + 1) / workers};
   };
-  const int64_t block_rows = pack ? 0 : panel_block_rows(depth);
+  const int64_t block_rows = panel_block_rows(N, depth, pack);
   auto step = [&](int64_t w, int64_t s, const float* xg_s) {
     const int64_t t = tt(s), B = st.batch[t];
     const int64_t keep = st.carried(t, reverse), p = st.prev(t, reverse);
