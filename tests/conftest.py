@@ -164,3 +164,38 @@ def cpu_flags():
             return next((line.split() for line in f if line.startswith("flags")), [])
     except OSError:
         return []
+
+
+def outputs_and_grads(cell, m, x):
+    """The outputs of m(x) and the gradients of x and every parameter (seeded cotangents)."""
+    y, fin = m(x)
+    outs = [y, *(fin if cell == "LSTM" else [fin])]
+    torch.manual_seed(0)
+    grads = torch.autograd.grad(outs, [x, *m.parameters()], [torch.randn_like(o) for o in outs])
+    return [*outs, *grads]
+
+
+def assert_loop_bit_identical_and_not_gemm(cell, m, x, switch, monkeypatch, output_differs=True,
+                                           dx_differs=True):
+    """With the fused loop off and the loop behind `switch` forced on: outputs and every
+    gradient the same bits on 1 and 2 threads; with it off (the GEMM loop), the output and
+    dx (the backward's recurrence) differ, so the loop did run (each check only where the
+    two loops' sums differ in order: output_differs, dx_differs)."""
+    monkeypatch.setenv("FUSEDRNN_CPU_FUSED", "0")
+    x = x.requires_grad_()
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n, on in ((1, "1"), (2, "1"), (2, "0")):
+            torch.set_num_threads(n)
+            monkeypatch.setenv(switch, on)
+            runs.append(outputs_and_grads(cell, m, x))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(runs[0], runs[1], strict=True):
+        assert torch.equal(a, b)
+    if output_differs:
+        assert not torch.equal(runs[1][0], runs[2][0])
+    dx = 3 if cell == "LSTM" else 2  # after y, h_n (and c_n)
+    if dx_differs:
+        assert not torch.equal(runs[1][dx], runs[2][dx])

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from conftest import CELLS, make_modules
+from conftest import CELLS, make_modules, outputs_and_grads
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -54,41 +54,6 @@ def test_bit_identical_across_thread_counts(cell, N, dt, loop, monkeypatch):
     _assert_same_bits_on_1_and_2_threads(cell, m, torch.randn(30, N, 40, dtype=dt))
 
 
-def _outputs_and_grads(cell, m, x):
-    """The outputs of m(x) and the gradients of x and every parameter (seeded cotangents)."""
-    y, fin = m(x)
-    outs = [y, *(fin if cell == "LSTM" else [fin])]
-    torch.manual_seed(0)
-    grads = torch.autograd.grad(outs, [x, *m.parameters()], [torch.randn_like(o) for o in outs])
-    return [*outs, *grads]
-
-
-def _assert_loop_bit_identical_and_not_gemm(cell, m, x, switch, monkeypatch, output_differs=True,
-                                            dx_differs=True):
-    """With the fused loop off and the loop behind `switch` forced on: outputs and every
-    gradient the same bits on 1 and 2 threads; with it off (the GEMM loop), the output and
-    dx (the backward's recurrence) differ, so the loop did run (each check only where the
-    two loops' sums differ in order: output_differs, dx_differs)."""
-    monkeypatch.setenv("FUSEDRNN_CPU_FUSED", "0")
-    x = x.requires_grad_()
-    threads = torch.get_num_threads()
-    runs = []
-    try:
-        for n, on in ((1, "1"), (2, "1"), (2, "0")):
-            torch.set_num_threads(n)
-            monkeypatch.setenv(switch, on)
-            runs.append(_outputs_and_grads(cell, m, x))
-    finally:
-        torch.set_num_threads(threads)
-    for a, b in zip(runs[0], runs[1], strict=True):
-        assert torch.equal(a, b)
-    if output_differs:
-        assert not torch.equal(runs[1][0], runs[2][0])
-    dx = 3 if cell == "LSTM" else 2  # after y, h_n (and c_n)
-    if dx_differs:
-        assert not torch.equal(runs[1][dx], runs[2][dx])
-
-
 def _assert_same_bits_on_1_and_2_threads(cell, m, x):
     x = x.requires_grad_()
     threads = torch.get_num_threads()
@@ -96,7 +61,7 @@ def _assert_same_bits_on_1_and_2_threads(cell, m, x):
     try:
         for n in (1, 2):
             torch.set_num_threads(n)
-            runs.append(_outputs_and_grads(cell, m, x))
+            runs.append(outputs_and_grads(cell, m, x))
     finally:
         torch.set_num_threads(threads)
     for a, b in zip(*runs, strict=True):
@@ -115,23 +80,6 @@ def test_small_layers_bit_identical_across_thread_counts(cell, H):
     _assert_same_bits_on_1_and_2_threads(cell, m, torch.randn(50, 1, H))
 
 
-@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"),
-                    reason="the row-dot loop is built for x86-64")
-@pytest.mark.parametrize("T,H", [(30, 256), (30, 129), (5, 129)])
-@pytest.mark.parametrize("N", [1, 2])
-@pytest.mark.parametrize("cell", CELLS)
-def test_rowdot_loop_bit_identical_across_thread_counts(cell, N, T, H, monkeypatch):
-    """The small-batch forward and backward recurrences of CPUs without AVX-512
-    (rowdot_loop.h), forced: each dot product sums its terms in one order whatever the
-    number of workers, so 1 and 2 threads give the same bits, outputs and gradients; and
-    they are not the GEMM loop's (the loops did run). The backward's dG W_hh from column
-    panels from kPanelBackSteps (8) steps on, each worker packing its own (H=129: a
-    partial last panel), and from W_hh in place below."""
-    _, m = make_modules(cell, 40, H, 1, bidirectional=True)
-    _assert_loop_bit_identical_and_not_gemm(cell, m, torch.randn(T, N, 40), "FUSEDRNN_CPU_ROWDOT",
-                                            monkeypatch)
-
-
 @pytest.mark.parametrize("cell", CELLS)
 def test_mkl_gemms_bit_identical_across_thread_counts(cell, monkeypatch):
     """The backward's large float32 GEMMs on MKL (mkl_gemm_wanted, common.h: the default on
@@ -148,7 +96,7 @@ def test_mkl_gemms_bit_identical_across_thread_counts(cell, monkeypatch):
         for n, on in ((1, "1"), (2, "1"), (2, "0")):
             torch.set_num_threads(n)
             monkeypatch.setenv("FUSEDRNN_CPU_MKL", on)
-            runs.append(_outputs_and_grads(cell, m, x))
+            runs.append(outputs_and_grads(cell, m, x))
     finally:
         torch.set_num_threads(threads)
     for a, b in zip(runs[0], runs[1], strict=True):
@@ -156,98 +104,6 @@ def test_mkl_gemms_bit_identical_across_thread_counts(cell, monkeypatch):
     dx = 3 if cell == "LSTM" else 2  # after y, h_n (and c_n); then weight_ih_l0
     assert not torch.equal(runs[1][dx], runs[2][dx])
     assert not torch.equal(runs[1][dx + 1], runs[2][dx + 1])
-
-
-@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"),
-                    reason="the AVX2 panel loop needs AVX2 and FMA")
-@pytest.mark.parametrize("fold", ["0", "1"], ids=["x-apart", "x-folded"])
-@pytest.mark.parametrize("H", [129, 400])
-@pytest.mark.parametrize("cell", CELLS)
-def test_avx2_panel_loop_bit_identical_across_thread_counts(cell, H, fold, monkeypatch):
-    """The AVX2 panel forward and backward recurrences (avx2_panels.h), forced, x's
-    products apart or folded into the tiles: every product sums its terms in one order
-    whatever the number of workers, so 1 and 2 threads give the same bits, outputs and
-    every gradient; and they are not the GEMM loop's (the loops did run). With x apart the
-    panels sum each output's k in order, as oneDNN's GEMMs do up to K = 1024 here, so the
-    loops' bits agree there: the forward's output (K = H) and at H=129 dx too (K = 4H or
-    3H = 516 or 387); at H=400 dx (K = 1600 or 1200) tells the backward's loops apart.
-    Folded, the output and dx differ. H=129: 9 panels a gate, split 4/5, the last one unit
-    wide; N=13: tiles of 6, 4 and 3 rows (row_tiles.h)."""
-    monkeypatch.setenv("FUSEDRNN_CPU_PANEL_FOLD", fold)
-    _, m = make_modules(cell, 40, H, 1, bidirectional=True)
-    _assert_loop_bit_identical_and_not_gemm(cell, m, torch.randn(30, 13, 40), "FUSEDRNN_CPU_PANELS",
-                                            monkeypatch, output_differs=fold == "1",
-                                            dx_differs=fold == "1" or H == 400)
-
-
-@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() != "AVX2",
-                    reason="the AVX2 panel loop runs by default only on CPUs without AVX-512")
-@pytest.mark.parametrize("cell", CELLS)
-def test_avx2_panel_fold_runs_by_default(cell, monkeypatch):
-    """From 32 rows (kPanelFoldBatch) the panel forward folds x into its tiles by default:
-    the output at N=40 has the bits of FUSEDRNN_CPU_PANEL_FOLD=1, not of =0, and at N=31
-    those of =0. (Guards the default: a fold that never ran would pass the tests that
-    force it.)"""
-    _, m = make_modules(cell, 48, 40, 1)
-    for N, same in ((40, "1"), (31, "0")):
-        x = torch.randn(12, N, 48)
-        outs = {}
-        for fold in ("", "0", "1"):
-            monkeypatch.setenv("FUSEDRNN_CPU_PANEL_FOLD", fold)
-            with torch.no_grad():
-                outs[fold] = m(x)[0]
-        assert torch.equal(outs[""], outs[same])
-        assert not torch.equal(outs["0"], outs["1"])
-
-
-@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"),
-                    reason="the AVX2 panel loop needs AVX2 and FMA")
-@pytest.mark.parametrize("shape", [(5, 13, 40, 129, "0"), (5, 13, 40, 129, "1"),
-                                   (2, 33, 1024, 1024, "")],
-                         ids=["x-apart", "x-folded", "default-depth"])
-@pytest.mark.parametrize("cell", CELLS)
-def test_avx2_panel_packed_rows_same_bits(cell, shape, monkeypatch):
-    """The panel forward's packed tile rows (FUSEDRNN_CPU_PANEL_PACK, panel_pack in
-    panel_gemm.h: each worker copies the step's h and x rows by k, 6 rows a tile) feed the
-    same sums in the same order as the rows in place: outputs and every gradient have the
-    same bits packed and in place. N=13: tiles of 6, 4 and 3 rows; H=129: a one-unit last
-    panel; x in its own products or folded; and at I=H=1024, N=33 the default (packed
-    from a depth of 2048)."""
-    T, N, I, H, fold = shape
-    monkeypatch.setenv("FUSEDRNN_CPU_PANELS", "1")
-    monkeypatch.setenv("FUSEDRNN_CPU_PANEL_FOLD", fold)
-    _, m = make_modules(cell, I, H, 1, bidirectional=True)
-    x = torch.randn(T, N, I).requires_grad_()
-    runs = []
-    for pack in ("1" if fold else "", "0"):
-        monkeypatch.setenv("FUSEDRNN_CPU_PANEL_PACK", pack)
-        runs.append(_outputs_and_grads(cell, m, x))
-    for a, b in zip(*runs, strict=True):
-        assert torch.equal(a, b)
-
-
-@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"),
-                    reason="the AVX2 panel loop needs AVX2 and FMA")
-@pytest.mark.parametrize("fold", ["0", "1"], ids=["x-apart", "x-folded"])
-@pytest.mark.parametrize("cell", CELLS)
-def test_avx2_panel_row_blocks_same_bits(cell, fold, monkeypatch):
-    """The panel forward runs a step's rows block by block (FUSEDRNN_CPU_PANEL_BLOCK,
-    panel_block_rows in avx2_panels.h), each block's tiles over all the worker's panels: a
-    row's sums are the same in any block, so blocks of 6, 7 and 12 rows, the default and
-    the whole step give the same bits, outputs and every gradient. N=40: blocks with 4 or
-    5 rows left over, 7-row blocks cut 4 + 3; H=129: a one-unit last panel."""
-    monkeypatch.setenv("FUSEDRNN_CPU_FUSED", "0")
-    monkeypatch.setenv("FUSEDRNN_CPU_PANELS", "1")
-    monkeypatch.setenv("FUSEDRNN_CPU_PANEL_FOLD", fold)
-    _, m = make_modules(cell, 40, 129, 1, bidirectional=True)
-    x = torch.randn(6, 40, 40).requires_grad_()
-    runs = []
-    for rows in ("0", "6", "7", "12", ""):
-        monkeypatch.setenv("FUSEDRNN_CPU_PANEL_BLOCK", rows)
-        runs.append(_outputs_and_grads(cell, m, x))
-    for run in runs[1:]:
-        for a, b in zip(run, runs[0], strict=True):
-            assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

@@ -10,8 +10,7 @@ import torch
 
 import fusedrnn
 
-from conftest import CELLS, compare_with_torch, cpu_flags
-from test_determinism import _outputs_and_grads
+from conftest import CELLS, compare_with_torch, cpu_flags, outputs_and_grads
 from test_equivalence import case
 
 
@@ -260,7 +259,7 @@ def test_panel_gemms_run_and_bit_identical_across_thread_counts(cell, monkeypatc
         for n, on in ((1, "1"), (2, "1"), (2, "0")):
             torch.set_num_threads(n)
             monkeypatch.setenv("FUSEDRNN_CPU_PANEL_GEMM", on)
-            runs.append(_outputs_and_grads(cell, m, x))
+            runs.append(outputs_and_grads(cell, m, x))
     finally:
         torch.set_num_threads(threads)
     for a, b in zip(runs[0], runs[1], strict=True):

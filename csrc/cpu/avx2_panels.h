@@ -108,13 +108,15 @@ inline bool panel_backward_pays(int64_t T, int64_t N) { return T >= 3 && N >= 2;
 // 184.8). Larger steps ran slower in blocks: T=50, N=256, I=H=512 LSTM inference 345.5 ->
 // 370.3 (24 rows), 409.3 (48); N=128, I=H=768 386.2 -> 483.4 (12), 449.6 (24); packed
 // rows, N=256, I=H=1024, 12-row blocks 1387 -> 2182. FUSEDRNN_CPU_PANEL_BLOCK=n sets n
-// rows at any size (0: the whole step) for tests and A/B; read at every call.
+// rows at any size of unpacked rows (0: the whole step) for tests and A/B; read at every
+// call.
 constexpr int64_t kPanelBlockStepBytes = 256 << 10;
 
 inline int64_t panel_block_rows(int64_t N, int64_t depth, bool packed) {
+  if (packed) return 0;  // the rows were packed tile by tile for the whole step
   const char* env = std::getenv("FUSEDRNN_CPU_PANEL_BLOCK");
   if (env && env[0]) return std::max<int64_t>(0, std::atoll(env));
-  if (packed || N * depth * int64_t(sizeof(float)) > kPanelBlockStepBytes) return 0;
+  if (N * depth * int64_t(sizeof(float)) > kPanelBlockStepBytes) return 0;
   return panel_gemm_block_rows(depth);
 }
 
