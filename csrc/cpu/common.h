@@ -492,3 +492,4 @@ inline void previous_states(const Tensor& y2, const Tensor& h0, const Steps& st,
 }  // namespace fusedrnn
 
 #include "panel_gemm.h"  // the definitions of the panel GEMMs declared above
+#include "panel_f64.h"   // float64's step products

@@ -185,10 +185,11 @@ void gru_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, con
     }
   }
 #endif
+  StepWeight hh(w_hh);  // h @ W_hh^T
   for (int64_t s = 0; s < st.T; ++s) {
     const int64_t tt = reverse ? st.T - 1 - s : s;
     const int64_t B = st.batch[tt], off = st.offset[tt];
-    const Tensor hg = linear(head(h, B), w_hh);  // [B, G]
+    const Tensor hg = hh(head(h, B));  // [B, G]
     const scalar_t* hg_p = hg.const_data_ptr<scalar_t>();
     const scalar_t* xg_p = static_cast<const scalar_t*>(xg.step(s));
     acc_t* ws_s = save ? ws_p + off * kGRUSaved * H : ws_p;
@@ -278,7 +279,7 @@ void gru_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, co
     }
   }
 #endif
-  const Tensor w_hh_tc = right_weight(w_hh, st.R);  // for times_right(): dG W_hh
+  StepWeight w_hh_tc(right_weight(w_hh, st.R), true);  // dG W_hh
   Tensor dh = torch::stable::clone(ghn);
   const scalar_t* gy_p = gy2.const_data_ptr<scalar_t>();
   const scalar_t* hp_p = hp.const_data_ptr<scalar_t>();
@@ -295,7 +296,7 @@ void gru_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, co
                          dd.data() + n * H, dgi_p + r * G, dgh_p + r * G, H, j0, j1);
     });
     Tensor dh_b = head(dh, B);
-    torch::stable::copy_(dh_b, times_right(rows(dgh, off, B), w_hh_tc));
+    torch::stable::copy_(dh_b, w_hh_tc(rows(dgh, off, B)));
   }
   scalar_t* dh0_p = dh0.mutable_data_ptr<scalar_t>();
   for (int64_t k = 0; k < N * H; ++k)

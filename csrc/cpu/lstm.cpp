@@ -19,9 +19,8 @@ namespace {
 // Workspace per step and row: i, f, g, o (activated), then c. In opmath.
 constexpr int64_t kLSTMSaved = 5;
 
-// The per-unit kernels take one row's pointers as __restrict parameters: gcc honours
-// restrict on parameters (not on locals loaded from a struct), and needs it to
-// vectorize these loops.
+// The per-unit kernels take one row's pointers as __restrict parameters: gcc honours restrict
+// on parameters (not on locals loaded from a struct), and needs it to vectorize these loops.
 
 // xg, hg: the row's x_t @ W_ih^T and h_prev @ W_hh^T [4H] (hg in float from the fused
 // loop, else in the storage type; gate v of unit j at hg[v*hs + j]); b = b_ih + b_hh [4H];
@@ -188,10 +187,11 @@ void lstm_forward_impl(const Steps& st, const Tensor& x2, const Tensor& w_ih, co
     }
   }
 #endif
+  StepWeight hh(w_hh);  // h @ W_hh^T
   for (int64_t s = 0; s < st.T; ++s) {
     const int64_t tt = reverse ? st.T - 1 - s : s;
     const int64_t B = st.batch[tt], off = st.offset[tt];
-    const Tensor hg = linear(head(h, B), w_hh);  // [B, G]
+    const Tensor hg = hh(head(h, B));  // [B, G]
     const scalar_t* hg_p = hg.const_data_ptr<scalar_t>();
     const scalar_t* xg_p = static_cast<const scalar_t*>(xg.step(s));
     acc_t* ws_s = save ? ws_p + off * kLSTMSaved * H : ws_p;
@@ -311,7 +311,7 @@ void lstm_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, c
   };
   const scalar_t* gy_p = gy2.const_data_ptr<scalar_t>();
   scalar_t* dg_p = dgates.mutable_data_ptr<scalar_t>();
-  const Tensor w_hh_tc = right_weight(w_hh, st.R);  // for times_right(): dG W_hh
+  StepWeight w_hh_tc(right_weight(w_hh, st.R), true);  // dG W_hh
   Tensor dh = torch::stable::clone(ghn);  // grad of h from later steps [N,P], per row
   Tensor dm = empty_as(gy2, {w_hr ? N : 0, H});
   Tensor zeros = torch::stable::new_zeros(gy2, {w_hr ? N : 0, H});
@@ -337,7 +337,7 @@ void lstm_backward_impl(const Steps& st, const Tensor& gy2, const Tensor& ghn, c
                           dc.data() + n * H, dg_p + (off + n) * G, H, j0, j1);
     });
     Tensor dh_b = head(dh, B);
-    torch::stable::copy_(dh_b, times_right(rows(dgates, off, B), w_hh_tc));
+    torch::stable::copy_(dh_b, w_hh_tc(rows(dgates, off, B)));
   }
   torch::stable::copy_(dh0, dh);
   scalar_t* dc0_p = dc0.mutable_data_ptr<scalar_t>();
