@@ -10,10 +10,10 @@
 // aten::mm -> panels (2-core Zen 3, float64 inference): that shape's LSTM 1144 -> 984;
 // T=100, N=64, I=H=512 LSTM 471 -> 430; T=256, N=16, I=H=768 LSTM 724 -> 549; T=50, N=256,
 // I=H=1024 LSTM 3220 -> 2926. Each worker runs all the step's rows over one panel, then the
-// next: in row blocks of ~96 KB (panel_gemm's order) N=256 ran 4539 ms (the weights, 34 MB,
-// streamed once a block), N=16 705. Not the input projection (blocks of 1024 rows): on
-// the panels too, N=16, H=768 ran 650 ms against 549 (rows in blocks of 96 KB), 681-710
-// against 669 (blocks of 256 KB to whole).
+// next: in row blocks of ~96 KB (panel_gemm's order; the projection on panels too) N=256
+// ran 4539 ms (the weights, 34 MB, streamed once a block), N=16 705. Not the input
+// projection (blocks of 1024 rows): on the panels too, N=16, H=768 ran 650 ms against 549
+// (rows in blocks of 96 KB), 681-710 against 669 (blocks of 256 KB to whole).
 //
 // Bits: split by panels, never by k: the same bits for any thread count.
 #pragma once
