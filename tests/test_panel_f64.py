@@ -83,3 +83,24 @@ def test_f64_panels_run_by_default(cell, monkeypatch):
         runs[on] = outputs_and_grads(cell, m, x)
     assert all(torch.equal(a, b) for a, b in zip(runs[""], runs["1"], strict=True))
     assert not torch.equal(runs[""][0], runs["0"][0])
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_f64_panels_gradcheck(cell, monkeypatch):
+    """gradcheck (float64, finite differences) through the panels: 13 rows, so every
+    step's products take them; x, h0 (and c0) and every weight and bias."""
+    monkeypatch.setenv("FUSEDRNN_CPU_PANEL_F64", "1")
+    _, m = make_modules(cell, 5, 7, 1, dtype=torch.float64)
+    x = torch.randn(3, 13, 5, dtype=torch.float64, requires_grad=True)
+    states = [torch.randn(1, 13, 7, dtype=torch.float64, requires_grad=True)
+              for _ in range(2 if cell == "LSTM" else 1)]
+    names = [n for n, _ in m.named_parameters()]
+
+    def f(x, *args):
+        hx = tuple(args[:len(states)]) if cell == "LSTM" else args[0]
+        params = dict(zip(names, args[len(states):], strict=True))
+        y, fin = torch.func.functional_call(m, params, (x, hx))
+        return (y, *fin) if cell == "LSTM" else (y, fin)
+
+    assert torch.autograd.gradcheck(f, (x, *states, *(p.detach().requires_grad_()
+                                                      for p in m.parameters())))
