@@ -104,3 +104,16 @@ def test_f64_panels_gradcheck(cell, monkeypatch):
 
     assert torch.autograd.gradcheck(f, (x, *states, *(p.detach().requires_grad_()
                                                       for p in m.parameters())))
+
+
+def test_f64_panels_proj_size(monkeypatch):
+    """LSTM with proj_size (W_hh [4H, P], h of P columns) through the panels, 2 layers,
+    bidirectional, N=16: output, h_n, c_n and every gradient against torch.nn's."""
+    monkeypatch.setenv("FUSEDRNN_CPU_PANEL_F64", "1")
+    theirs, ours = make_modules("LSTM", 9, 21, 2, proj_size=11, bidirectional=True,
+                                dtype=torch.float64)
+    x = torch.randn(7, 16, 9, dtype=torch.float64, requires_grad=True)
+    for name, a, b in zip(["y", "h_n", "c_n", "dx", *(n for n, _ in ours.named_parameters())],
+                          outputs_and_grads("LSTM", ours, x), outputs_and_grads("LSTM", theirs, x),
+                          strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=lambda m: f"{name}: {m}")
