@@ -95,18 +95,10 @@ inline void panel_gemm_f64(const double* a, int64_t lda, int64_t M, int64_t K,
     for (int64_t q = q0; q < q1; ++q) {
       const int64_t cols = std::min(kF64Units, P - q * kF64Units);
       for_row_tiles(M, [&](int64_t m, int rows) {
-        alignas(32) double part[kAvx2Rows][kF64Units];  // the last panel's tile, past P
-        const double* ar[kAvx2Rows];
-        double* cr[kAvx2Rows];
-        for (int r = 0; r < rows; ++r) {
-          ar[r] = a + (m + r) * lda;
-          cr[r] = cols == kF64Units ? c + (m + r) * ldc + q * kF64Units : part[r];
-        }
-        panel_rows_f64(rows, ar, panels + q * K * kF64Units, K, cr);
-        if (cols < kF64Units) {
-          for (int r = 0; r < rows; ++r)
-            std::memcpy(c + (m + r) * ldc + q * kF64Units, part[r], cols * sizeof(double));
-        }
+        edge_tile<double, kF64Units>(a, lda, m, rows, q, cols, c, ldc,
+                                     [&](int n, const double* const* ar, double* const* cr) {
+                                       panel_rows_f64(n, ar, panels + q * K * kF64Units, K, cr);
+                                     });
       });
     }
   });

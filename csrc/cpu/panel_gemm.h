@@ -179,24 +179,37 @@ void for_panel_tiles(int64_t M, int64_t K, int64_t P, const F& f) {
   });
 }
 
+// One tile of a product into c: tile(rows, a_rows, c_rows) for the rows [m, m + rows) of
+// a (lda apart) and panel q's `cols` columns (Units but in the last panel, whose tile goes
+// through a buffer, its first cols columns then copied into c, ldc apart). For the
+// float32 and float64 (panel_f64.h) kernels.
+template <typename T, int64_t Units, typename Tile>
+inline void edge_tile(const T* a, int64_t lda, int64_t m, int rows, int64_t q, int64_t cols,
+                      T* c, int64_t ldc, const Tile& tile) {
+  alignas(32) T part[kAvx2Rows][Units];  // the last panel's tile, past P
+  const T* ar[kAvx2Rows];
+  T* cr[kAvx2Rows];
+  for (int r = 0; r < rows; ++r) {
+    ar[r] = a + (m + r) * lda;
+    cr[r] = cols == Units ? c + (m + r) * ldc + q * Units : part[r];
+  }
+  tile(rows, ar, cr);
+  if (cols < Units) {
+    for (int r = 0; r < rows; ++r)
+      std::memcpy(c + (m + r) * ldc + q * Units, part[r], cols * sizeof(T));
+  }
+}
+
 // c[m, 0:P] = sum_{k < K} a[m, k] * b[k, 0:P] for m < M, with b as panels
 // [ceil(P / 16)][K][16] (pack_panels<1> of b^T, pack_column_panels of b; zero past P).
 // Rows of a lie lda floats apart, rows of c ldc apart.
 inline void panel_gemm(const float* a, int64_t lda, int64_t M, int64_t K, const float* panels,
                        int64_t P, float* c, int64_t ldc) {
   for_panel_tiles(M, K, P, [&](int64_t m, int rows, int64_t q, int64_t cols) {
-    alignas(32) float part[kAvx2Rows][kAvx2Units];  // the last panel's tile, past P
-    const float* ar[kAvx2Rows];
-    float* cr[kAvx2Rows];
-    for (int r = 0; r < rows; ++r) {
-      ar[r] = a + (m + r) * lda;
-      cr[r] = cols == kAvx2Units ? c + (m + r) * ldc + q * kAvx2Units : part[r];
-    }
-    panel_rows(rows, ar, panels + q * K * kAvx2Units, K, cr);
-    if (cols < kAvx2Units) {
-      for (int r = 0; r < rows; ++r)
-        std::memcpy(c + (m + r) * ldc + q * kAvx2Units, part[r], cols * sizeof(float));
-    }
+    edge_tile<float, kAvx2Units>(a, lda, m, rows, q, cols, c, ldc,
+                                 [&](int n, const float* const* ar, float* const* cr) {
+                                   panel_rows(n, ar, panels + q * K * kAvx2Units, K, cr);
+                                 });
   });
 }
 
